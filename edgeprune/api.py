@@ -1,0 +1,217 @@
+"""The Python API: each pipeline stage as one call. The CLI is a thin layer over these.
+
+>>> from edgeprune.models import build
+>>> built = build("resnet20-cifar")
+>>> result = prune(built.model, built.input_shape, criterion="l1", ratio=0.5)
+>>> result.after.macs < result.before.macs
+True
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgeprune.counter import Counts, count, per_layer
+from edgeprune.criteria import Criterion, create_criterion
+from edgeprune.graph import DependencyGraph, build_graph
+from edgeprune.plan import Plan, PlanConfig, make_plan
+from edgeprune.surgery import apply_keep_mask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    graph: DependencyGraph
+    plan: Plan
+    criterion: str
+    seconds: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def before(self) -> Counts:
+        return self.plan.before
+
+    @property
+    def after(self) -> Counts:
+        return self.plan.after
+
+    def layers(self) -> list[dict[str, Any]]:
+        """Per conv/linear layer: widths and MACs before and after."""
+        rows = []
+        for old, new in zip(per_layer(self.graph), per_layer(self.graph, self.plan.keep)):
+            rows.append({"layer": old["layer"], "in_before": old["in"], "out_before": old["out"],
+                         "in_after": new["in"], "out_after": new["out"], "macs_before": old["macs"], "macs_after": new["macs"]})
+        return rows
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion,
+            "ratio": self.plan.ratio,
+            "macs_before": self.before.macs, "macs_after": self.after.macs,
+            "params_before": self.before.params, "params_after": self.after.params,
+            "macs_cut": self.plan.macs_cut,
+            "groups_pruned": sum(1 for u in self.plan.removed.values() if len(u)),
+            "seconds": self.seconds,
+            "warnings": self.warnings,
+        }
+
+
+def score_groups(graph: DependencyGraph, criterion: Criterion, data: Any = None) -> dict[int, torch.Tensor]:
+    """Run ``criterion`` over every prunable group of ``graph``."""
+    criterion.prepare(graph, data)
+    with torch.no_grad():
+        return {g.index: criterion(graph, g) for g in graph.prunable_groups()}
+
+
+def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Criterion = "l2",
+          ratio: float | None = None, flops_cut: float | None = None, round_to: int = 1,
+          layer_ratios: dict[str, float] | None = None, global_ranking: bool = False,
+          max_group_ratio: float = 0.9, data: Any = None, inplace: bool = False,
+          criterion_options: dict[str, Any] | None = None) -> PruneResult:
+    """Remove whole filters from ``model``: trace, score, plan, cut. Returns the pruned model."""
+    config = PlanConfig(ratio, flops_cut, dict(layer_ratios or {}), global_ranking, max_group_ratio, round_to)
+    config.validate()
+    if isinstance(criterion, str):
+        criterion = create_criterion(criterion, **(criterion_options or {}))
+    model = model if inplace else copy.deepcopy(model)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    graph = build_graph(model, input_shape)
+    seconds["graph"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = score_groups(graph, criterion, data)
+    seconds["criterion"] = time.perf_counter() - start
+    start = time.perf_counter()
+    plan = make_plan(graph, scores, config)
+    apply_keep_mask(model, graph, plan.keep)
+    seconds["plan_and_surgery"] = time.perf_counter() - start
+    log.info("pruned %d groups: MACs %.2fM -> %.2fM", sum(1 for u in plan.removed.values() if len(u)),
+             plan.before.macs / 1e6, plan.after.macs / 1e6)
+    return PruneResult(model, graph, plan, criterion.name, seconds, list(graph.warnings))
+
+
+@dataclass
+class IterativeResult:
+    """The rounds of :func:`prune_iteratively`; ``model`` is the final pruned model."""
+
+    model: nn.Module
+    rounds: list[PruneResult]
+    criterion: str
+
+    @property
+    def before(self) -> Counts:
+        return self.rounds[0].before
+
+    @property
+    def after(self) -> Counts:
+        return self.rounds[-1].after
+
+    @property
+    def macs_cut(self) -> float:
+        return 1 - self.after.macs / self.before.macs
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "criterion": self.criterion, "steps": len(self.rounds),
+            "macs_before": self.before.macs, "macs_after": self.after.macs,
+            "params_before": self.before.params, "params_after": self.after.params,
+            "macs_cut": self.macs_cut,
+            "rounds": [{"macs_after": r.after.macs, "params_after": r.after.params, "seconds": r.seconds} for r in self.rounds],
+            "warnings": sorted({w for r in self.rounds for w in r.warnings}),
+        }
+
+
+def _group_key(group) -> str | None:
+    """A module that names ``group`` across rounds (pruning never changes which layers couple)."""
+    return next((s.module for s in group.spaces if s.module), None)
+
+
+def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Criterion = "l2",
+                      ratio: float | None = None, flops_cut: float | None = None, steps: int = 4,
+                      finetune_fn: Callable[[nn.Module, int], None] | None = None, data: Any = None,
+                      round_to: int = 1, layer_ratios: dict[str, float] | None = None, global_ranking: bool = False,
+                      max_group_ratio: float = 0.9, inplace: bool = False,
+                      criterion_options: dict[str, Any] | None = None) -> IterativeResult:
+    """Reach the target in ``steps`` rounds, rescoring the current weights each round.
+
+    Round t removes 1/steps of the target: with ``ratio`` p each group keeps
+    ``round(N (1 - p t / steps))`` of its original N units after round t (so the end matches a
+    one-shot cut); with ``flops_cut`` c, or with ``global_ranking``, round t aims at a cut of
+    ``c t / steps`` of the original MACs. ``finetune_fn(model, t)`` runs between rounds (after
+    rounds 1 .. steps-1); the final, longer fine-tune is the caller's. Other arguments as :func:`prune`.
+
+    >>> from edgeprune.models import build
+    >>> built = build("resnet20-cifar")
+    >>> result = prune_iteratively(built.model, built.input_shape, criterion="l2", ratio=0.5, steps=2)
+    >>> len(result.rounds), result.after.macs < 0.6 * result.before.macs
+    (2, True)
+    """
+    from edgeprune.errors import EdgepruneError
+
+    if steps < 1:
+        raise EdgepruneError(f"--steps must be a positive integer, got {steps}")
+    PlanConfig(ratio, flops_cut, dict(layer_ratios or {}), global_ranking, max_group_ratio, round_to).validate()
+    if isinstance(criterion, str):
+        criterion = create_criterion(criterion, **(criterion_options or {}))
+    model = model if inplace else copy.deepcopy(model)
+    original = build_graph(model, input_shape)
+    original_macs = count(original).macs
+    widths = {_group_key(g): g.n_units for g in original.prunable_groups()}
+    shares = {}  # each group's own target ratio
+    for g in original.prunable_groups():
+        named = [s.module for s in g.spaces if s.module in (layer_ratios or {})]
+        shares[_group_key(g)] = layer_ratios[named[0]] if named else (ratio or 0.0)
+    exact = flops_cut is None and not global_ranking
+    rounds: list[PruneResult] = []
+    for t in range(1, steps + 1):
+        options = dict(criterion=criterion, round_to=round_to, global_ranking=global_ranking,
+                       max_group_ratio=max_group_ratio, data=data, inplace=True)
+        if exact:
+            current = {_group_key(g): g.n_units for g in build_graph(model, input_shape).prunable_groups()}
+            layer = {}
+            for key, n in current.items():
+                if key in widths and n > 0:
+                    wanted = max(1, round(widths[key] * (1 - shares[key] * t / steps)))
+                    layer[key] = min(max(n - wanted, 0) / n, 1 - 1 / n)
+            result = prune(model, input_shape, ratio=None if layer else 0.0, layer_ratios=layer, **options)
+        else:
+            done = 1 - rounds[-1].after.macs / original_macs if rounds else 0.0
+            if flops_cut is not None:
+                goal = flops_cut * t / steps
+                left = 1 - (1 - goal) / (1 - done)
+                result = prune(model, input_shape, flops_cut=max(left, 0.0), **options)
+            else:
+                goal = ratio * t / steps
+                previous = ratio * (t - 1) / steps
+                result = prune(model, input_shape, ratio=1 - (1 - goal) / (1 - previous), **options)
+        rounds.append(result)
+        log.info("round %d/%d: MACs %.2fM", t, steps, result.after.macs / 1e6)
+        if finetune_fn is not None and t < steps:
+            finetune_fn(model, t)
+    return IterativeResult(model, rounds, criterion.name)
+
+
+def criterion_data(criterion: str, calib: str | None, loaded: Any) -> Any:
+    """The calibration data a data-driven criterion needs, or None for a data-free one."""
+    from edgeprune.errors import EdgepruneError
+
+    if not create_criterion(criterion).needs_data:
+        return None
+    if calib is None:
+        if not loaded.metadata.get("default"):
+            raise EdgepruneError(f"criterion '{criterion}' needs data: give --calib SOURCE (cifar10:DIR, folder:DIR, X.npz, mnist5k)")
+        from edgeprune.models.default import DEFAULT_DATA
+
+        calib = DEFAULT_DATA
+    from edgeprune.calibration import load_data
+
+    _, channels, size, _ = loaded.input_shape
+    return load_data(calib, split="train", channels=channels, size=size, limit=640)

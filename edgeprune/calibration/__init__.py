@@ -1,0 +1,26 @@
+"""Data sources behind one spec string, used by every command that needs images.
+
+Spec strings: ``cifar10:DIR``, ``cifar100:DIR``, ``folder:DIR``, ``PATH.npz``, ``mnist5k`` and,
+with scikit-learn installed, ``digits``. :func:`load_data` turns one into normalised arrays,
+:func:`make_loader` into torch batches, :class:`OrtCalibrationReader` into onnxruntime feeds.
+
+>>> from edgeprune.calibration import load_data, sample
+>>> calib = sample(load_data("mnist5k", split="train", channels=3), 64)
+>>> calib.x.shape
+(64, 3, 32, 32)
+"""
+from edgeprune.calibration.data import LabeledArrays, clear_cache, has_test_split, list_sources, load_data, sample
+from edgeprune.calibration.loader import make_loader, train_val_loaders
+from edgeprune.calibration.ort import OrtCalibrationReader
+
+__all__ = [
+    "LabeledArrays",
+    "OrtCalibrationReader",
+    "clear_cache",
+    "has_test_split",
+    "list_sources",
+    "load_data",
+    "make_loader",
+    "sample",
+    "train_val_loaders",
+]

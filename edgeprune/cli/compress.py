@@ -1,0 +1,46 @@
+"""``edgeprune compress``: the main job."""
+from __future__ import annotations
+
+import click
+
+from edgeprune.cli import main
+from edgeprune.cli.options import emit_json, model_argument, weights_option
+
+
+@main.command()
+@model_argument
+@weights_option
+@click.option("--target", "-t", default="arm", show_default=True, help="Device profile (see `edgeprune targets`) or a JSON file.")
+@click.option("--criterion", "-c", default="l2", show_default=True, help="Pruning criterion (see `edgeprune criteria`).")
+@click.option("--flops-cut", type=float, default=0.5, show_default=True, help="Fraction of MACs to remove.")
+@click.option("--ratio", type=float, help="Uniform channel ratio instead of --flops-cut.")
+@click.option("--round-to", type=click.IntRange(min=1), help="Channel alignment (default: the target's).")
+@click.option("--calib", help="Data for criteria, fine-tuning, INT8 and accuracy (default model: its bundled data).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 with labelled data).")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
+@click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
+@click.option("--min-time", type=float, default=2.0, show_default=True, help="Seconds of timed runs per model, at least.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
+@click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the checkpoint, ONNX files and reports.")
+def compress(model, weights, target, criterion, flops_cut, ratio, round_to, calib, finetune_epochs, lr, int8, ort,
+             runs, min_time, as_json, output):
+    """Prune MODEL for a target, fine-tune, export, verify, quantise and measure it against the dense model.
+
+    With no MODEL it runs on the built-in default (ResNet-20 trained on the bundled MNIST-5k).
+    """
+    from edgeprune.pipeline import CompressOptions, compress as run
+    from edgeprune.report import format_table
+
+    options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
+                              calib=calib, finetune_epochs=finetune_epochs, lr=lr, int8=int8, ort=ort, runs=runs,
+                              min_time=min_time, weights=weights)
+    report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
+    if as_json:
+        emit_json(report)
+        return
+    click.echo(f"\n{report['model']} for {report['target']['name']}: {report['pruning']['macs_cut']:.1%} of MACs removed")
+    click.echo(format_table(report))
+    click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")

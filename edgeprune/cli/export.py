@@ -1,0 +1,109 @@
+"""``edgeprune export``: ONNX with a numerical check, optionally INT8 and ORT format."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeprune.cli import main
+from edgeprune.cli.options import emit_json, model_argument, weights_option
+
+
+@main.command()
+@model_argument
+@weights_option
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--dynamic-batch", is_flag=True, help="Leave the batch dimension free (checked with batches of 1 and 3).")
+@click.option("--opset", type=click.IntRange(min=7), help="ONNX opset [default: the exporter's, 20 with torch 2.15].")
+@click.option("--no-simplify", is_flag=True, help="Keep the exporter's graph (skip onnxsim).")
+@click.option("--atol", type=click.FloatRange(min=0), default=1e-4, show_default=True, help="Absolute tolerance of the onnxruntime-vs-PyTorch check.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=1e-3, show_default=True, help="Relative tolerance of that check.")
+@click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
+              help="auto: dynamo, falling back to TorchScript if it fails.")
+@click.option("--int8", is_flag=True, help="Also write OUT.int8.onnx (static INT8, QDQ); needs --calib.")
+@click.option("--calib", metavar="SOURCE", help="Calibration images for --int8 (cifar10:DIR, folder:DIR, X.npz, mnist5k).")
+@click.option("--calib-limit", type=click.IntRange(min=1), default=256, show_default=True, help="Calibration images to use.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution"]), default="minmax", show_default=True)
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--eval-limit", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Labelled held-out images for the float vs INT8 accuracy (0: skip).")
+@click.option("--ort", "ort_format", is_flag=True, help="Also write the ORT format (.ort) of each ONNX file, for onnxruntime mobile.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+def export(model, weights, output, dynamic_batch, opset, no_simplify, atol, rtol, exporter, int8, calib, calib_limit,
+           calib_method, per_tensor, eval_limit, ort_format, as_json):
+    """Export MODEL (default: the built-in model) to ONNX and check onnxruntime against PyTorch."""
+    if int8 != bool(calib):
+        raise click.UsageError("--int8 needs --calib SOURCE" if int8 else "--calib is only used with --int8")
+    from edgeprune.checkpoint import load_model
+    from edgeprune.export import export_onnx, to_ort_format
+
+    loaded = load_model(model, weights)
+    result = export_onnx(loaded.model, loaded.input_shape, output, opset=opset, dynamic_batch=dynamic_batch,
+                         simplify=not no_simplify, atol=atol, rtol=rtol, exporter=exporter)
+    summary: dict[str, Any] = {"model": loaded.spec, "onnx": result.to_dict()}
+    if int8:
+        summary["int8"] = _int8(result.path, loaded.input_shape, calib, calib_limit, calib_method, not per_tensor, eval_limit)
+    if ort_format:
+        summary["ort"] = [str(to_ort_format(p)) for p in [result.path, summary.get("int8", {}).get("path")] if p]
+    if as_json:
+        emit_json(summary)
+        return
+    _print_summary(summary, atol, rtol)
+
+
+def _int8(onnx_path: Path, input_shape: tuple[int, ...], calib: str, limit: int, method: str, per_channel: bool,
+          eval_limit: int) -> dict[str, Any]:
+    """Quantise with images from ``calib``'s train split; compare accuracies on held-out ones."""
+    from edgeprune.calibration import has_test_split, load_data
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.export import onnx_accuracy, quantize_int8
+
+    if len(input_shape) != 4:
+        raise EdgepruneError(f"--int8 needs an image model (N x C x H x W input), this one takes {tuple(input_shape)}")
+    channels, size = input_shape[1], tuple(input_shape[2:])
+    data = load_data(calib, split="train", channels=channels, size=size, limit=limit)
+    out = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
+    info = quantize_int8(onnx_path, out, data.x, per_channel=per_channel, method=method).to_dict()
+    if eval_limit and data.y is not None:
+        split = "test" if has_test_split(calib, size) else "val"
+        held_out = load_data(calib, split=split, channels=channels, size=size, limit=eval_limit)
+        info["accuracy"] = {"split": split, "images": len(held_out),
+                            "float": onnx_accuracy(onnx_path, held_out.x, held_out.y),
+                            "int8": onnx_accuracy(out, held_out.x, held_out.y)}
+    return info
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _print_summary(s: dict[str, Any], atol: float, rtol: float) -> None:
+    r = s["onnx"]
+    ops = sorted(set(r["ops_before"]) | set(r["ops_after"]), key=lambda op: -r["ops_before"].get(op, 0))
+    width = max([len(op) for op in ops] + [10])
+    click.echo(f"{'op':<{width}}  {'before':>10}  {'after':>10}")
+    for op in ops:
+        click.echo(f"{op:<{width}}  {r['ops_before'].get(op, 0):>10}  {r['ops_after'].get(op, 0):>10}")
+    click.echo(f"{'nodes':<{width}}  {r['nodes_before']:>10}  {r['nodes_after']:>10}")
+    click.echo(f"{'size':<{width}}  {_size(r['size_before_bytes']):>10}  {_size(r['size_bytes']):>10}")
+    click.echo(f"check      max abs diff {r['max_abs_diff']:.3g}, max rel diff {r['max_rel_diff']:.3g}"
+               f"   (atol {atol:g}, rtol {rtol:g})")
+    click.echo(f"exporter   {r['exporter']}, opset {r['opset']}, input {r['input_names'][0]} {r['input_shape']}"
+               f"{'' if r['simplified'] else ', not simplified'}")
+    click.echo(f"wrote      {r['path']}")
+    if "int8" in s:
+        _print_int8(s["int8"])
+    if "ort" in s:
+        click.echo(f"ort        {', '.join(s['ort'])}")
+
+
+def _print_int8(q: dict[str, Any]) -> None:
+    granularity = "per-channel" if q["per_channel"] else "per-tensor"
+    click.echo(f"int8       {q['path']}  {_size(q['size_bytes'])} ({q['size_bytes'] / q['float_size_bytes'] - 1:+.0%}),"
+               f" {q['quantize_nodes']} QuantizeLinear, {q['calibration_images']} calibration images"
+               f" ({q['method']}, {granularity})")
+    if "accuracy" in q:
+        a = q["accuracy"]
+        click.echo(f"accuracy   float {a['float']:.4f} -> int8 {a['int8']:.4f} ({a['int8'] - a['float']:+.4f},"
+                   f" {a['images']} {a['split']} images)")

@@ -1,0 +1,119 @@
+"""``edgeprune prune``, ``info`` and ``zoo``."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from edgeprune.cli import main
+from edgeprune.cli.options import emit_json, model_argument, weights_option
+
+
+def _layer_ratios(pairs: tuple[str, ...]) -> dict[str, float]:
+    ratios = {}
+    for pair in pairs:
+        name, sep, value = pair.rpartition("=")
+        try:
+            ratios[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise click.BadParameter(f"expected LAYER=RATIO, got '{pair}'", param_hint="--layer-ratio")
+    return ratios
+
+
+@main.command()
+@model_argument
+@weights_option
+@click.option("--criterion", "-c", default="l2", show_default=True, help="Criterion name (see `edgeprune criteria`).")
+@click.option("--ratio", "-r", type=float, help="Fraction of each group's channels to remove, in [0, 1).")
+@click.option("--flops-cut", type=float, help="Fraction of MACs to remove (searched to within 1 point).")
+@click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep a multiple of K channels per group.")
+@click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of a uniform ratio.")
+@click.option("--max-group-ratio", type=float, default=0.9, show_default=True, help="Cap per group with --global.")
+@click.option("--layer-ratio", multiple=True, metavar="LAYER=R", help="Ratio for the group holding LAYER (repeatable).")
+@click.option("--calib", help="Data source for data-driven criteria (cifar10:DIR, folder:DIR, X.npz, mnist5k).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint to write (.pt).")
+def prune(model, weights, criterion, ratio, flops_cut, round_to, global_ranking, max_group_ratio, layer_ratio, calib, as_json, output):
+    """Remove whole filters from MODEL (default: the built-in model) and save the result."""
+    from edgeprune import api
+    from edgeprune.checkpoint import load_model, save_checkpoint
+
+    loaded = load_model(model, weights)
+    data = api.criterion_data(criterion, calib, loaded)
+    result = api.prune(loaded.model, loaded.input_shape, criterion=criterion, ratio=ratio, flops_cut=flops_cut,
+                       round_to=round_to, layer_ratios=_layer_ratios(layer_ratio), global_ranking=global_ranking,
+                       max_group_ratio=max_group_ratio, data=data, inplace=True)
+    save_checkpoint(result.model, output, spec=loaded.spec, input_shape=loaded.input_shape, kwargs=loaded.kwargs,
+                    metadata={**loaded.metadata, "pruned": result.summary()})
+    summary = {**result.summary(), "output": str(output), "model": loaded.spec}
+    if as_json:
+        emit_json(summary)
+        return
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    click.echo(f"model      {s['model']}   criterion {s['criterion']}   ratio {s['ratio']:.3f}")
+    click.echo(f"MACs       {s['macs_before'] / 1e6:10.2f} M -> {s['macs_after'] / 1e6:10.2f} M   (-{s['macs_cut']:.1%})")
+    click.echo(f"params     {s['params_before'] / 1e6:10.3f} M -> {s['params_after'] / 1e6:10.3f} M"
+               f"   (-{1 - s['params_after'] / s['params_before']:.1%})")
+    click.echo(f"groups     {s['groups_pruned']} pruned   time {sum(s['seconds'].values()):.2f} s")
+    click.echo(f"wrote      {s['output']}")
+
+
+@main.command()
+@model_argument
+@weights_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
+def info(model, weights, as_json):
+    """Per-layer channels and MACs of MODEL, and its totals."""
+    from edgeprune.checkpoint import load_model
+    from edgeprune.counter import count, per_layer
+    from edgeprune.graph import build_graph
+
+    loaded = load_model(model, weights)
+    graph = build_graph(loaded.model, loaded.input_shape)
+    totals, rows = count(graph), per_layer(graph)
+    groups = [{"name": g.name, "units": g.n_units, "prunable": g.n_prunable} for g in graph.groups if g.n_units > 1]
+    if as_json:
+        emit_json({"model": loaded.spec, "input_shape": list(loaded.input_shape), **totals.to_dict(),
+                   "layers": rows, "groups": groups, "warnings": graph.warnings})
+        return
+    width = max([len(r["layer"]) for r in rows] + [5])
+    click.echo(f"{'layer':<{width}}  {'in':>6}  {'out':>6}  {'MACs (M)':>10}")
+    for r in rows:
+        click.echo(f"{r['layer']:<{width}}  {r['in']:>6}  {r['out']:>6}  {r['macs'] / 1e6:>10.3f}")
+    click.echo(f"{loaded.spec}: {totals.macs / 1e6:.2f} M MACs, {totals.params / 1e6:.3f} M params, "
+               f"{sum(1 for g in groups if g['prunable'] > 1)} prunable groups, input {tuple(loaded.input_shape)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def zoo(as_json):
+    """Models known by name (plus torchvision:NAME and FILE.py:factory)."""
+    from edgeprune.models import list_models
+
+    entries = [{"name": e.name, "input_shape": list(e.input_shape), "description": e.description} for e in list_models()]
+    if as_json:
+        emit_json(entries)
+        return
+    for e in entries:
+        click.echo(f"{e['name']:<20} {e['description']}")
+    click.echo("torchvision:NAME     any torchvision classification model (random init; --weights FILE to load)")
+    click.echo("FILE.py:factory      your own model: factory() returns an nn.Module")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def criteria(as_json):
+    """Pruning criteria known by name."""
+    from edgeprune.criteria import create_criterion, list_criteria
+
+    rows = [{"name": n, "needs_data": create_criterion(n).needs_data} for n in list_criteria()]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<10} {'needs --calib data' if r['needs_data'] else 'data-free'}")

@@ -1,0 +1,13 @@
+"""Pruning criteria, registered by name: ``create_criterion("l2")``.
+
+>>> sorted(set(list_criteria()) & {"l1", "l2", "fpgm", "random"})
+['fpgm', 'l1', 'l2', 'random']
+"""
+from edgeprune.criteria import magnitude as _magnitude  # noqa: F401  (registers l1, l2, fpgm, random)
+from edgeprune.criteria import rank as _rank  # noqa: F401  (registers hrank, fms)
+from edgeprune.criteria import csctfp as _csctfp  # noqa: F401  (registers csctfp)
+from edgeprune.criteria import tcfp as _tcfp  # noqa: F401  (registers tcfp)
+from edgeprune.criteria import soft as _soft  # noqa: F401  (registers sfp)
+from edgeprune.criteria.base import Criterion, combine, create_criterion, filters, list_criteria, register_criterion
+
+__all__ = ["Criterion", "combine", "create_criterion", "filters", "list_criteria", "register_criterion"]

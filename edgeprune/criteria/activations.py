@@ -1,0 +1,289 @@
+"""Feature maps after each conv's activation, reduced to per-channel statistics batch by batch.
+
+The map of a conv channel is read where HRank reads it: after the conv's normalisation and
+activation. From the conv's node in the traced graph we follow single-user normalisation and
+activation nodes (and, with ``through_add``, a residual add of the same shape, as HRank's ResNet
+code reads ``relu2`` after the add) and tap the last one. The model runs through an
+:class:`torch.fx.Interpreter` over ``graph.module_graph``: nothing is registered on the model,
+so nothing can be left behind, and each tapped tensor is reduced by a callback as soon as it is
+computed. Only per-channel sums survive a batch, never the maps themselves.
+
+>>> import torch
+>>> from edgeprune.models import build
+>>> from edgeprune.graph import build_graph
+>>> graph = build_graph(build("resnet20-cifar").model, (1, 3, 32, 32))
+>>> space = graph.state.module_spaces["layer1.0.conv1"]
+>>> capture_node(graph, space).target
+'layer1.0.relu1'
+>>> ranks = ChannelRanks()
+>>> collect(graph, torch.randn(4, 3, 32, 32), {capture_node(graph, space).name: ranks}, batch_size=2)
+4
+>>> ranks.mean().shape
+torch.Size([16])
+"""
+from __future__ import annotations
+
+import operator
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.graph import DependencyGraph, Space
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+               nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus)
+ACTIVATION_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu,
+                        F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, torch.sigmoid, torch.tanh, F.softplus}
+ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+ADD_METHODS = {"add", "add_"}
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def as_batches(data: Any, batch_size: int = 128, limit: int | None = None) -> Iterator[torch.Tensor]:
+    """Float32 input batches from ``data``, at most ``limit`` images in all.
+
+    ``data`` may be anything with an ``.x`` array (a :class:`~edgeprune.calibration.LabeledArrays`),
+    a tensor or NumPy array of N x C x H x W inputs, or an iterable of batches (tensors or
+    ``(x, y)`` pairs, as a DataLoader yields).
+
+    >>> [tuple(b.shape) for b in as_batches(np.zeros((5, 3, 4, 4), np.float32), batch_size=2)]
+    [(2, 3, 4, 4), (2, 3, 4, 4), (1, 3, 4, 4)]
+    """
+    if data is None:
+        raise EdgepruneError("this criterion needs calibration data (give --calib SOURCE)")
+    if batch_size < 1:
+        raise EdgepruneError(f"batch size must be positive, got {batch_size}")
+    x = getattr(data, "x", data)
+    if isinstance(x, (np.ndarray, torch.Tensor)):
+        x = torch.as_tensor(x)
+        if limit is not None:
+            x = x[:limit]
+        for start in range(0, len(x), batch_size):
+            yield x[start:start + batch_size].float()
+        return
+    taken = 0
+    for batch in x:
+        if isinstance(batch, (tuple, list)):
+            batch = batch[0]
+        batch = torch.as_tensor(batch).float()
+        if limit is not None:
+            batch = batch[:limit - taken]
+        if len(batch):
+            yield batch
+        taken += len(batch)
+        if limit is not None and taken >= limit:
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# where to read a conv's maps
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _passes_through(node: fx.Node, modules: dict[str, nn.Module], through_add: bool) -> bool:
+    """Whether ``node`` keeps a channel's identity: a norm, an activation, or (optionally) an add."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), NORMS + ACTIVATIONS)
+    if node.op == "call_function":
+        return node.target in ACTIVATION_FUNCTIONS or (through_add and node.target in ADD_FUNCTIONS)
+    if node.op == "call_method":
+        return node.target in ACTIVATION_METHODS or (through_add and node.target in ADD_METHODS)
+    return False
+
+
+def capture_node(graph: DependencyGraph, space: Space, through_add: bool = True) -> fx.Node | None:
+    """The traced node whose output holds ``space``'s maps after its activation (4-D convs only)."""
+    if space.kind != "conv" or space.module is None:
+        return None
+    gm = graph.module_graph
+    node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == space.module), None)
+    if node is None:
+        return None
+    shape = _shape(node)
+    if shape is None or len(shape) != 4 or shape[1] != space.size:
+        return None
+    modules = dict(gm.named_modules())
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if not _passes_through(user, modules, through_add) or _shape(user) != shape:
+            break
+        node = user
+    return node
+
+
+def capture_nodes(graph: DependencyGraph, spaces: list[Space], through_add: bool = True) -> dict[int, fx.Node]:
+    """``space.index -> node`` for every space whose maps can be read (others are left out)."""
+    found = {s.index: capture_node(graph, s, through_add) for s in spaces}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def truncated(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
+    """A GraphModule computing only what ``node`` needs and returning it (shares ``gm``'s modules)."""
+    graph = fx.Graph()
+    remap: dict[fx.Node, fx.Node] = {}
+    for n in gm.graph.nodes:
+        if n.op == "output":
+            break
+        remap[n] = graph.node_copy(n, lambda a: remap[a])
+        if n is node:
+            break
+    graph.output(remap[node])
+    prefix = fx.GraphModule(gm, graph)
+    prefix.graph.eliminate_dead_code()
+    prefix.recompile()
+    return prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# running the model with taps
+
+
+class _Stop(Exception):
+    """Raised after the last tapped node: the rest of the network is not needed."""
+
+
+class _Tap(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, taps: dict[str, Callable[[torch.Tensor], None]]) -> None:
+        super().__init__(gm)
+        self.taps = taps
+        names = [n.name for n in gm.graph.nodes if n.name in taps]
+        self.last = names[-1] if names else None
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        tap = self.taps.get(n.name)
+        if tap is not None:
+            tap(out)
+        if n.name == self.last:
+            raise _Stop
+        return out
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block; every module's own training flag is restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def collect(graph: DependencyGraph, data: Any, taps: dict[str, Callable[[torch.Tensor], None]], *,
+            batch_size: int = 128, batches: int | None = 5) -> int:
+    """Run calibration batches through the traced model, calling ``taps[node_name](output)``.
+
+    At most ``batches`` batches of ``batch_size`` images (``None``: all of ``data``); the model
+    runs in eval mode without gradients. Returns the number of images seen.
+    """
+    limit = None if batches is None else batch_size * batches
+    device = model_device(graph.model)
+    seen = 0
+    if not taps:
+        return seen
+    with evaluating(graph.model), torch.inference_mode():
+        runner = _Tap(graph.module_graph, taps)
+        for x in as_batches(data, batch_size, limit):
+            try:
+                runner.run(x.to(device))
+            except _Stop:
+                pass
+            seen += len(x)
+    if seen == 0:
+        raise EdgepruneError("the calibration data holds no images")
+    return seen
+
+
+# ---------------------------------------------------------------------------------------------
+# per-channel statistics, updated one batch at a time
+
+
+def batched_rank(maps: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.matrix_rank`` of each matrix in a (B, H, W) stack, computed faster.
+
+    A matrix is certified full rank, without an SVD, when the Cholesky factorisation of
+    ``F^T F - tau^2 I`` (float64) succeeds with ``tau = ||F||_F * max(H, W) * eps``: ``tau`` is at
+    least matrix_rank's own threshold (``sigma_max * max(H, W) * eps``), so ``sigma_min > tau``
+    means every singular value counts. All-zero maps have rank 0; the rest go to matrix_rank.
+    """
+    if maps.ndim != 3:
+        raise ValueError(f"expected a (B, H, W) stack, got shape {tuple(maps.shape)}")
+    maps = maps.detach().float()
+    if maps.shape[-2] < maps.shape[-1]:
+        maps = maps.mT
+    n = maps.shape[-1]
+    ranks = torch.zeros(len(maps), dtype=torch.long, device=maps.device)
+    tau = maps.flatten(1).double().norm(dim=1) * max(maps.shape[-2:]) * torch.finfo(maps.dtype).eps
+    nonzero = (tau > 0).nonzero().flatten()
+    if len(nonzero) == 0:
+        return ranks
+    d = maps[nonzero].double()
+    gram = d.mT @ d
+    gram.diagonal(dim1=-2, dim2=-1).sub_(tau[nonzero, None] ** 2)
+    _, info = torch.linalg.cholesky_ex(gram)
+    full = info == 0
+    ranks[nonzero[full]] = n
+    rest = nonzero[~full]
+    if len(rest):
+        ranks[rest] = torch.linalg.matrix_rank(maps[rest])
+    return ranks
+
+
+class ChannelRanks:
+    """Running mean over images of each channel's feature-map rank (HRank's statistic)."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.images = 0
+        self.ceiling = 0  # the largest possible rank: min(H, W)
+
+    def __call__(self, maps: torch.Tensor) -> None:
+        b, c = maps.shape[:2]
+        ranks = batched_rank(maps.reshape(b * c, *maps.shape[2:])).view(b, c).sum(0).double().cpu()
+        self.total = ranks if self.total is None else self.total + ranks
+        self.images += b
+        self.ceiling = min(maps.shape[2:])
+
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.images, 1)
+
+
+class ChannelSimilarity:
+    """Running mean over images of the cosine similarity between every two channels' maps."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | None = None
+        self.images = 0
+
+    def __call__(self, maps: torch.Tensor) -> None:
+        b, c = maps.shape[:2]
+        unit = F.normalize(maps.reshape(b, c, -1).float(), dim=2)  # all-zero maps stay zero
+        flat = unit.transpose(0, 1).reshape(c, -1)  # <row_i, row_j> = sum over images of cos(F_i, F_j)
+        sums = (flat @ flat.T).double().cpu()
+        self.total = sums if self.total is None else self.total + sums
+        self.images += b
+
+    def mean(self) -> torch.Tensor:
+        s = self.total / max(self.images, 1)
+        return (s + s.T) / 2

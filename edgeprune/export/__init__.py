@@ -1,0 +1,48 @@
+"""Deployment files: ONNX export with simplification and a numerical check, INT8, ORT format.
+
+The ONNX-side functions need only onnx and onnxruntime: PyTorch is imported when
+:func:`export_onnx` is first used, so INT8 and ORT conversion also run where torch is absent.
+Each step writes into a hidden folder beside its output and publishes only when its checks pass.
+
+>>> import tempfile
+>>> from edgeprune.export import export_onnx
+>>> from edgeprune.models import build
+>>> built = build("mobilenetv1-cifar")
+>>> result = export_onnx(built.model, built.input_shape, tempfile.mkdtemp() + "/mbv1.onnx")
+>>> result.nodes_after <= result.nodes_before, load_onnx_checked(result.path).graph.input[0].name
+(True, 'input')
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from edgeprune.export.checks import Diff, load_onnx_checked, op_counts
+from edgeprune.export.ort_format import to_ort_format
+from edgeprune.export.quantize import METHODS, QuantResult, quantize_int8
+from edgeprune.export.runtime import make_session, onnx_accuracy, run_batches
+
+__all__ = [
+    "Diff",
+    "EXPORTERS",
+    "ExportResult",
+    "METHODS",
+    "QuantResult",
+    "export_onnx",
+    "load_onnx_checked",
+    "make_session",
+    "onnx_accuracy",
+    "op_counts",
+    "quantize_int8",
+    "run_batches",
+    "to_ort_format",
+]
+
+_NEED_TORCH = {"EXPORTERS", "ExportResult", "export_onnx"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NEED_TORCH:
+        from edgeprune.export import onnx_export
+
+        return getattr(onnx_export, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

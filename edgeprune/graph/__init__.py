@@ -1,0 +1,80 @@
+"""The dependency graph: which channels of a network must be removed together.
+
+>>> from edgeprune.models import build
+>>> graph = build_graph(build("resnet20-cifar").model, (1, 3, 32, 32))
+>>> len(graph.prunable_groups()) > 0
+True
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from edgeprune.graph.channels import ChannelState, Layer, Site, Space
+from edgeprune.graph.groups import Group, build_groups, channel_classes
+from edgeprune.graph.ops import resolve
+from edgeprune.graph.propagate import propagate
+from edgeprune.graph.trace import trace
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DependencyGraph", "Group", "Layer", "Site", "Space", "build_graph"]
+
+
+@dataclass
+class DependencyGraph:
+    """A traced model's coupled channel groups, the tensors to shrink, and its conv/linear layers."""
+
+    model: nn.Module
+    input_shape: tuple[int, ...]
+    state: ChannelState
+    classes: np.ndarray
+    groups: list[Group]
+    module_graph: fx.GraphModule = field(repr=False)
+    param_sizes: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+
+    @property
+    def sites(self) -> list[Site]:
+        return list(self.state.sites.values())
+
+    @property
+    def layers(self) -> list[Layer]:
+        return self.state.layers
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.state.warnings
+
+    def prunable_groups(self) -> list[Group]:
+        """Groups with at least two prunable units (one must always stay)."""
+        return [g for g in self.groups if g.n_prunable >= 2]
+
+    def keep_mask(self, removed: dict[int, np.ndarray]) -> np.ndarray:
+        """Global channel mask (True = kept) from the units removed in each group."""
+        keep = np.ones(self.state.total, dtype=bool)
+        gone = [self.groups[g].roots[np.asarray(u, dtype=np.int64)] for g, u in removed.items() if len(u)]
+        if gone:
+            keep &= ~np.isin(self.classes, np.concatenate(gone))
+        return keep
+
+    def group_of_module(self, module: str) -> Group | None:
+        for group in self.groups:
+            if any(s.module == module for s in group.spaces):
+                return group
+        return None
+
+
+def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> DependencyGraph:
+    """Trace ``model`` on a zero input of ``input_shape`` and find its coupled channel groups."""
+    example = torch.zeros(input_shape)
+    gm = trace(model, example)
+    state = propagate(gm, resolve, model)
+    for message in state.warnings:
+        log.warning(message)
+    classes = channel_classes(state)
+    sizes = {(m, p): t.numel() for m, module in model.named_modules() for p, t in module.named_parameters(recurse=False)}
+    return DependencyGraph(model, tuple(input_shape), state, classes, build_groups(state, classes), gm, sizes)

@@ -1,0 +1,19 @@
+"""Fine-tuning and evaluation, on one process or data-parallel under torchrun.
+
+>>> from edgeprune.train import FinetuneConfig
+>>> FinetuneConfig(epochs=3).lr
+0.01
+"""
+from edgeprune.train.distributed import DistContext, is_main_process, launched_distributed
+from edgeprune.train.loop import EpochRecord, FinetuneConfig, FinetuneResult, evaluate, finetune
+
+__all__ = [
+    "DistContext",
+    "EpochRecord",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "evaluate",
+    "finetune",
+    "is_main_process",
+    "launched_distributed",
+]

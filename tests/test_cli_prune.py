@@ -1,0 +1,101 @@
+"""The prune / info / zoo commands, and their answers to bad input (one line, exit code 2)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+USER_MODEL = '''
+import torch
+from torch import nn
+
+def small():
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+    def forward(self, x):
+        y = self.conv(x)
+        return y if y.sum() > 0 else -y
+
+def branchy():
+    return Branchy()
+'''
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    lines = [l for l in proc.stderr.splitlines() if l.strip() and not l.startswith(("INFO", "WARNING"))]
+    assert len(lines) == 1 and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_prune_then_info_round_trip(tmp_path):
+    out = tmp_path / "p.pt"
+    proc = run("prune", "resnet20-cifar", "--criterion", "fpgm", "--flops-cut", "0.5", "--round-to", "4", "-o", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert abs(summary["macs_cut"] - 0.5) <= 0.01
+    info = json.loads(run("info", str(out), "--json").stdout)
+    assert info["macs"] == summary["macs_after"] and info["params"] == summary["params_after"]
+    assert torch.load(out, weights_only=True)["spec"] == "resnet20-cifar"
+
+
+def test_info_table_and_zoo():
+    proc = run("info", "vgg16-cifar")
+    assert proc.returncode == 0 and "313.46 M MACs" in proc.stdout
+    zoo = json.loads(run("zoo", "--json").stdout)
+    assert {"vgg16-cifar", "resnet56-cifar", "mobilenetv1-cifar"} <= {e["name"] for e in zoo}
+
+
+def test_user_file_model(tmp_path):
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    proc = run("prune", f"{tmp_path}/mine.py:small", "--ratio", "0.5", "-o", str(tmp_path / "s.pt"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["macs_after"] < json.loads(proc.stdout)["macs_before"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["info", "no-such-model"], "unknown model 'no-such-model'"),
+    (["info", "missing.pt"], "file not found: missing.pt"),
+    (["prune", "resnet20-cifar", "--criterion", "nope", "--ratio", "0.3", "-o", "OUT"], "unknown criterion 'nope'"),
+    (["prune", "resnet20-cifar", "--ratio", "1.2", "-o", "OUT"], "ratio must be in [0, 1)"),
+    (["prune", "resnet20-cifar", "--ratio", "-0.1", "-o", "OUT"], "ratio must be in [0, 1)"),
+    (["prune", "resnet20-cifar", "--flops-cut", "1", "-o", "OUT"], "flops cut must be in [0, 1)"),
+    (["prune", "torchvision:nonet", "--ratio", "0.3", "-o", "OUT"], "unknown torchvision classification model"),
+])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
+    args = [str(tmp_path / "out.pt") if a == "OUT" else a for a in args]
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"this is not a torch file")
+    assert_one_line_error(run("info", str(bad)), "cannot read")
+
+
+class Evil:
+    """Any class: a weights-only load must refuse to build it."""
+
+
+def test_pickled_class_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "edgeprune-checkpoint/1", "obj": Evil()}, path)
+    assert_one_line_error(run("info", str(path)), "weights-only")
+
+
+def test_untraceable_user_model(tmp_path):
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    proc = run("prune", f"{tmp_path}/mine.py:branchy", "--ratio", "0.5", "-o", str(tmp_path / "b.pt"))
+    assert_one_line_error(proc, "cannot trace Branchy")
+    assert not (tmp_path / "b.pt").exists()

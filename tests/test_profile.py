@@ -1,0 +1,210 @@
+"""The onnxruntime profiler and `edgeprune bench`, on tiny conv nets built with onnx.helper."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.profile import (
+    BenchConfig, external_data_files, format_table, from_json, inspect_model, profile_models, save_json, to_json,
+)
+from edgeprune.targets import load_target
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_convnet(path: Path, channels: int = 8, layers: int = 2, size: int | str = 32, batch: int | str = 1,
+                 pads: int = 1, seed: int = 0, external: bool = False) -> Path:
+    """Conv-ReLU x layers, then global average pooling; str dims are dynamic."""
+    rng = np.random.default_rng(seed)
+    nodes, weights, prev, cin = [], [], "x", 3
+    for i in range(layers):
+        w = (rng.standard_normal((channels, cin, 3, 3)) * (2 / (9 * cin)) ** 0.5).astype(np.float32)
+        b = (rng.standard_normal(channels) * 0.1).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], pads=[pads] * 4),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev, cin = f"r{i}", channels
+    nodes.append(helper.make_node("GlobalAveragePool", [prev], ["y"]))
+    graph = helper.make_graph(
+        nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, channels, 1, 1])], weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path), save_as_external_data=external, location=f"{Path(path).name}.data", size_threshold=0)
+    return Path(path)
+
+
+def run_cli(*args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    """`edgeprune ARGS` in a fresh interpreter (the bench module imported even if unregistered)."""
+    code = (f"import sys; sys.argv = ['edgeprune'] + {list(args)!r}; import edgeprune.cli.bench; "
+            "from edgeprune.cli import main; main()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, str(REPO)]))}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgeprune: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+FAST = BenchConfig(warmup=2, min_runs=10, min_time=0.2)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "small": make_convnet(folder / "small.onnx", channels=8, layers=2),
+        "big": make_convnet(folder / "big.onnx", channels=64, layers=4),  # ~140x the MACs
+        "dynamic": make_convnet(folder / "dynamic.onnx", batch="N", size="S"),
+        "unpadded": make_convnet(folder / "unpadded.onnx", size="S", pads=0),
+        "external": make_convnet(folder / "external.onnx", external=True),
+    }
+
+
+@pytest.fixture(scope="module")
+def profiles(models):
+    stages = []
+    result = profile_models([models["small"], models["big"]], FAST, progress=lambda s, f: stages.append((s, f)))
+    return result, stages
+
+
+def test_every_field_is_present_and_sane(profiles, models):
+    result, _ = profiles
+    for profile, path in zip(result, [models["small"], models["big"]]):
+        assert profile.path == str(path)
+        assert profile.min_ms <= profile.p50_ms <= profile.p90_ms <= profile.p99_ms
+        assert profile.runs >= FAST.min_runs and profile.runs == len(profile.times_ms)
+        assert sum(profile.times_ms) >= FAST.min_time * 1000
+        assert len(profile.warmup_ms) == FAST.warmup and profile.first_run_ms > 0 and profile.session_ms > 0
+        assert profile.mean_ms > 0 and profile.std_ms >= 0
+        assert profile.peak_memory_bytes >= 0 and profile.baseline_rss_bytes > 0
+        assert profile.size_bytes == path.stat().st_size
+        s = profile.settings
+        assert (s.intra_threads, s.inter_threads, s.graph_optimization, s.memory_arena) == (1, 1, "all", True)
+        assert s.onnxruntime_version == ort.__version__ and s.provider == "CPUExecutionProvider"
+        assert s.input_shapes == {"x": [1, 3, 32, 32]} and s.execution_mode == "sequential"
+
+
+def test_bigger_model_is_slower_and_larger(profiles):
+    (small, big), _ = profiles
+    assert big.p50_ms > small.p50_ms
+    assert big.size_bytes > 20 * small.size_bytes
+
+
+def test_progress_reaches_the_end(profiles):
+    _, stages = profiles
+    assert [s for s, _ in stages[:3]] == ["starting", "sessions", "sessions"]
+    assert stages[-1] == ("timing", 1.0)
+
+
+def test_json_round_trip_and_atomic_save(profiles, tmp_path):
+    result, _ = profiles
+    assert from_json(to_json(result)) == result
+    out = tmp_path / "results.json"
+    save_json(result, out)
+    assert from_json(out.read_text()) == result
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_table_shows_ratios_against_the_first_model(profiles):
+    (small, big), _ = profiles
+    table = format_table([small, big])
+    assert f"{small.p50_ms / big.p50_ms:.2f}x" in table
+    assert f"{big.size_bytes / small.size_bytes:.2f}x" in table
+    assert "speedup" in table and "onnxruntime" in table and str(big.path) in table
+
+
+def test_dynamic_dims_become_one_or_the_override(models):
+    assert inspect_model(models["dynamic"]).inputs == {"x": [1, 3, 1, 1]}
+    assert inspect_model(models["dynamic"], (2, 3, 16, 16)).inputs == {"x": [2, 3, 16, 16]}
+    config = BenchConfig(warmup=0, min_runs=3, min_time=0, input_shape=(2, 3, 8, 8))
+    [profile] = profile_models([models["dynamic"]], config)
+    assert profile.settings.input_shapes == {"x": [2, 3, 8, 8]} and profile.warmup_ms == []
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 64, 64), (3, 32, 32), (2, 3, 32, 32)])
+def test_shape_that_contradicts_the_model_is_refused(models, shape):
+    with pytest.raises(EdgepruneError, match=r"does not fit .*small.onnx: input 'x' has shape 1x3x32x32"):
+        inspect_model(models["small"], shape)
+
+
+def test_external_data_counts_in_the_size(models):
+    path = models["external"]
+    [data] = external_data_files(path)
+    assert data.name == "external.onnx.data"
+    assert inspect_model(path).size_bytes == path.stat().st_size + data.stat().st_size
+
+
+def test_run_time_failure_is_one_clear_error(models):
+    with pytest.raises(EdgepruneError, match="unpadded.onnx: .*give an input shape") as caught:
+        profile_models([models["unpadded"]], BenchConfig(warmup=0, min_runs=1, min_time=0))
+    assert "\n" not in str(caught.value) and "ONNXRuntimeError" not in str(caught.value)
+
+
+def test_config_validation_and_target_settings():
+    with pytest.raises(EdgepruneError, match="min_runs must be an integer >= 1"):
+        BenchConfig(min_runs=0)
+    with pytest.raises(EdgepruneError, match="graph_optimization must be one of"):
+        BenchConfig(graph_optimization="max")
+    config = BenchConfig.from_target(load_target("arm-cortex-a53"), min_runs=7, warmup=None)
+    assert (config.intra_threads, config.memory_arena, config.min_runs, config.warmup) == (4, False, 7, 5)
+
+
+def test_cli_bench_table_json_and_output_file(models, tmp_path):
+    out = tmp_path / "r.json"
+    args = ["bench", str(models["small"]), str(models["big"]), "--runs", "3", "--min-time", "0", "--warmup", "1"]
+    table = run_cli(*args, "-o", str(out))
+    assert table.returncode == 0, table.stderr
+    assert "speedup" in table.stdout and "1.00x" in table.stdout
+    assert [p.path for p in from_json(out.read_text())] == [str(models["small"]), str(models["big"])]
+    as_json = run_cli(*args, "--json", "--threads", "2")
+    assert json.loads(as_json.stdout)["profiles"][1]["settings"]["intra_threads"] == 2
+
+
+def test_cli_bench_works_with_torch_blocked(models, tmp_path):
+    """A fake `torch` that records any import attempt, then fails it, shadows the real one in the
+    CLI process and in its workers: stricter than sys.modules['torch'] = None, which would miss
+    `try: import torch` in the parent."""
+    blocker, marker = tmp_path / "blocker", tmp_path / "torch-import-attempts"
+    (blocker / "torch").mkdir(parents=True)
+    (blocker / "torch" / "__init__.py").write_text(
+        f"import os, sys\nopen({str(marker)!r}, 'a').write(' '.join(sys.argv) + os.linesep)\n"
+        "raise ImportError('torch is blocked')\n")
+    result = run_cli("bench", str(models["small"]), "--runs", "3", "--min-time", "0", "--target", "arm",
+                     pythonpath=str(blocker))
+    assert result.returncode == 0, result.stderr
+    assert "intra-op threads 4" in result.stdout
+    assert not marker.exists(), f"torch was imported by: {marker.read_text()}"
+
+
+def test_cli_corrupt_model_is_one_line(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not protobuf" * 10)
+    assert_one_line_error(run_cli("bench", str(bad)), "bad.onnx is not a valid ONNX model: ")
+
+
+def test_cli_wrong_input_shape_is_one_line(models):
+    assert_one_line_error(run_cli("bench", str(models["small"]), "--input-shape", "1x3x64x64"),
+                          "input shape 1x3x64x64 does not fit")
+
+
+def test_cli_unknown_target_and_missing_file_are_one_line(models):
+    assert_one_line_error(run_cli("bench", str(models["small"]), "--target", "cortex-m0"),
+                          "unknown target 'cortex-m0'", "arm-cortex-a72")
+    assert_one_line_error(run_cli("bench", "missing.onnx"), "missing.onnx: no such file")
