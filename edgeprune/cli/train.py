@@ -42,9 +42,13 @@ def finetune(model: str, data: str, epochs: int, lr: float, batch_size: int, aug
     loaded = load_model(model)
     train, val = train_val_loaders(data, loaded.input_shape, batch_size=batch_size,
                                    augment=None if augment == "none" else augment, seed=seed, limit=limit)
+    def checkpoint(tuned, epoch: int) -> None:
+        save_checkpoint(tuned, output, spec=loaded.spec, input_shape=loaded.input_shape, kwargs=loaded.kwargs,
+                        metadata={**loaded.metadata, "finetuned": {"data": data, "epochs_done": epoch}})
+
     with _ProgressBar(is_main_process()) as progress:
         result = run_finetune(loaded.model, train, val, FinetuneConfig(epochs=epochs, lr=lr, seed=seed),
-                              checkpoint_fn=lambda m, _epoch: save_checkpoint(m, output), progress=progress)
+                              checkpoint_fn=checkpoint, progress=progress)
     if is_main_process():  # the epochs were logged as they finished
         click.echo(f"saved {output} (val top-1 {100 * result.final_val_acc:.2f} %, "
                    f"{result.seconds:.0f} s, {result.world_size} process(es))")

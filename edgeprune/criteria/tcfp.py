@@ -365,7 +365,8 @@ class SoftStep:
 
 def tcfp_soft_prune(model: nn.Module, graph: DependencyGraph, clusters: dict[str, np.ndarray], val_data: Any,
                     evaluate_fn: Callable[[nn.Module, Any], float] | None = None, *, theta: float = 0.001,
-                    target_macs: float | None = None, zero_norm: bool = False) -> SoftStep:
+                    target_macs: float | None = None, zero_norm: bool = False,
+                    reach_target: bool = False) -> SoftStep:
     """Measure each cluster's accuracy drop when masked; zero those below ``theta``, training goes on.
 
     ``evaluate_fn(model, val_data) -> accuracy in [0, 1]`` (default :func:`accuracy`) must use a
@@ -374,7 +375,9 @@ def tcfp_soft_prune(model: nn.Module, graph: DependencyGraph, clusters: dict[str
     drop measured, and the weights restored. Clusters below ``theta`` are taken by increasing
     drop until ``target_macs`` (absolute, on ``graph``) is met, never emptying a layer, and their
     filters are zeroed (:func:`~edgeprune.criteria.soft.zero_filters`, so they can regrow).
-    Remove them at the end with ``apply_keep_mask(model, graph, step.keep)``.
+    Remove them at the end with ``apply_keep_mask(model, graph, step.keep)``. With
+    ``reach_target``, when the clusters under ``theta`` do not reach ``target_macs`` the next
+    cheapest clusters are taken too, so that a fixed MACs target is always met.
     """
     evaluate = evaluate_fn or accuracy
     baseline = evaluate(model, val_data)
@@ -390,7 +393,8 @@ def tcfp_soft_prune(model: nn.Module, graph: DependencyGraph, clusters: dict[str
         model.load_state_dict(saved)
     removed: dict[int, np.ndarray] = {}
     selected = []
-    for key in sorted((k for k, d in deltas.items() if d < theta), key=deltas.get):
+    candidates = deltas if reach_target and target_macs is not None else {k: d for k, d in deltas.items() if d < theta}
+    for key in sorted(candidates, key=deltas.get):
         if target_macs is not None and count(graph, graph.keep_mask(removed)).macs <= target_macs:
             break
         group, u = units[key]
@@ -412,14 +416,17 @@ class TCFPSoftSchedule:
 
     def __init__(self, graph: DependencyGraph, clusters: dict[str, np.ndarray], val_data: Any,
                  evaluate_fn: Callable[[nn.Module, Any], float] | None = None, *, theta: float = 0.001,
-                 target_macs: float | None = None, every: int = 1, zero_norm: bool = False) -> None:
+                 target_macs: float | None = None, every: int = 1, zero_norm: bool = False,
+                 reach_target: bool = False) -> None:
         self.graph, self.clusters, self.val_data, self.evaluate_fn = graph, clusters, val_data, evaluate_fn
         self.theta, self.target_macs, self.every, self.zero_norm = theta, target_macs, max(1, every), zero_norm
+        self.reach_target = reach_target
         self.last: SoftStep | None = None
 
     def step(self, model: nn.Module) -> SoftStep:
         self.last = tcfp_soft_prune(model, self.graph, self.clusters, self.val_data, self.evaluate_fn,
-                                    theta=self.theta, target_macs=self.target_macs, zero_norm=self.zero_norm)
+                                    theta=self.theta, target_macs=self.target_macs, zero_norm=self.zero_norm,
+                                    reach_target=self.reach_target)
         return self.last
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:

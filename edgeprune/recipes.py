@@ -1,0 +1,244 @@
+"""How a criterion meets fine-tuning: a recipe prunes a model to a MACs target within an epoch budget.
+
+Three shapes, one table keyed by criterion name (:data:`RECIPES`):
+
+- ``oneshot`` (l1, l2, fpgm, random, hrank, fms): cut once, then fine-tune; with ``steps`` T > 1
+  the cut is made in T rounds (:func:`edgeprune.api.prune_iteratively`).
+- ``iterative`` (csctfp): T = 4 rounds by default, as SPEC.md chooses for CSCTFP.
+- ``sfp``: soft pruning: the weakest filters are zeroed after each epoch and keep training; they
+  are removed at the end (:class:`edgeprune.criteria.soft.SoftPruningSchedule`).
+- ``tcfp``: intra-cluster L2 cut for part of the target, then inter-cluster soft pruning judged
+  on a held-out split of the training data for the rest (:mod:`edgeprune.criteria.tcfp`).
+
+Every recipe spends the same budget: ``epochs`` passes over the fine-tuning images. Iterative
+recipes take one of those epochs, spread over the rounds, for the short fine-tunes between them.
+
+>>> from edgeprune.models import build
+>>> built = build("resnet20-cifar")
+>>> result = run_recipe(built.model, built.input_shape, RecipeConfig("l1", flops_cut=0.5), RecipeData())
+>>> round(result.macs_cut, 2) >= 0.49, result.recipe
+(True, 'oneshot')
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from torch import nn
+
+from edgeprune.api import prune, prune_iteratively
+from edgeprune.counter import Counts, count
+from edgeprune.criteria import create_criterion
+from edgeprune.errors import EdgepruneError
+from edgeprune.graph import build_graph
+
+log = logging.getLogger(__name__)
+Evaluate = Callable[[nn.Module], float]
+
+
+@dataclass
+class RecipeConfig:
+    """The target and budget. ``steps`` None: the recipe's own default (4 for csctfp, else 1)."""
+
+    criterion: str = "l2"
+    flops_cut: float | None = 0.5
+    ratio: float | None = None
+    round_to: int = 1
+    epochs: int = 0
+    steps: int | None = None
+    lr: float = 0.01
+    batch_size: int = 128
+    seed: int = 0
+    criterion_options: dict[str, Any] = field(default_factory=dict)
+    tcfp_soft_share: float = 0.3  # the part of the MACs cut that TCFP's soft cluster stage makes
+    tcfp_val_images: int = 256
+
+
+@dataclass
+class RecipeData:
+    """``train`` and ``holdout``: labelled LabeledArrays (``holdout`` is part of the training data,
+    never the test set); ``calib``: images for data-driven criteria."""
+
+    train: Any = None
+    holdout: Any = None
+    calib: Any = None
+
+
+@dataclass
+class RecipeResult:
+    model: nn.Module
+    recipe: str
+    criterion: str
+    before: Counts
+    after: Counts
+    seconds: dict[str, float]
+    accuracy_before_finetune: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def macs_cut(self) -> float:
+        return 1 - self.after.macs / self.before.macs
+
+    def summary(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "criterion": self.criterion, "macs_before": self.before.macs,
+                "macs_after": self.after.macs, "params_before": self.before.params, "params_after": self.after.params,
+                "macs_cut": self.macs_cut, "accuracy_before_finetune": self.accuracy_before_finetune,
+                "seconds": self.seconds, "finetune": self.history, "warnings": self.warnings}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, since: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
+
+
+def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: int, clock: _Clock,
+              epoch_end=None, limit: int | None = None) -> list[dict[str, Any]]:
+    if epochs <= 0:
+        return []
+    if data.train is None or data.train.y is None:
+        raise EdgepruneError("fine-tuning needs labelled training data: give --calib SOURCE with labels")
+    from edgeprune.calibration import make_loader, sample
+    from edgeprune.train import FinetuneConfig, finetune
+
+    arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
+    loader = make_loader(arrays, config.batch_size, shuffle=True, augment="crop", seed=config.seed)
+    start = time.perf_counter()
+    result = finetune(model, loader, None, FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed),
+                      epoch_end=epoch_end)
+    clock.add("finetune", start)
+    return [{"epoch": r.epoch, "loss": r.loss, "images": len(arrays)} for r in result.history]
+
+
+def _criterion(config: RecipeConfig):
+    return create_criterion(config.criterion, **config.criterion_options)
+
+
+def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
+    clock = _Clock()
+    steps = config.steps or RECIPE_STEPS.get(config.criterion, 1)
+    criterion = _criterion(config)
+    target = dict(ratio=config.ratio, flops_cut=config.flops_cut, round_to=config.round_to, data=data.calib, inplace=True)
+    history: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    if steps == 1:
+        result = prune(model, shape, criterion=criterion, **target)
+        before, after, warnings = result.before, result.after, result.warnings
+    else:
+        between = config.epochs >= 2  # one epoch of the budget goes to the rounds, the rest to the end
+        n = len(data.train) if data.train is not None else 0
+
+        def between_rounds(m: nn.Module, _round: int) -> None:
+            nonlocal start
+            clock.add("prune", start)
+            history.extend(_finetune(m, data, config, 1, clock, limit=max(1, n // (steps - 1))))
+            start = time.perf_counter()
+
+        result = prune_iteratively(model, shape, criterion=criterion, steps=steps,
+                                   finetune_fn=between_rounds if between else None, **target)
+        before, after, warnings = result.before, result.after, []
+        config = replace(config, epochs=config.epochs - 1 if between else config.epochs)
+    clock.add("prune", start)
+    accuracy = evaluate(model) if evaluate else None
+    history.extend(_finetune(model, data, config, config.epochs, clock))
+    name = "iterative" if steps > 1 else "oneshot"
+    return RecipeResult(model, name, criterion.name, before, after, clock.seconds, accuracy, history, warnings)
+
+
+def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
+    from edgeprune.criteria.soft import SoftPruningSchedule
+
+    clock = _Clock()
+    start = time.perf_counter()
+    graph = build_graph(model, shape)
+    schedule = SoftPruningSchedule(graph, ratio=config.ratio, flops_cut=config.flops_cut, criterion=_criterion(config),
+                                   round_to=config.round_to, data=data.calib)
+    accuracy = None
+    if evaluate:  # what a one-shot cut by the same scores would give before any training
+        probe = copy.deepcopy(model)
+        SoftPruningSchedule(graph, ratio=config.ratio, flops_cut=config.flops_cut, criterion=_criterion(config),
+                            round_to=config.round_to, data=data.calib).finalize(probe)
+        accuracy = evaluate(probe)
+    clock.add("prune", start)
+    history = _finetune(model, data, config, config.epochs, clock, epoch_end=schedule.epoch_end)
+    start = time.perf_counter()
+    plan = schedule.finalize(model)
+    clock.add("prune", start)
+    return RecipeResult(model, "sfp", schedule.criterion.name, plan.before, plan.after, clock.seconds, accuracy,
+                        history, list(graph.warnings))
+
+
+def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
+    """Stage 3 (intra-cluster L2) cuts ``1 - share`` of the MACs target; stage 4 soft-prunes the rest."""
+    from edgeprune.calibration import sample
+    from edgeprune.criteria.tcfp import TCFPSoftSchedule, remap_clusters
+
+    if config.flops_cut is None:
+        raise EdgepruneError("tcfp's recipe works to a MACs target: give --flops-cut")
+    if data.holdout is None or data.holdout.y is None:
+        raise EdgepruneError("tcfp judges clusters on held-out labelled training data: give --calib SOURCE with labels")
+    clock = _Clock()
+    start = time.perf_counter()
+    dense = count(build_graph(model, shape))
+    target_macs = (1 - config.flops_cut) * dense.macs
+    hard_cut = config.flops_cut * (1 - config.tcfp_soft_share)
+    tcfp = _criterion(config)
+    result = prune(model, shape, criterion=tcfp, flops_cut=hard_cut, round_to=config.round_to, data=data.calib,
+                   inplace=True)
+    clusters = remap_clusters(tcfp.clusters, result.graph, result.plan.keep)
+    graph = build_graph(model, shape)
+    holdout = sample(data.holdout, config.tcfp_val_images, seed=config.seed)
+    schedule = TCFPSoftSchedule(graph, clusters, holdout, target_macs=target_macs, reach_target=True)
+    accuracy = None
+    if evaluate:
+        probe = copy.deepcopy(model)
+        TCFPSoftSchedule(graph, clusters, holdout, target_macs=target_macs, reach_target=True).finalize(probe)
+        accuracy = evaluate(probe)
+    clock.add("prune", start)
+    history = _finetune(model, data, config, config.epochs, clock, epoch_end=schedule.epoch_end)
+    start = time.perf_counter()
+    step = schedule.finalize(model)
+    after = count(graph, step.keep)
+    warnings = list(result.warnings)
+    if after.macs > target_macs * 1.01:  # the clusters could not all go (a layer would have emptied)
+        rest = 1 - target_macs / after.macs
+        warnings.append(f"tcfp: clusters reached {1 - after.macs / dense.macs:.1%} of the cut; "
+                        f"the last {rest:.1%} was cut by L2 without fine-tuning")
+        after = prune(model, shape, criterion="l2", flops_cut=rest, round_to=config.round_to, inplace=True).after
+    clock.add("prune", start)
+    return RecipeResult(model, "tcfp", "tcfp", dense, after, clock.seconds, accuracy, history, warnings)
+
+
+Recipe = Callable[[nn.Module, tuple[int, ...], RecipeConfig, RecipeData, Evaluate | None], RecipeResult]
+RECIPES: dict[str, Recipe] = {"sfp": _sfp, "tcfp": _tcfp}  # every other criterion: _oneshot
+RECIPE_STEPS: dict[str, int] = {"csctfp": 4}
+
+
+def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeConfig, data: RecipeData,
+               evaluate: Evaluate | None = None) -> RecipeResult:
+    """Prune ``model`` in place with ``config.criterion``'s recipe and fine-tune it.
+
+    ``evaluate(model) -> top-1`` is called on the model as cut before any fine-tuning (for the
+    soft recipes: a copy cut by the scores they start from).
+    """
+    if config.steps is not None and config.steps < 1:
+        raise EdgepruneError(f"--steps must be a positive integer, got {config.steps}")
+    recipe = RECIPES.get(config.criterion, _oneshot)
+    if config.steps and config.steps > 1 and recipe is not _oneshot:
+        raise EdgepruneError(f"'{config.criterion}' prunes softly during fine-tuning; --steps does not apply to it")
+    return recipe(model, tuple(input_shape), config, data, evaluate)
+
+
+def recipe_name(criterion: str, steps: int | None = None) -> str:
+    if criterion in RECIPES:
+        return criterion
+    return "iterative" if (steps or RECIPE_STEPS.get(criterion, 1)) > 1 else "oneshot"
+
+
+__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "run_recipe", "recipe_name", "RECIPES"]
