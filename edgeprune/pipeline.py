@@ -134,16 +134,24 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     options = options or CompressOptions()
     progress = progress or (lambda message: log.info(message))
     target = load_target(options.target)
+    from edgeprune.plan import PlanConfig
+
+    # Bad choices fail before any output, data loading or progress line.
+    criterion = api.create_criterion(options.criterion)
+    PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
+               round_to=options.round_to or target.round_to).validate()
     out_dir = Path(out_dir)
     staging = _stage(out_dir)
     started = time.perf_counter()
     try:
         loaded = load_model(model, options.weights)
         shape = tuple(target.input_shape or loaded.input_shape)
+        if shape != tuple(loaded.input_shape):
+            _check_input_shape(loaded, shape, target.name)
         data_spec = options.calib or (DEFAULT_DATA if loaded.metadata.get("default") else None)
         progress(f"loading data {data_spec}" if data_spec else "no data: pruning data-free, no accuracy")
         data = _load_data(data_spec, shape, options.seed)
-        if api.create_criterion(options.criterion).needs_data and data.train is None:
+        if criterion.needs_data and data.train is None:
             raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
         dense_accuracy = _accuracy_torch(loaded.model, data)
         progress(f"pruning with {options.criterion} for {target.name} (round to {options.round_to or target.round_to})")
@@ -190,6 +198,20 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def _check_input_shape(loaded, shape: tuple[int, ...], target_name: str) -> None:
+    """One clear error, not a traceback from deep inside, when the target's input shape does not fit."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            loaded.model(torch.zeros(shape))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        given, own = "x".join(map(str, shape)), "x".join(map(str, loaded.input_shape))
+        raise EdgepruneError(f"target {target_name}'s input shape {given} does not fit {loaded.spec} "
+                             f"(input {own}): {reason[:200]}") from None
 
 
 def _profile(variants: list[dict], folder: Path, target, options: CompressOptions, progress: Progress) -> None:

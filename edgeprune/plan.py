@@ -64,7 +64,7 @@ def make_plan(graph: DependencyGraph, scores: dict[int, torch.Tensor], config: P
 
 
 def _select(graph: DependencyGraph, scores: dict[int, torch.Tensor], config: PlanConfig, ratio: float) -> dict[int, np.ndarray]:
-    return _remove(graph, scores, _counts(graph, scores, config, ratio))
+    return _remove(graph, scores, _counts(graph, scores, config, ratio), config.round_to)
 
 
 def _counts(graph: DependencyGraph, scores: dict[int, torch.Tensor], config: PlanConfig, ratio: float) -> dict[int, int]:
@@ -77,8 +77,9 @@ def _counts(graph: DependencyGraph, scores: dict[int, torch.Tensor], config: Pla
     return {g.index: _aligned(g, wanted[g.index], config.round_to) for g in groups}
 
 
-def _remove(graph: DependencyGraph, scores: dict[int, torch.Tensor], counts: dict[int, int]) -> dict[int, np.ndarray]:
-    return {i: _pick(graph.groups[i], scores[i], n) for i, n in counts.items()}
+def _remove(graph: DependencyGraph, scores: dict[int, torch.Tensor], counts: dict[int, int],
+            round_to: int = 1) -> dict[int, np.ndarray]:
+    return {i: _pick(graph.groups[i], scores[i], n, round_to) for i, n in counts.items()}
 
 
 def _group_ratio(group: Group, config: PlanConfig, default: float) -> float:
@@ -119,20 +120,69 @@ def _global_counts(groups: list[Group], scores: dict[int, torch.Tensor], ratio: 
     return {k: float(v) for k, v in counts.items()}
 
 
-def _pick(group: Group, scores: torch.Tensor, n_remove: int) -> np.ndarray:
+def _pick(group: Group, scores: torch.Tensor, n_remove: int, round_to: int = 1) -> np.ndarray:
     """The ``n_remove`` lowest-scoring prunable units, balanced over blocks, one kept per layer."""
     if n_remove <= 0:
         return np.zeros(0, dtype=np.int64)
     s = scores.double().numpy().copy()
     s[group.frozen] = np.inf
     if group.blocks is None:
-        chosen = np.argsort(s, kind="stable")[:n_remove]
+        chosen = _pick_by_stratum(group, s, n_remove, round_to)
     else:
         n_blocks = int(group.blocks.max()) + 1
         per = n_remove // n_blocks
         chosen = np.concatenate([np.flatnonzero(group.blocks == b)[np.argsort(s[group.blocks == b], kind="stable")[:per]]
                                  for b in range(n_blocks)])
     return _keep_one_per_space(group, chosen, s)
+
+
+def _strata(group: Group) -> np.ndarray:
+    """Each unit's stratum: units that appear in the same set of spaces.
+
+    A residual stream with zero-padded (option-A) shortcuts is one group whose first-stage units
+    also appear in every later stage; ranking all its units together would empty the first stage.
+    """
+    present = np.zeros((group.n_units, len(group.spaces)), dtype=bool)
+    for column, space in enumerate(group.spaces):
+        present[group.unit_of[space.index], column] = True
+    return np.unique(present, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _pick_by_stratum(group: Group, scores: np.ndarray, n_remove: int, round_to: int = 1) -> np.ndarray:
+    """The lowest-scoring units, the cut shared among strata in proportion to their size."""
+    strata = _strata(group)
+    if strata.max() == 0:
+        return np.argsort(scores, kind="stable")[:n_remove]
+    keep = _stratum_keep(np.bincount(strata), group.n_units - n_remove, round_to)
+    return np.concatenate([np.flatnonzero(strata == k)[np.argsort(scores[strata == k], kind="stable")[:size - kept]]
+                           for k, (size, kept) in enumerate(zip(np.bincount(strata), keep))])
+
+
+def _stratum_keep(sizes: np.ndarray, total: int, step: int) -> np.ndarray:
+    """Units each stratum keeps: proportional to its size, a multiple of ``step`` where it can be,
+    at least one, summing to ``total`` when the steps allow.
+
+    >>> _stratum_keep(np.array([16, 16, 32]), 32, 8).tolist()
+    [8, 8, 16]
+    """
+    want = total * sizes / sizes.sum()
+    keep = np.minimum(sizes, np.maximum(np.minimum(step, sizes), step * np.round(want / step))).astype(int)
+    for _ in range(len(sizes) * (sizes.max() // step + 1)):
+        gap = total - keep.sum()
+        if gap == 0:
+            break
+        change = step if abs(gap) >= step else abs(gap)
+        if gap > 0:
+            room = np.flatnonzero(keep + change <= sizes)
+            if room.size == 0:
+                break
+            keep[room[np.argmax((want - keep)[room])]] += change
+        else:
+            room = np.flatnonzero(keep - change >= np.minimum(step, sizes))
+            if room.size == 0:
+                break
+            keep[room[np.argmax((keep - want)[room])]] -= change
+    return keep
 
 
 def _keep_one_per_space(group: Group, chosen: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -153,23 +203,23 @@ def _search_flops(graph: DependencyGraph, scores, config: PlanConfig, before: Co
     for _ in range(30):
         mid = (low + high) / 2
         counts = _counts(graph, scores, config, mid)
-        cut = _cut(graph, scores, counts, before)
-        if abs(cut - target) < abs(_cut(graph, scores, best, before) - target):
+        cut = _cut(graph, scores, counts, before, config.round_to)
+        if abs(cut - target) < abs(_cut(graph, scores, best, before, config.round_to) - target):
             best_ratio, best = mid, counts
         if abs(cut - target) <= 0.005:
             break
         low, high = (mid, high) if cut < target else (low, mid)
     best = _refine(graph, scores, config, best, before)
-    achieved = _cut(graph, scores, best, before)
+    achieved = _cut(graph, scores, best, before, config.round_to)
     if abs(achieved - target) > 0.01:
         raise EdgepruneError(f"could not reach a {target:.1%} MACs cut (closest: {achieved:.1%}); "
                              "try a smaller --round-to or another target")
-    return best_ratio, _remove(graph, scores, best)
+    return best_ratio, _remove(graph, scores, best, config.round_to)
 
 
 def _refine(graph: DependencyGraph, scores, config: PlanConfig, counts: dict[int, int], before: Counts) -> dict[int, int]:
     """Greedy: while it helps, add or take back one aligned step of one group."""
-    gap = abs(_cut(graph, scores, counts, before) - config.flops_cut)
+    gap = abs(_cut(graph, scores, counts, before, config.round_to) - config.flops_cut)
     for _ in range(50):
         if gap <= 0.005:
             break
@@ -180,7 +230,7 @@ def _refine(graph: DependencyGraph, scores, config: PlanConfig, counts: dict[int
             for m in (n - step, n + step):
                 if 0 <= m <= min(group.n_prunable, group.n_units - 1) and m <= config.max_group_ratio * group.n_units + step:
                     trial = {**counts, index: m}
-                    moves.append((abs(_cut(graph, scores, trial, before) - config.flops_cut), index, m))
+                    moves.append((abs(_cut(graph, scores, trial, before, config.round_to) - config.flops_cut), index, m))
         if not moves or min(moves)[0] >= gap:
             break
         gap, index, m = min(moves)
@@ -188,5 +238,5 @@ def _refine(graph: DependencyGraph, scores, config: PlanConfig, counts: dict[int
     return counts
 
 
-def _cut(graph: DependencyGraph, scores, counts: dict[int, int], before: Counts) -> float:
-    return 1 - count(graph, graph.keep_mask(_remove(graph, scores, counts))).macs / before.macs
+def _cut(graph: DependencyGraph, scores, counts: dict[int, int], before: Counts, round_to: int = 1) -> float:
+    return 1 - count(graph, graph.keep_mask(_remove(graph, scores, counts, round_to))).macs / before.macs
