@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edgeprune.counter import Counts, count, per_layer
-from edgeprune.criteria import Criterion, create_criterion
+from edgeprune.criteria import Criterion, create_criterion, score_groups
 from edgeprune.graph import DependencyGraph, build_graph
 from edgeprune.plan import Plan, PlanConfig, make_plan
 from edgeprune.surgery import apply_keep_mask
@@ -59,16 +59,9 @@ class PruneResult:
             "params_before": self.before.params, "params_after": self.after.params,
             "macs_cut": self.plan.macs_cut,
             "groups_pruned": sum(1 for u in self.plan.removed.values() if len(u)),
-            "seconds": self.seconds,
+            "seconds": self.seconds, "seconds_total": sum(self.seconds.values()),
             "warnings": self.warnings,
         }
-
-
-def score_groups(graph: DependencyGraph, criterion: Criterion, data: Any = None) -> dict[int, torch.Tensor]:
-    """Run ``criterion`` over every prunable group of ``graph``."""
-    criterion.prepare(graph, data)
-    with torch.no_grad():
-        return {g.index: criterion(graph, g) for g in graph.prunable_groups()}
 
 
 def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Criterion = "l2",
@@ -123,7 +116,8 @@ class IterativeResult:
             "criterion": self.criterion, "steps": len(self.rounds),
             "macs_before": self.before.macs, "macs_after": self.after.macs,
             "params_before": self.before.params, "params_after": self.after.params,
-            "macs_cut": self.macs_cut,
+            "macs_cut": self.macs_cut, "groups_pruned": self.rounds[-1].summary()["groups_pruned"],
+            "seconds_total": sum(sum(r.seconds.values()) for r in self.rounds),
             "rounds": [{"macs_after": r.after.macs, "params_after": r.after.params, "seconds": r.seconds} for r in self.rounds],
             "warnings": sorted({w for r in self.rounds for w in r.warnings}),
         }

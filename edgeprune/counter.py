@@ -69,5 +69,16 @@ def per_layer(graph: DependencyGraph, keep: np.ndarray | None = None) -> list[di
     return rows
 
 
+def compare_layers(before: nn.Module, after: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
+    """Per conv/linear layer of ``before``: widths and MACs before and after (0 where a layer went)."""
+    new = {row["layer"]: row for row in per_layer(build_graph(after, input_shape))}
+    rows = []
+    for old in per_layer(build_graph(before, input_shape)):
+        now = new.get(old["layer"], {"in": 0, "out": 0, "macs": 0})
+        rows.append({"layer": old["layer"], "in_before": old["in"], "out_before": old["out"], "in_after": now["in"],
+                     "out_after": now["out"], "macs_before": old["macs"], "macs_after": now["macs"]})
+    return rows
+
+
 def fraction(after: int, before: int) -> float:
     return after / before if before else math.nan

@@ -30,6 +30,7 @@ class CompressOptions:
     round_to: int | None = None
     calib: str | None = None
     finetune_epochs: int | None = None  # None: 3 epochs when labelled data is at hand, else none
+    steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
     lr: float = 0.01
     batch_size: int = 128
     int8: bool | None = None
@@ -83,23 +84,34 @@ def _accuracy_torch(model, data: _Data) -> float | None:
     return evaluate(model, make_loader(data.evaluation, 256, shuffle=False))
 
 
-def _finetune(model, data: _Data, options: CompressOptions, progress: Progress) -> dict | None:
-    epochs = options.finetune_epochs
-    if epochs is None:
-        epochs = 3 if data.train is not None and data.train.y is not None else 0
-    if epochs <= 0:
-        return None
-    if data.train is None or data.train.y is None:
+def _epochs(data: _Data, options: CompressOptions) -> int:
+    labelled = data.train is not None and data.train.y is not None
+    epochs = options.finetune_epochs if options.finetune_epochs is not None else (3 if labelled else 0)
+    if epochs > 0 and not labelled:
         raise EdgepruneError("--finetune-epochs needs labelled data: give --calib SOURCE")
-    from edgeprune.calibration import make_loader
-    from edgeprune.train import FinetuneConfig, finetune
+    return epochs
 
-    progress(f"fine-tuning {epochs} epochs on {data.spec}")
-    train = make_loader(data.train, options.batch_size, shuffle=True, augment="crop", seed=options.seed)
-    val = make_loader(data.evaluation, 256, shuffle=False)
-    result = finetune(model, train, val, FinetuneConfig(epochs=epochs, lr=options.lr, seed=options.seed))
-    return {"epochs": epochs, "lr": options.lr,
-            "history": [asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in result.history]}
+
+def _prune_and_finetune(model, shape, data: _Data, options: CompressOptions, round_to: int, progress: Progress):
+    """The criterion's recipe (one-shot, iterative or soft) on a copy of ``model``."""
+    import copy
+
+    from edgeprune.calibration import sample
+    from edgeprune.recipes import RecipeConfig, RecipeData, recipe_name, run_recipe, split_holdout
+
+    epochs = _epochs(data, options)
+    train, holdout = data.train, None
+    if options.criterion == "tcfp" and train is not None and train.y is not None:
+        train, holdout = split_holdout(train, 256, options.seed)
+    calib = sample(train, 640, seed=options.seed) if train is not None else None
+    config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
+                          ratio=options.ratio, round_to=round_to, epochs=epochs, steps=options.steps, lr=options.lr,
+                          batch_size=options.batch_size, seed=options.seed)
+    progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), round to {round_to}"
+             + (f", fine-tuning {epochs} epochs on {data.spec}" if epochs else ""))
+    labelled = data.evaluation is not None and data.evaluation.y is not None
+    return run_recipe(copy.deepcopy(model), shape, config, RecipeData(train, holdout, calib),
+                      evaluate=(lambda m: _accuracy_torch(m, data)) if labelled else None)
 
 
 def _export(model, shape, path: Path, target) -> dict:
@@ -127,6 +139,7 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     """
     from edgeprune import api
     from edgeprune.checkpoint import load_model, save_checkpoint
+    from edgeprune.counter import compare_layers
     from edgeprune.models.default import DEFAULT_DATA
     from edgeprune.report import write_report
     from edgeprune.targets import load_target
@@ -154,14 +167,7 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         if criterion.needs_data and data.train is None:
             raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
         dense_accuracy = _accuracy_torch(loaded.model, data)
-        progress(f"pruning with {options.criterion} for {target.name} (round to {options.round_to or target.round_to})")
-        from edgeprune.calibration import sample
-
-        criterion_data = sample(data.train, min(640, len(data.train.x)), seed=options.seed) if data.train is not None else None
-        result = api.prune(loaded.model, shape, criterion=options.criterion, ratio=options.ratio,
-                           flops_cut=options.flops_cut if options.ratio is None else None,
-                           round_to=options.round_to or target.round_to, data=criterion_data)
-        finetuned = _finetune(result.model, data, options, progress)
+        result = _prune_and_finetune(loaded.model, shape, data, options, options.round_to or target.round_to, progress)
         pruned_accuracy = _accuracy_torch(result.model, data)
         save_checkpoint(result.model, staging / "pruned.pt", spec=loaded.spec, input_shape=shape, kwargs=loaded.kwargs,
                         metadata={"pruned": result.summary(), "target": target.name})
@@ -186,7 +192,7 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
             "model": loaded.spec, "target": asdict(target), "options": asdict(options),
             "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "bench_settings": variants[0].pop("settings"), "variants": variants, "export": exports,
-            "pruning": {**result.summary(), "layers": result.layers(), "finetune": finetuned,
+            "pruning": {**result.summary(), "layers": compare_layers(loaded.model, result.model, shape),
                         "eval_data": {"source": data.spec, "split": data.eval_split}},
             "warnings": result.warnings, "seconds_total": round(time.perf_counter() - started, 2),
         }

@@ -53,6 +53,7 @@ class RecipeConfig:
     batch_size: int = 128
     seed: int = 0
     criterion_options: dict[str, Any] = field(default_factory=dict)
+    hard_epochs: int = 1  # soft recipes: epochs on the physically cut model at the end
     tcfp_soft_share: float = 0.3  # the part of the MACs cut that TCFP's soft cluster stage makes
     tcfp_val_images: int = 256
 
@@ -78,6 +79,8 @@ class RecipeResult:
     accuracy_before_finetune: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    epochs: int = 0
+    lr: float = 0.0
 
     @property
     def macs_cut(self) -> float:
@@ -87,7 +90,8 @@ class RecipeResult:
         return {"recipe": self.recipe, "criterion": self.criterion, "macs_before": self.before.macs,
                 "macs_after": self.after.macs, "params_before": self.before.params, "params_after": self.after.params,
                 "macs_cut": self.macs_cut, "accuracy_before_finetune": self.accuracy_before_finetune,
-                "seconds": self.seconds, "finetune": self.history, "warnings": self.warnings}
+                "seconds": self.seconds, "warnings": self.warnings,
+                "finetune": {"epochs": self.epochs, "lr": self.lr, "history": self.history} if self.epochs else None}
 
 
 class _Clock:
@@ -166,12 +170,25 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
                             round_to=config.round_to, data=data.calib).finalize(probe)
         accuracy = evaluate(probe)
     clock.add("prune", start)
-    history = _finetune(model, data, config, config.epochs, clock, epoch_end=schedule.epoch_end)
+    soft, hard = _soft_and_hard_epochs(config)
+    history = _finetune(model, data, config, soft, clock, epoch_end=schedule.epoch_end)
     start = time.perf_counter()
     plan = schedule.finalize(model)
     clock.add("prune", start)
+    history += _finetune(model, data, config, hard, clock)
     return RecipeResult(model, "sfp", schedule.criterion.name, plan.before, plan.after, clock.seconds, accuracy,
                         history, list(graph.warnings))
+
+
+def _soft_and_hard_epochs(config: RecipeConfig) -> tuple[int, int]:
+    """Soft epochs, then ``hard_epochs`` on the physically pruned model.
+
+    A softly zeroed filter keeps its normalisation layer, whose constant output the next layer
+    has learned to use; removing the filter drops that constant, so the last epoch(s) train the
+    cut model to absorb it.
+    """
+    hard = min(config.hard_epochs, config.epochs) if config.epochs > 1 else 0
+    return config.epochs - hard, hard
 
 
 def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
@@ -201,7 +218,8 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
         TCFPSoftSchedule(graph, clusters, holdout, target_macs=target_macs, reach_target=True).finalize(probe)
         accuracy = evaluate(probe)
     clock.add("prune", start)
-    history = _finetune(model, data, config, config.epochs, clock, epoch_end=schedule.epoch_end)
+    soft, hard = _soft_and_hard_epochs(config)
+    history = _finetune(model, data, config, soft, clock, epoch_end=schedule.epoch_end)
     start = time.perf_counter()
     step = schedule.finalize(model)
     after = count(graph, step.keep)
@@ -209,9 +227,10 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
     if after.macs > target_macs * 1.01:  # the clusters could not all go (a layer would have emptied)
         rest = 1 - target_macs / after.macs
         warnings.append(f"tcfp: clusters reached {1 - after.macs / dense.macs:.1%} of the cut; "
-                        f"the last {rest:.1%} was cut by L2 without fine-tuning")
+                        f"the last {rest:.1%} was cut by L2")
         after = prune(model, shape, criterion="l2", flops_cut=rest, round_to=config.round_to, inplace=True).after
     clock.add("prune", start)
+    history += _finetune(model, data, config, hard, clock)
     return RecipeResult(model, "tcfp", "tcfp", dense, after, clock.seconds, accuracy, history, warnings)
 
 
@@ -232,7 +251,23 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     recipe = RECIPES.get(config.criterion, _oneshot)
     if config.steps and config.steps > 1 and recipe is not _oneshot:
         raise EdgepruneError(f"'{config.criterion}' prunes softly during fine-tuning; --steps does not apply to it")
-    return recipe(model, tuple(input_shape), config, data, evaluate)
+    result = recipe(model, tuple(input_shape), config, data, evaluate)
+    result.epochs, result.lr = config.epochs, config.lr
+    return result
+
+
+def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:
+    """``train`` (LabeledArrays) less ``n`` seeded random images, and those ``n`` images."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(train))
+    if n >= len(train):
+        raise EdgepruneError(f"cannot hold {n} images out of {len(train)}: give more training data")
+
+    def subset(idx: np.ndarray) -> Any:
+        return replace(train, x=train.x[idx], y=None if train.y is None else train.y[idx])
+
+    return subset(np.sort(order[n:])), subset(np.sort(order[:n]))
 
 
 def recipe_name(criterion: str, steps: int | None = None) -> str:
@@ -241,4 +276,4 @@ def recipe_name(criterion: str, steps: int | None = None) -> str:
     return "iterative" if (steps or RECIPE_STEPS.get(criterion, 1)) > 1 else "oneshot"
 
 
-__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "run_recipe", "recipe_name", "RECIPES"]
+__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "run_recipe", "recipe_name", "split_holdout", "RECIPES"]

@@ -17,6 +17,7 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
 @click.option("--round-to", type=click.IntRange(min=1), help="Channel alignment (default: the target's).")
 @click.option("--calib", help="Data for criteria, fine-tuning, INT8 and accuracy (default model: its bundled data).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 with labelled data).")
+@click.option("--steps", type=click.IntRange(min=1), help="Prune in T rounds, fine-tuning between them (default: the criterion's; csctfp 4).")
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
@@ -25,7 +26,7 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
-def compress(model, weights, target, criterion, flops_cut, ratio, round_to, calib, finetune_epochs, lr, int8, ort,
+def compress(model, weights, target, criterion, flops_cut, ratio, round_to, calib, finetune_epochs, steps, lr, int8, ort,
              runs, min_time, as_json, output):
     """Prune MODEL for a target, fine-tune, export, verify, quantise and measure it against the dense model.
 
@@ -35,7 +36,7 @@ def compress(model, weights, target, criterion, flops_cut, ratio, round_to, cali
     from edgeprune.report import format_table
 
     options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
-                              calib=calib, finetune_epochs=finetune_epochs, lr=lr, int8=int8, ort=ort, runs=runs,
+                              calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr, int8=int8, ort=ort, runs=runs,
                               min_time=min_time, weights=weights)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
     if as_json:

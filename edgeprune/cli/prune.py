@@ -32,19 +32,26 @@ def _layer_ratios(pairs: tuple[str, ...]) -> dict[str, float]:
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of a uniform ratio.")
 @click.option("--max-group-ratio", type=float, default=0.9, show_default=True, help="Cap per group with --global.")
 @click.option("--layer-ratio", multiple=True, metavar="LAYER=R", help="Ratio for the group holding LAYER (repeatable).")
+@click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Reach the target in T rounds, rescoring the remaining filters each round.")
 @click.option("--calib", help="Data source for data-driven criteria (cifar10:DIR, folder:DIR, X.npz, mnist5k).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint to write (.pt).")
-def prune(model, weights, criterion, ratio, flops_cut, round_to, global_ranking, max_group_ratio, layer_ratio, calib, as_json, output):
+def prune(model, weights, criterion, ratio, flops_cut, round_to, global_ranking, max_group_ratio, layer_ratio, steps, calib,
+          as_json, output):
     """Remove whole filters from MODEL (default: the built-in model) and save the result."""
     from edgeprune import api
     from edgeprune.checkpoint import load_model, save_checkpoint
 
     loaded = load_model(model, weights)
     data = api.criterion_data(criterion, calib, loaded)
-    result = api.prune(loaded.model, loaded.input_shape, criterion=criterion, ratio=ratio, flops_cut=flops_cut,
-                       round_to=round_to, layer_ratios=_layer_ratios(layer_ratio), global_ranking=global_ranking,
-                       max_group_ratio=max_group_ratio, data=data, inplace=True)
+    options = dict(criterion=criterion, ratio=ratio, flops_cut=flops_cut, round_to=round_to,
+                   layer_ratios=_layer_ratios(layer_ratio), global_ranking=global_ranking,
+                   max_group_ratio=max_group_ratio, data=data, inplace=True)
+    if steps > 1:
+        result = api.prune_iteratively(loaded.model, loaded.input_shape, steps=steps, **options)
+    else:
+        result = api.prune(loaded.model, loaded.input_shape, **options)
     save_checkpoint(result.model, output, spec=loaded.spec, input_shape=loaded.input_shape, kwargs=loaded.kwargs,
                     metadata={**loaded.metadata, "pruned": result.summary()})
     summary = {**result.summary(), "output": str(output), "model": loaded.spec}
@@ -55,11 +62,12 @@ def prune(model, weights, criterion, ratio, flops_cut, round_to, global_ranking,
 
 
 def _print_summary(s: dict) -> None:
-    click.echo(f"model      {s['model']}   criterion {s['criterion']}   ratio {s['ratio']:.3f}")
+    how = f"ratio {s['ratio']:.3f}" if s.get("ratio") is not None else f"{s.get('steps', 1)} rounds"
+    click.echo(f"model      {s['model']}   criterion {s['criterion']}   {how}")
     click.echo(f"MACs       {s['macs_before'] / 1e6:10.2f} M -> {s['macs_after'] / 1e6:10.2f} M   (-{s['macs_cut']:.1%})")
     click.echo(f"params     {s['params_before'] / 1e6:10.3f} M -> {s['params_after'] / 1e6:10.3f} M"
                f"   (-{1 - s['params_after'] / s['params_before']:.1%})")
-    click.echo(f"groups     {s['groups_pruned']} pruned   time {sum(s['seconds'].values()):.2f} s")
+    click.echo(f"groups     {s['groups_pruned']} pruned   time {s['seconds_total']:.2f} s")
     click.echo(f"wrote      {s['output']}")
 
 

@@ -72,3 +72,10 @@ def create_criterion(name: str, **options: Any) -> Criterion:
 
 def list_criteria() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def score_groups(graph: DependencyGraph, criterion: Criterion, data: Any = None) -> dict[int, torch.Tensor]:
+    """Run ``criterion`` over every prunable group of ``graph``."""
+    criterion.prepare(graph, data)
+    with torch.no_grad():
+        return {g.index: criterion(graph, g) for g in graph.prunable_groups()}

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.criteria.base import Criterion, create_criterion, register_criterion
+from edgeprune.criteria.base import Criterion, create_criterion, register_criterion, score_groups
 from edgeprune.criteria.magnitude import L2
 from edgeprune.graph import DependencyGraph
 from edgeprune.plan import Plan, PlanConfig, make_plan
@@ -66,13 +66,6 @@ def zero_filters(model: nn.Module, graph: DependencyGraph, keep: np.ndarray, *, 
     return model
 
 
-def score_all(graph: DependencyGraph, criterion: Criterion, data: Any = None) -> dict[int, torch.Tensor]:
-    """``criterion``'s scores for every prunable group, on the current weights."""
-    criterion.prepare(graph, data)
-    with torch.no_grad():
-        return {g.index: criterion(graph, g) for g in graph.prunable_groups()}
-
-
 class SoftPruningSchedule:
     """Zero the lowest-scoring filters of every group at the end of each epoch; cut them at the end.
 
@@ -96,7 +89,7 @@ class SoftPruningSchedule:
 
     def _plan(self, model: nn.Module) -> Plan:
         graph = self.graph if model is self.graph.model else dataclasses.replace(self.graph, model=model)
-        return make_plan(graph, score_all(graph, self.criterion, self.data), self.config)
+        return make_plan(graph, score_groups(graph, self.criterion, self.data), self.config)
 
     def epoch_end(self, model: nn.Module, epoch: int) -> None:
         """The ``epoch_end`` hook of :func:`edgeprune.train.finetune`: zero this epoch's weakest filters."""
