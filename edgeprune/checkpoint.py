@@ -18,6 +18,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import build
+from edgeprune.models.registry import BuiltModel
 from edgeprune.surgery import resize_to
 
 FORMAT = "edgeprune-checkpoint/1"
@@ -25,11 +26,9 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 @dataclass
-class LoadedModel:
-    model: nn.Module
-    spec: str
-    input_shape: tuple[int, ...]
-    kwargs: dict[str, Any]
+class LoadedModel(BuiltModel):
+    """A built model plus what its file said about it (and where it came from)."""
+
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 

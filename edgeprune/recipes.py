@@ -25,6 +25,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable
 
 from torch import nn
@@ -161,34 +162,41 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
     clock = _Clock()
     start = time.perf_counter()
     graph = build_graph(model, shape)
-    schedule = SoftPruningSchedule(graph, ratio=config.ratio, flops_cut=config.flops_cut, criterion=_criterion(config),
-                                   round_to=config.round_to, data=data.calib)
-    accuracy = None
-    if evaluate:  # what a one-shot cut by the same scores would give before any training
-        probe = copy.deepcopy(model)
-        SoftPruningSchedule(graph, ratio=config.ratio, flops_cut=config.flops_cut, criterion=_criterion(config),
-                            round_to=config.round_to, data=data.calib).finalize(probe)
-        accuracy = evaluate(probe)
+    make = partial(SoftPruningSchedule, graph, ratio=config.ratio, flops_cut=config.flops_cut,
+                   criterion=_criterion(config), round_to=config.round_to, data=data.calib)
+    schedule = make()
+    accuracy = _accuracy_cut_now(model, make, evaluate)
     clock.add("prune", start)
-    soft, hard = _soft_and_hard_epochs(config)
-    history = _finetune(model, data, config, soft, clock, epoch_end=schedule.epoch_end)
-    start = time.perf_counter()
-    plan = schedule.finalize(model)
-    clock.add("prune", start)
+    plan, history, hard = _soft_phase(model, schedule, config, data, clock)
     history += _finetune(model, data, config, hard, clock)
     return RecipeResult(model, "sfp", schedule.criterion.name, plan.before, plan.after, clock.seconds, accuracy,
                         history, list(graph.warnings))
 
 
-def _soft_and_hard_epochs(config: RecipeConfig) -> tuple[int, int]:
-    """Soft epochs, then ``hard_epochs`` on the physically pruned model.
+def _accuracy_cut_now(model: nn.Module, make_schedule: Callable[[], Any], evaluate: Evaluate | None) -> float | None:
+    """Accuracy of a copy cut by a fresh schedule right away: where a soft recipe starts from."""
+    if evaluate is None:
+        return None
+    probe = copy.deepcopy(model)
+    make_schedule().finalize(probe)
+    return evaluate(probe)
 
-    A softly zeroed filter keeps its normalisation layer, whose constant output the next layer
-    has learned to use; removing the filter drops that constant, so the last epoch(s) train the
-    cut model to absorb it.
+
+def _soft_phase(model: nn.Module, schedule: Any, config: RecipeConfig, data: RecipeData,
+                clock: _Clock) -> tuple[Any, list[dict[str, Any]], int]:
+    """Fine-tune with the schedule zeroing filters after each epoch, then cut physically.
+
+    Returns the schedule's last step, the history and the epochs left for the cut model: a
+    softly zeroed filter keeps its normalisation layer, whose constant output the next layer has
+    learned to use; removing the filter drops that constant, so ``hard_epochs`` of the budget
+    train the cut model to absorb it.
     """
     hard = min(config.hard_epochs, config.epochs) if config.epochs > 1 else 0
-    return config.epochs - hard, hard
+    history = _finetune(model, data, config, config.epochs - hard, clock, epoch_end=schedule.epoch_end)
+    start = time.perf_counter()
+    step = schedule.finalize(model)
+    clock.add("prune", start)
+    return step, history, hard
 
 
 def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
@@ -211,17 +219,12 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
     clusters = remap_clusters(tcfp.clusters, result.graph, result.plan.keep)
     graph = build_graph(model, shape)
     holdout = sample(data.holdout, config.tcfp_val_images, seed=config.seed)
-    schedule = TCFPSoftSchedule(graph, clusters, holdout, target_macs=target_macs, reach_target=True)
-    accuracy = None
-    if evaluate:
-        probe = copy.deepcopy(model)
-        TCFPSoftSchedule(graph, clusters, holdout, target_macs=target_macs, reach_target=True).finalize(probe)
-        accuracy = evaluate(probe)
+    make = partial(TCFPSoftSchedule, graph, clusters, holdout, target_macs=target_macs, reach_target=True)
+    schedule = make()
+    accuracy = _accuracy_cut_now(model, make, evaluate)
     clock.add("prune", start)
-    soft, hard = _soft_and_hard_epochs(config)
-    history = _finetune(model, data, config, soft, clock, epoch_end=schedule.epoch_end)
+    step, history, hard = _soft_phase(model, schedule, config, data, clock)
     start = time.perf_counter()
-    step = schedule.finalize(model)
     after = count(graph, step.keep)
     warnings = list(result.warnings)
     if after.macs > target_macs * 1.01:  # the clusters could not all go (a layer would have emptied)

@@ -44,12 +44,27 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Speedup is the dense model's p50 latency over this one's; MACs ratio is dense MACs over these.",
               f"Latency measured with onnxruntime on {report['host']['machine']} ({report['host']['cpus']} CPUs) "
               f"under the target's settings: {json.dumps(report['bench_settings'])}.", ""]
-    for title, key in (("Pruning", "pruning"), ("Export check", "export")):
-        lines += [f"## {title}", "", "```json", json.dumps(report.get(key), indent=2, default=str), "```", ""]
+    lines += _pruning_section(report["pruning"])
+    lines += ["## Export check", "", "```json", json.dumps(report.get("export"), indent=2, default=str), "```", ""]
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += ["![channels and latency](report.png)", ""]
     return "\n".join(lines)
+
+
+def _pruning_section(pruning: dict[str, Any]) -> list[str]:
+    before = pruning.get("accuracy_before_finetune")
+    tuned = pruning.get("finetune")
+    lines = ["## Pruning", "",
+             f"Criterion `{pruning['criterion']}` ({pruning['recipe']} recipe): {pruning['macs_cut']:.1%} of MACs and "
+             f"{1 - pruning['params_after'] / pruning['params_before']:.1%} of params removed"
+             + (f"; top-1 right after the cut {before:.2%}" if before is not None else "")
+             + (f"; then fine-tuned {tuned['epochs']} epochs at lr {tuned['lr']}" if tuned else "; not fine-tuned") + ".", "",
+             "| layer | in | out | MACs (M) |", "|---|---|---|---|"]
+    for row in pruning.get("layers", []):
+        lines.append(f"| {row['layer']} | {row['in_before']} → {row['in_after']} | {row['out_before']} → {row['out_after']} "
+                     f"| {row['macs_before'] / 1e6:.2f} → {row['macs_after'] / 1e6:.2f} |")
+    return lines + [""]
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
