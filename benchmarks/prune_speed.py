@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -105,8 +106,10 @@ def main() -> None:
               f"{fmt(o['peak_mib'], '15.0f')}{fmt(p['peak_mib'], '9.0f')}  {o['runs']} / {p['runs']} {p['error'] or o['error']}")
     print(json.dumps({"ratio": RATIO, "repeats": args.repeats, "rows": rows}))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"ratio": RATIO, "repeats": args.repeats, "command": " ".join(sys.argv), "rows": rows}, f, indent=2)
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":

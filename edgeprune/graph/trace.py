@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 EXTRA_LEAVES: tuple[type[nn.Module], ...] = (ChannelSelect,)
 
 
+SHAPE_PRESERVING: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.GELU,
+    nn.LeakyReLU, nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.modules.batchnorm._BatchNorm,
+)
+
+
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, EXTRA_LEAVES) or super().is_leaf_module(m, qualname)
@@ -28,6 +34,13 @@ class _MetaShapeProp(ShapeProp):
     def __init__(self, gm: fx.GraphModule, meta_model: nn.Module) -> None:
         super().__init__(gm)
         self.meta_model = meta_model
+
+    def call_module(self, target, args, kwargs):
+        # Shape-preserving layers return their input as is: the meta kernels of some of them
+        # (ReLU6 in place, for one) go through slow Python decompositions.
+        if isinstance(self.fetch_attr(target), SHAPE_PRESERVING) and len(args) == 1 and not kwargs:
+            return args[0]
+        return super().call_module(target, args, kwargs)
 
     def fetch_attr(self, target: str):
         value = self.meta_model
