@@ -72,7 +72,7 @@ def run_one(criterion: str, cut: float, seed: int, args, splits, options: dict) 
     model = build_default().model
     data = RecipeData(train=finetune, holdout=holdout, calib=sample(finetune, CALIB, seed=seed))
     config = RecipeConfig(criterion, flops_cut=cut, epochs=args.epochs, lr=args.lr, seed=seed,
-                          criterion_options=options.get(criterion, {}))
+                          criterion_options=options.get(criterion, {}), recalibrate_bn=args.bn_recalibrate)
     start = time.perf_counter()
     result = run_recipe(model, (1, 1, 32, 32), config, data, evaluate=lambda m: evaluate(m, loader))
     return {"criterion": criterion, "cut": cut, "seed": seed, "recipe": result.recipe,
@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--tcfp-steps", type=int, default=40,
                         help="TCFP activation-maximisation steps in part 1 (SPEC default 200; see README).")
+    parser.add_argument("--bn-recalibrate", action="store_true",
+                        help="Re-estimate BatchNorm statistics after each cut (off in the published table).")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--quick", action="store_true", help="l1 and csctfp, one cut, one seed, 1 epoch.")
@@ -171,7 +173,8 @@ def main() -> None:
     doc = {"benchmark": "criteria", "model": "default (resnet20-cifar, 1x32x32, trained on mnist5k)",
            "data": {"source": "mnist5k", "finetune_images": 4500 - HOLDOUT, "holdout_images": HOLDOUT,
                     "eval": "mnist5k val split, 500 images", "calibration_images": CALIB},
-           "settings": {"epochs": args.epochs, "lr": args.lr, "cuts": args.cuts, "seeds": args.seeds, "options": options},
+           "settings": {"epochs": args.epochs, "lr": args.lr, "cuts": args.cuts, "seeds": args.seeds, "options": options,
+                        "bn_recalibrate": args.bn_recalibrate},
            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average_at_start": os.getloadavg()},
            "command": " ".join(["python"] + sys.argv), "runs": [], "complete": False}

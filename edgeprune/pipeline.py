@@ -31,6 +31,7 @@ class CompressOptions:
     calib: str | None = None
     finetune_epochs: int | None = None  # None: 3 epochs when labelled data is at hand, else none
     steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on calibration images after the cut
     lr: float = 0.01
     batch_size: int = 128
     int8: bool | None = None
@@ -106,7 +107,7 @@ def _prune_and_finetune(model, shape, data: _Data, options: CompressOptions, rou
     calib = sample(train, 640, seed=options.seed) if train is not None else None
     config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
                           ratio=options.ratio, round_to=round_to, epochs=epochs, steps=options.steps, lr=options.lr,
-                          batch_size=options.batch_size, seed=options.seed)
+                          batch_size=options.batch_size, seed=options.seed, recalibrate_bn=options.recalibrate_bn)
     progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), round to {round_to}"
              + (f", fine-tuning {epochs} epochs on {data.spec}" if epochs else ""))
     labelled = data.evaluation is not None and data.evaluation.y is not None

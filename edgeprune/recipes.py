@@ -55,6 +55,7 @@ class RecipeConfig:
     seed: int = 0
     criterion_options: dict[str, Any] = field(default_factory=dict)
     hard_epochs: int = 1  # soft recipes: epochs on the physically cut model at the end
+    recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images after the cut
     tcfp_soft_share: float = 0.3  # the part of the MACs cut that TCFP's soft cluster stage makes
     tcfp_val_images: int = 256
 
@@ -150,6 +151,7 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
         before, after, warnings = result.before, result.after, []
         config = replace(config, epochs=config.epochs - 1 if between else config.epochs)
     clock.add("prune", start)
+    _after_cut(model, config, data)
     accuracy = evaluate(model) if evaluate else None
     history.extend(_finetune(model, data, config, config.epochs, clock))
     name = "iterative" if steps > 1 else "oneshot"
@@ -165,7 +167,7 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
     make = partial(SoftPruningSchedule, graph, ratio=config.ratio, flops_cut=config.flops_cut,
                    criterion=_criterion(config), round_to=config.round_to, data=data.calib)
     schedule = make()
-    accuracy = _accuracy_cut_now(model, make, evaluate)
+    accuracy = _accuracy_cut_now(model, make, config, data, evaluate)
     clock.add("prune", start)
     plan, history, hard = _soft_phase(model, schedule, config, data, clock)
     history += _finetune(model, data, config, hard, clock)
@@ -173,12 +175,21 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
                         history, list(graph.warnings))
 
 
-def _accuracy_cut_now(model: nn.Module, make_schedule: Callable[[], Any], evaluate: Evaluate | None) -> float | None:
+def _after_cut(model: nn.Module, config: RecipeConfig, data: RecipeData) -> None:
+    if config.recalibrate_bn and data.calib is not None:
+        from edgeprune.train import recalibrate_batchnorm
+
+        recalibrate_batchnorm(model, data.calib)
+
+
+def _accuracy_cut_now(model: nn.Module, make_schedule: Callable[[], Any], config: RecipeConfig, data: RecipeData,
+                      evaluate: Evaluate | None) -> float | None:
     """Accuracy of a copy cut by a fresh schedule right away: where a soft recipe starts from."""
     if evaluate is None:
         return None
     probe = copy.deepcopy(model)
     make_schedule().finalize(probe)
+    _after_cut(probe, config, data)
     return evaluate(probe)
 
 
@@ -196,6 +207,7 @@ def _soft_phase(model: nn.Module, schedule: Any, config: RecipeConfig, data: Rec
     start = time.perf_counter()
     step = schedule.finalize(model)
     clock.add("prune", start)
+    _after_cut(model, config, data)
     return step, history, hard
 
 
@@ -221,7 +233,7 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
     holdout = sample(data.holdout, config.tcfp_val_images, seed=config.seed)
     make = partial(TCFPSoftSchedule, graph, clusters, holdout, target_macs=target_macs, reach_target=True)
     schedule = make()
-    accuracy = _accuracy_cut_now(model, make, evaluate)
+    accuracy = _accuracy_cut_now(model, make, config, data, evaluate)
     clock.add("prune", start)
     step, history, hard = _soft_phase(model, schedule, config, data, clock)
     start = time.perf_counter()

@@ -51,7 +51,7 @@ def runs(tmp_path_factory):
         assert first.exception is None
         files_first = {p.name for p in out.iterdir()}
         report_first = json.loads((out / "report.json").read_text())
-        second = compress(*FAST, "--finetune-epochs", "0", "--no-int8", "-o", str(out))
+        second = compress(*FAST, "--finetune-epochs", "0", "--no-int8", "--no-bn-recalibrate", "-o", str(out))
         assert second.exit_code == 0, second.output
     return {"out": out, "first": (first, files_first, report_first),
             "second": (second, {p.name for p in out.iterdir()}, json.loads((out / "report.json").read_text()))}
@@ -96,6 +96,12 @@ def test_report_has_the_measured_figures(runs, which):
         assert variants["pruned-int8"]["macs"] == pruned["macs"]
     else:
         assert report["pruning"]["finetune"] is None and report["options"]["int8"] is False
+
+
+def test_batchnorm_recalibration_restores_accuracy_right_after_the_cut(runs):
+    recalibrated = runs["first"][2]["pruning"]["accuracy_before_finetune"]
+    left_alone = runs["second"][2]["pruning"]["accuracy_before_finetune"]
+    assert left_alone < 0.2 and recalibrated > left_alone + 0.3  # about 0.9 against chance
 
 
 def test_one_finetune_epoch_recovers_accuracy(runs):

@@ -19,6 +19,8 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 with labelled data).")
 @click.option("--steps", type=click.IntRange(min=1), help="Prune in T rounds, fine-tuning between them (default: the criterion's; csctfp 4).")
 @click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--bn-recalibrate/--no-bn-recalibrate", default=True, show_default=True,
+              help="Re-estimate BatchNorm statistics on the calibration images right after the cut.")
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
@@ -26,7 +28,7 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
-def compress(model, weights, target, criterion, flops_cut, ratio, round_to, calib, finetune_epochs, steps, lr, int8, ort,
+def compress(model, weights, target, criterion, flops_cut, ratio, round_to, calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort,
              runs, min_time, as_json, output):
     """Prune MODEL for a target, fine-tune, export, verify, quantise and measure it against the dense model.
 
@@ -36,7 +38,7 @@ def compress(model, weights, target, criterion, flops_cut, ratio, round_to, cali
     from edgeprune.report import format_table
 
     options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
-                              calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr, int8=int8, ort=ort, runs=runs,
+                              calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr, recalibrate_bn=bn_recalibrate, int8=int8, ort=ort, runs=runs,
                               min_time=min_time, weights=weights)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
     if as_json:

@@ -5,6 +5,7 @@
 0.01
 """
 from edgeprune.train.distributed import DistContext, is_main_process, launched_distributed
+from edgeprune.train.batchnorm import recalibrate_batchnorm
 from edgeprune.train.loop import EpochRecord, FinetuneConfig, FinetuneResult, evaluate, finetune
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "finetune",
     "is_main_process",
     "launched_distributed",
+    "recalibrate_batchnorm",
 ]
