@@ -16,7 +16,6 @@ Part 2 (time): each data-driven criterion scoring resnet56-cifar with 640 calibr
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import os

@@ -278,8 +278,8 @@ def main() -> None:
     total = time.perf_counter() - started
 
     print(table(entries, args.threads))
-    print(f"\nweights are random (seed 0): latency does not depend on weight values. speedup = dense p50 / pruned p50 "
-          f"(interleaved in one profile call), MACs ratio = dense / pruned MACs, fidelity = speedup / MACs ratio.")
+    print("\nweights are random (seed 0): latency does not depend on weight values. speedup = dense p50 / pruned p50 "
+          "(interleaved in one profile call), MACs ratio = dense / pruned MACs, fidelity = speedup / MACs ratio.")
     print(f"target {target.name}: round_to {target.round_to}, opset {target.opset}, graph optimisation "
           f"{target.graph_optimization}; runs >= {args.runs}, min time {args.min_time} s per model; "
           f"onnxruntime {host['onnxruntime']}, {host['cpu_count']} CPUs, load average at start "

@@ -154,8 +154,7 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
     _after_cut(model, config, data)
     accuracy = evaluate(model) if evaluate else None
     history.extend(_finetune(model, data, config, config.epochs, clock))
-    name = "iterative" if steps > 1 else "oneshot"
-    return RecipeResult(model, name, criterion.name, before, after, clock.seconds, accuracy, history, warnings)
+    return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy, history, warnings)
 
 
 def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:

@@ -1,8 +1,6 @@
 """``edgeprune prune``, ``info`` and ``zoo``."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from edgeprune.cli import main

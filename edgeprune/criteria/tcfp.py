@@ -29,7 +29,6 @@ tensor(True)
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.counter import count
-from edgeprune.criteria.activations import (as_batches, capture_node, capture_nodes, collect, evaluating,
+from edgeprune.criteria.activations import (capture_node, capture_nodes, collect, evaluating,
                                             model_device, truncated)
 from edgeprune.criteria.base import Criterion, combine, filters, register_criterion
 from edgeprune.criteria.soft import zero_filters
