@@ -23,6 +23,7 @@ from edgeprune.plan import Plan, PlanConfig, make_plan
 from edgeprune.surgery import apply_keep_mask
 
 log = logging.getLogger(__name__)
+Planner = Callable[[DependencyGraph, "dict[int, Any]"], Plan]
 
 
 @dataclass
@@ -59,7 +60,7 @@ class PruneResult:
             "macs_cut": self.plan.macs_cut,
             "groups_pruned": sum(1 for u in self.plan.removed.values() if len(u)),
             "seconds": self.seconds, "seconds_total": sum(self.seconds.values()),
-            "warnings": self.warnings,
+            "warnings": self.warnings, **({"plan": self.plan.details} if self.plan.details else {}),
         }
 
 
@@ -67,10 +68,15 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Cr
           ratio: float | None = None, flops_cut: float | None = None, round_to: int = 1,
           layer_ratios: dict[str, float] | None = None, global_ranking: bool = False,
           max_group_ratio: float = 0.9, data: Any = None, inplace: bool = False,
-          criterion_options: dict[str, Any] | None = None) -> PruneResult:
-    """Remove whole filters from ``model``: trace, score, plan, cut. Returns the pruned model."""
+          criterion_options: dict[str, Any] | None = None, planner: Planner | None = None) -> PruneResult:
+    """Remove whole filters from ``model``: trace, score, plan, cut. Returns the pruned model.
+
+    ``planner(graph, scores) -> Plan`` replaces the ratio/MACs planning (whose arguments it then
+    ignores), e.g. :class:`edgeprune.latency.LatencyPlanner` for a latency budget.
+    """
     config = PlanConfig(ratio, flops_cut, dict(layer_ratios or {}), global_ranking, max_group_ratio, round_to)
-    config.validate()
+    if planner is None:
+        config.validate()
     if isinstance(criterion, str):
         criterion = create_criterion(criterion, **(criterion_options or {}))
     model = model if inplace else copy.deepcopy(model)
@@ -82,7 +88,7 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Cr
     scores = score_groups(graph, criterion, data)
     seconds["criterion"] = time.perf_counter() - start
     start = time.perf_counter()
-    plan = make_plan(graph, scores, config)
+    plan = planner(graph, scores) if planner is not None else make_plan(graph, scores, config)
     apply_keep_mask(model, graph, plan.keep)
     seconds["plan_and_surgery"] = time.perf_counter() - start
     log.info("pruned %d groups: MACs %.2fM -> %.2fM", sum(1 for u in plan.removed.values() if len(u)),

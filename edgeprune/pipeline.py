@@ -40,6 +40,13 @@ class CompressOptions:
     min_time: float = 2.0
     weights: str | None = None
     seed: int = 0
+    latency_budget: float | None = None  # ms on the target: pruning then meets this instead of flops_cut / ratio
+    speedup: float | None = None  # or: this speedup over the dense model
+    lut: str | None = None  # a latency table measured elsewhere (default: this machine's cached one)
+
+    @property
+    def latency_driven(self) -> bool:
+        return self.latency_budget is not None or self.speedup is not None
 
 
 @dataclass
@@ -93,7 +100,25 @@ def _epochs(data: _Data, options: CompressOptions) -> int:
     return epochs
 
 
-def _prune_and_finetune(model, shape, data: _Data, options: CompressOptions, round_to: int, progress: Progress):
+def _latency_planner(model, shape, target, options: CompressOptions, round_to: int, progress: Progress):
+    """The planner that meets ``options``' latency budget, its table completed on this machine if needed."""
+    from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, conv_shapes, open_table, settings_of
+    from edgeprune.profile import BenchConfig
+
+    budget = Budget(options.latency_budget, options.speedup)
+    settings = settings_of(target)
+    table = open_table(target.name, settings, options.lut)
+    shapes = list(conv_shapes(model, shape).values())
+    missing = sum(len(layer["points"]) for layer in table.missing(shapes))
+    if missing:
+        progress(f"measuring the latency table: {missing} points ({settings['threads']} threads), kept in {table.path}")
+    complete(table, shapes)
+    config = BenchConfig.from_target(target, intra_threads=settings["threads"], min_runs=20, min_time=0.5)
+    return LatencyPlanner(table, budget, ModelTimer(shape, config, target.opset), round_to=round_to, progress=progress)
+
+
+def _prune_and_finetune(model, shape, data: _Data, options: CompressOptions, round_to: int, progress: Progress,
+                        planner=None):
     """The criterion's recipe (one-shot, iterative or soft) on a copy of ``model``."""
     import copy
 
@@ -107,8 +132,10 @@ def _prune_and_finetune(model, shape, data: _Data, options: CompressOptions, rou
     calib = sample(train, 640, seed=options.seed) if train is not None else None
     config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
                           ratio=options.ratio, round_to=round_to, epochs=epochs, steps=options.steps, lr=options.lr,
-                          batch_size=options.batch_size, seed=options.seed, recalibrate_bn=options.recalibrate_bn)
-    progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), round to {round_to}"
+                          batch_size=options.batch_size, seed=options.seed, recalibrate_bn=options.recalibrate_bn,
+                          planner=planner)
+    goal = "to the latency budget, widths from the table" if planner else f"round to {round_to}"
+    progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), {goal}"
              + (f", fine-tuning {epochs} epochs on {data.spec}" if epochs else ""))
     labelled = data.evaluation is not None and data.evaluation.y is not None
     return run_recipe(copy.deepcopy(model), shape, config, RecipeData(train, holdout, calib),
@@ -152,8 +179,13 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
 
     # Bad choices fail before any output, data loading or progress line.
     criterion = api.create_criterion(options.criterion)
-    PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
-               round_to=options.round_to or target.round_to).validate()
+    if options.latency_driven:
+        from edgeprune.latency import Budget
+
+        Budget(options.latency_budget, options.speedup)
+    else:
+        PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
+                   round_to=options.round_to or target.round_to).validate()
     out_dir = Path(out_dir)
     staging = _stage(out_dir)
     started = time.perf_counter()
@@ -168,7 +200,9 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         if criterion.needs_data and data.train is None:
             raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
         dense_accuracy = _accuracy_torch(loaded.model, data)
-        result = _prune_and_finetune(loaded.model, shape, data, options, options.round_to or target.round_to, progress)
+        round_to = options.round_to or target.round_to
+        planner = _latency_planner(loaded.model, shape, target, options, round_to, progress) if options.latency_driven else None
+        result = _prune_and_finetune(loaded.model, shape, data, options, round_to, progress, planner)
         pruned_accuracy = _accuracy_torch(result.model, data)
         save_checkpoint(result.model, staging / "pruned.pt", spec=loaded.spec, input_shape=shape, kwargs=loaded.kwargs,
                         metadata={"pruned": result.summary(), "target": target.name})
@@ -189,11 +223,14 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
 
             to_ort_format(staging / "pruned.onnx")
         _profile(variants, staging, target, options, progress)
+        summary = result.summary()
+        if "plan" in summary:
+            summary["plan"]["final"] = {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"]}
         report = {
             "model": loaded.spec, "target": asdict(target), "options": asdict(options),
             "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "bench_settings": variants[0].pop("settings"), "variants": variants, "export": exports,
-            "pruning": {**result.summary(), "layers": compare_layers(loaded.model, result.model, shape),
+            "pruning": {**summary, "layers": compare_layers(loaded.model, result.model, shape),
                         "eval_data": {"source": data.spec, "split": data.eval_split}},
             "warnings": result.warnings, "seconds_total": round(time.perf_counter() - started, 2),
         }

@@ -44,6 +44,7 @@ class Plan:
     before: Counts
     after: Counts
     ratio: float | None
+    details: dict = field(default_factory=dict)  # what a planner other than make_plan reports
 
     @property
     def macs_cut(self) -> float:
@@ -79,7 +80,7 @@ def _counts(graph: DependencyGraph, scores: dict[int, torch.Tensor], config: Pla
 
 def _remove(graph: DependencyGraph, scores: dict[int, torch.Tensor], counts: dict[int, int],
             round_to: int = 1) -> dict[int, np.ndarray]:
-    return {i: _pick(graph.groups[i], scores[i], n, round_to) for i, n in counts.items()}
+    return {i: pick_units(graph.groups[i], scores[i], n, round_to) for i, n in counts.items()}
 
 
 def _group_ratio(group: Group, config: PlanConfig, default: float) -> float:
@@ -120,7 +121,7 @@ def _global_counts(groups: list[Group], scores: dict[int, torch.Tensor], ratio: 
     return {k: float(v) for k, v in counts.items()}
 
 
-def _pick(group: Group, scores: torch.Tensor, n_remove: int, round_to: int = 1) -> np.ndarray:
+def pick_units(group: Group, scores: torch.Tensor, n_remove: int, round_to: int = 1) -> np.ndarray:
     """The ``n_remove`` lowest-scoring prunable units, balanced over blocks, one kept per layer."""
     if n_remove <= 0:
         return np.zeros(0, dtype=np.int64)

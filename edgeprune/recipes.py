@@ -58,6 +58,7 @@ class RecipeConfig:
     recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images after the cut
     tcfp_soft_share: float = 0.3  # the part of the MACs cut that TCFP's soft cluster stage makes
     tcfp_val_images: int = 256
+    planner: Any = None  # a planner for api.prune (e.g. a latency budget) instead of ratio / flops_cut
 
 
 @dataclass
@@ -83,6 +84,7 @@ class RecipeResult:
     warnings: list[str] = field(default_factory=list)
     epochs: int = 0
     lr: float = 0.0
+    plan: dict[str, Any] = field(default_factory=dict)  # what a custom planner reported
 
     @property
     def macs_cut(self) -> float:
@@ -93,7 +95,8 @@ class RecipeResult:
                 "macs_after": self.after.macs, "params_before": self.before.params, "params_after": self.after.params,
                 "macs_cut": self.macs_cut, "accuracy_before_finetune": self.accuracy_before_finetune,
                 "seconds": self.seconds, "warnings": self.warnings,
-                "finetune": {"epochs": self.epochs, "lr": self.lr, "history": self.history} if self.epochs else None}
+                "finetune": {"epochs": self.epochs, "lr": self.lr, "history": self.history} if self.epochs else None,
+                **({"plan": self.plan} if self.plan else {})}
 
 
 class _Clock:
@@ -133,9 +136,10 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
     target = dict(ratio=config.ratio, flops_cut=config.flops_cut, round_to=config.round_to, data=data.calib, inplace=True)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
+    plan: dict[str, Any] = {}
     if steps == 1:
-        result = prune(model, shape, criterion=criterion, **target)
-        before, after, warnings = result.before, result.after, result.warnings
+        result = prune(model, shape, criterion=criterion, planner=config.planner, **target)
+        before, after, warnings, plan = result.before, result.after, result.warnings, result.plan.details
     else:
         between = config.epochs >= 2  # one epoch of the budget goes to the rounds, the rest to the end
         n = len(data.train) if data.train is not None else 0
@@ -154,7 +158,8 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
     _after_cut(model, config, data)
     accuracy = evaluate(model) if evaluate else None
     history.extend(_finetune(model, data, config, config.epochs, clock))
-    return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy, history, warnings)
+    return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy,
+                        history, warnings, plan=plan)
 
 
 def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
@@ -265,6 +270,9 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     recipe = RECIPES.get(config.criterion, _oneshot)
     if config.steps and config.steps > 1 and recipe is not _oneshot:
         raise EdgepruneError(f"'{config.criterion}' prunes softly during fine-tuning; --steps does not apply to it")
+    if config.planner is not None and (recipe is not _oneshot or (config.steps or RECIPE_STEPS.get(config.criterion, 1)) > 1):
+        raise EdgepruneError(f"a latency budget prunes in one shot: '{config.criterion}' prunes softly or in rounds "
+                             "(use a one-shot criterion, or --steps 1 for csctfp)")
     result = recipe(model, tuple(input_shape), config, data, evaluate)
     result.epochs, result.lr = config.epochs, config.lr
     return result

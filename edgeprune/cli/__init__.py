@@ -47,5 +47,5 @@ def _register_commands() -> None:
 
 
 # One module per command family; each decorates its functions with @main.command().
-COMMAND_MODULES: list[str] = ["prune", "compress", "export", "train", "bench"]
+COMMAND_MODULES: list[str] = ["prune", "compress", "export", "train", "bench", "lut"]
 _register_commands()

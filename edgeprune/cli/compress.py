@@ -12,8 +12,13 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
 @weights_option
 @click.option("--target", "-t", default="arm", show_default=True, help="Device profile (see `edgeprune targets`) or a JSON file.")
 @click.option("--criterion", "-c", default="l2", show_default=True, help="Pruning criterion (see `edgeprune criteria`).")
-@click.option("--flops-cut", type=float, default=0.5, show_default=True, help="Fraction of MACs to remove.")
+@click.option("--flops-cut", type=float, help="Fraction of MACs to remove (default 0.5 without a latency budget).")
 @click.option("--ratio", type=float, help="Uniform channel ratio instead of --flops-cut.")
+@click.option("--latency-budget", type=click.FloatRange(min=0, min_open=True), metavar="MS",
+              help="Prune to this latency on the target (ms, as measured here), widths chosen from the latency table.")
+@click.option("--speedup", type=click.FloatRange(min=1, min_open=True), metavar="X",
+              help="Prune to X times the dense model's speed, widths chosen from the latency table.")
+@click.option("--lut", type=click.Path(dir_okay=False), help="A latency table measured on the board (`edgeprune lut`).")
 @click.option("--round-to", type=click.IntRange(min=1), help="Channel alignment (default: the target's).")
 @click.option("--calib", help="Data for criteria, fine-tuning, INT8 and accuracy (default model: its bundled data).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 with labelled data).")
@@ -28,16 +33,24 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
-def compress(model, weights, target, criterion, flops_cut, ratio, round_to, calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort,
+def compress(model, weights, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to, calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort,
              runs, min_time, as_json, output):
     """Prune MODEL for a target, fine-tune, export, verify, quantise and measure it against the dense model.
 
     With no MODEL it runs on the built-in default (ResNet-20 trained on the bundled MNIST-5k).
     """
+    from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
     from edgeprune.report import format_table
 
+    latency = latency_budget is not None or speedup is not None
+    if latency and (flops_cut is not None or ratio is not None):
+        raise EdgepruneError("a latency budget decides how much to cut: drop --flops-cut / --ratio")
+    if lut and not latency:
+        raise EdgepruneError("--lut is used with --latency-budget or --speedup")
+    flops_cut = None if latency or ratio is not None else (0.5 if flops_cut is None else flops_cut)
     options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
+                              latency_budget=latency_budget, speedup=speedup, lut=lut,
                               calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr, recalibrate_bn=bn_recalibrate, int8=int8, ort=ort, runs=runs,
                               min_time=min_time, weights=weights)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
@@ -46,4 +59,8 @@ def compress(model, weights, target, criterion, flops_cut, ratio, round_to, cali
         return
     click.echo(f"\n{report['model']} for {report['target']['name']}: {report['pruning']['macs_cut']:.1%} of MACs removed")
     click.echo(format_table(report))
+    plan = report["pruning"].get("plan", {})
+    if "budget_ms" in plan:
+        click.echo(f"\nlatency budget {plan['budget_ms']:.3f} ms: table predicted {plan['predicted_ms']:.3f} ms, "
+                   f"measured {plan['measured_ms']:.3f} ms while planning, {plan['final']['pruned_ms']:.3f} ms above")
     click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")

@@ -45,6 +45,7 @@ def markdown(report: dict[str, Any]) -> str:
               f"Latency measured with onnxruntime on {report['host']['machine']} ({report['host']['cpus']} CPUs) "
               f"under the target's settings: {json.dumps(report['bench_settings'])}.", ""]
     lines += _pruning_section(report["pruning"])
+    lines += _latency_section(report["pruning"].get("plan", {}))
     lines += ["## Export check", "", "```json", json.dumps(report.get("export"), indent=2, default=str), "```", ""]
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
@@ -64,6 +65,27 @@ def _pruning_section(pruning: dict[str, Any]) -> list[str]:
     for row in pruning.get("layers", []):
         lines.append(f"| {row['layer']} | {row['in_before']} → {row['in_after']} | {row['out_before']} → {row['out_after']} "
                      f"| {row['macs_before'] / 1e6:.2f} → {row['macs_after'] / 1e6:.2f} |")
+    return lines + [""]
+
+
+def _latency_section(plan: dict[str, Any]) -> list[str]:
+    """Predicted against measured latency, when a latency budget chose the widths."""
+    if "budget_ms" not in plan:
+        return []
+    final = plan.get("final", {})
+    lines = ["## Latency budget", "",
+             f"Budget {plan['budget_ms']:.3f} ms (" + (f"{plan['budget']['ms']} ms asked" if plan["budget"]["ms"] is not None
+                                                        else f"{plan['budget']['speedup']}x the dense model's latency") + ").",
+             f"Widths chosen from the latency table `{plan['table']}`.", "",
+             "| | dense ms | pruned ms |", "|---|---|---|",
+             f"| predicted by the table | - | {plan['predicted_ms']:.3f} |",
+             f"| measured while planning | {plan['dense_ms_measured']:.3f} | {plan['measured_ms']:.3f} |"]
+    if final:
+        lines.append(f"| measured in this report | {final['dense_ms']:.3f} | {final['pruned_ms']:.3f} |")
+    lines += ["", f"Prediction error against the planning measurement: {plan['predicted_ms'] / plan['measured_ms'] - 1:+.1%}; "
+              f"{len(plan['rounds'])} confirmation round(s).", "",
+              "| group | units before | units after |", "|---|---|---|"]
+    lines += [f"| {name} | {before} | {after} |" for name, (before, after) in plan["widths"].items()]
     return lines + [""]
 
 

@@ -1,0 +1,36 @@
+"""Whole-model measurement for the planner: export to ONNX, then time side by side in onnxruntime."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+from edgeprune.profile import BenchConfig, profile_models
+
+
+class ModelTimer:
+    """``timer(models) -> [p50 ms, ...]``: each model exported (simplified, like the shipped file)
+    and measured in its own fresh process, interleaved with the others. A model timed before is
+    not exported again (the timer keeps a reference, so the cache cannot confuse two models)."""
+
+    def __init__(self, input_shape: tuple[int, ...], config: BenchConfig, opset: int | None = None) -> None:
+        self.input_shape, self.config, self.opset = tuple(input_shape), config, opset
+        self._folder = tempfile.TemporaryDirectory(prefix="edgeprune-timer-")
+        self._exported: dict[int, tuple[nn.Module, Path]] = {}
+
+    def _path(self, model: nn.Module) -> Path:
+        from edgeprune.export import export_onnx
+
+        if id(model) not in self._exported:
+            path = Path(self._folder.name) / f"model{len(self._exported)}.onnx"
+            export_onnx(model, self.input_shape, path, opset=self.opset, verify=False)
+            self._exported[id(model)] = (model, path)
+        return self._exported[id(model)][1]
+
+    def __call__(self, models: list[nn.Module]) -> list[float]:
+        return [p.p50_ms for p in profile_models([self._path(m) for m in models], self.config)]
+
+    def close(self) -> None:
+        self._exported.clear()
+        self._folder.cleanup()

@@ -1,0 +1,259 @@
+"""Latency-driven pruning plans: per-group widths that meet a latency budget on the target.
+
+In the spirit of NetAdapt and HALP: every prunable group may shrink to any of its grid widths
+(:func:`~edgeprune.latency.table.axis`, multiples of 4 and of 8 alike), dropping its
+lowest-scoring units first. Starting from the dense model, the planner repeatedly makes the
+move that loses the least importance per millisecond saved, as the latency table predicts,
+until the prediction meets the budget. A width the kernels dislike saves nothing in the table,
+so it is never chosen: each group's alignment comes from the measurements, not from one fixed
+multiple. The plan is then confirmed by exporting and measuring the whole pruned model; if the
+measurement misses the budget, the prediction's target is corrected and the next point on the
+same greedy path is taken (a few rounds at most).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune.counter import count, per_layer
+from edgeprune.errors import EdgepruneError
+from edgeprune.graph import DependencyGraph, Group
+from edgeprune.latency.layers import TimedLayer, timed_layers
+from edgeprune.latency.table import LatencyTable, axis
+from edgeprune.plan import Plan, pick_units
+from edgeprune.surgery import apply_keep_mask
+
+log = logging.getLogger(__name__)
+
+Measure = Callable[[list[nn.Module]], list[float]]
+"""Measures models side by side on the target's settings; returns each one's median ms."""
+
+LOOKAHEAD = 2  # how many grid widths below the current one a move may jump
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget in milliseconds, or a speedup over the dense model as measured here."""
+
+    ms: float | None = None
+    speedup: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ms is None) == (self.speedup is None):
+            raise EdgepruneError("give exactly one of --latency-budget MS or --speedup X")
+        if self.ms is not None and not (self.ms > 0 and math.isfinite(self.ms)):
+            raise EdgepruneError(f"--latency-budget must be a positive number of milliseconds, got {self.ms}")
+        if self.speedup is not None and not (self.speedup > 1 and math.isfinite(self.speedup)):
+            raise EdgepruneError(f"--speedup must be a number above 1, got {self.speedup}")
+
+    def ms_for(self, dense_ms: float) -> float:
+        return self.ms if self.ms is not None else dense_ms / self.speedup
+
+
+@dataclass
+class _Choices:
+    """The widths one group may take: its grid counts, which units each removes, and at what cost."""
+
+    counts: list[int]
+    masks: list[np.ndarray]
+    costs: list[float]
+
+
+def _choices(graph: DependencyGraph, group: Group, scores: torch.Tensor | None, round_to: int,
+             max_group_ratio: float, dense_macs: int) -> _Choices:
+    """The group's grid widths. Removing units costs their importance (score over the group's
+    mean) times the MACs they carry, so that a unit feeding many layers is dear: without the MACs,
+    the cheapest way to save time would be to empty a residual stream."""
+    n = group.n_units
+    full = _Choices([n], [np.zeros(n, dtype=bool)], [0.0])
+    if scores is None or group.n_prunable < 2:
+        return full
+    blocks = 1 if group.blocks is None else int(group.blocks.max()) + 1
+    floor = max(n - math.floor(max_group_ratio * n), n - group.n_prunable + (group.n_prunable == n), 1)
+    s = scores.double().numpy()
+    normalised = s / max(float(s[~group.frozen].mean()), 1e-12)
+    counts, masks, costs = [], [], []
+    for c in axis(n):
+        if c < floor or c % blocks:
+            continue
+        units = pick_units(group, scores, n - c, math.gcd(c, round_to))
+        mask = np.zeros(n, dtype=bool)
+        mask[units] = True
+        macs_lost = dense_macs - count(graph, graph.keep_mask({group.index: units})).macs if len(units) else 0
+        counts.append(int(n - mask.sum()))
+        masks.append(mask)
+        costs.append(float(normalised[mask].mean()) * macs_lost if len(units) else 0.0)
+    return _Choices(counts, masks, costs) if counts else full
+
+
+class Predictor:
+    """Whole-model latency from the table: the timed convolutions at their widths, plus what the
+    table does not time (other operators, session overhead), taken from the dense measurement
+    and scaled with the activations kept."""
+
+    def __init__(self, layers: list[TimedLayer], table: LatencyTable, dense_ms: float) -> None:
+        self.layers, self.table = layers, table
+        self._cache: dict[tuple[int, int, int], float] = {}
+        dense = [(layer.inputs.width({}), layer.outputs.width({})) for layer in layers]
+        self.dense_conv_ms = sum(self.ms_at(i, cin, cout) for i, (cin, cout) in enumerate(dense))
+        self.dense_volume = self._volume(dense)
+        self.rest_ms = dense_ms - self.dense_conv_ms
+
+    def ms_at(self, i: int, cin: int, cout: int) -> float:
+        if self.layers[i].shape.depthwise:
+            cin = cout
+        if (i, cin, cout) not in self._cache:
+            self._cache[(i, cin, cout)] = self.table.ms(self.layers[i].shape, cin, cout)
+        return self._cache[(i, cin, cout)]
+
+    def _volume(self, widths: list[tuple[int, int]]) -> float:
+        return sum(cout * math.prod(layer.shape.out_hw) for layer, (_, cout) in zip(self.layers, widths))
+
+    def predict(self, widths: list[tuple[int, int]]) -> float:
+        """Milliseconds with each timed layer at ``widths[i]`` = (input, output) channels."""
+        conv = sum(self.ms_at(i, cin, cout) for i, (cin, cout) in enumerate(widths))
+        rest = self.rest_ms * self._volume(widths) / self.dense_volume if self.rest_ms > 0 else self.rest_ms
+        return conv + rest
+
+    def predict_keep(self, graph: DependencyGraph, keep: np.ndarray) -> float:
+        """Milliseconds of ``graph``'s model cut to the ``keep`` channels (any plan, not only this planner's)."""
+        rows = {row["layer"]: row for row in per_layer(graph, keep)}
+        return self.predict([(rows[layer.name]["in"], rows[layer.name]["out"]) for layer in self.layers])
+
+
+class _ChoiceWidths:
+    """Each timed layer's widths for a choice of grid width per group, from counts made once."""
+
+    def __init__(self, layers: list[TimedLayer], choices: dict[int, _Choices]) -> None:
+        def per_choice(units: dict[int, np.ndarray]) -> dict[int, list[int]]:
+            return {g: [int((~m[u]).sum()) for m in choices[g].masks] for g, u in units.items()}
+
+        self._kept = [(layer.inputs.fixed, per_choice(layer.inputs.units), layer.outputs.fixed,
+                       per_choice(layer.outputs.units)) for layer in layers]
+
+    def __call__(self, i: int, choice: dict[int, int]) -> tuple[int, int]:
+        fixed_in, ins, fixed_out, outs = self._kept[i]
+        return (fixed_in + sum(kept[choice[g]] for g, kept in ins.items()),
+                fixed_out + sum(kept[choice[g]] for g, kept in outs.items()))
+
+    def all(self, choice: dict[int, int]) -> list[tuple[int, int]]:
+        return [self(i, choice) for i in range(len(self._kept))]
+
+
+@dataclass
+class Step:
+    predicted_ms: float
+    choice: dict[int, int]
+
+
+def greedy_path(predictor: Predictor, choices: dict[int, _Choices], stop_ms: float) -> list[Step]:
+    """From dense, the least-importance-per-millisecond moves until the prediction is below ``stop_ms``."""
+    widths = _ChoiceWidths(predictor.layers, choices)
+    choice = {g: len(c.counts) - 1 for g, c in choices.items()}
+    layers_of = {g: [i for i, layer in enumerate(predictor.layers) if g in layer.groups()] for g in choices}
+
+    def cost_ms(g: int, trial: dict[int, int]) -> float:
+        return sum(predictor.ms_at(i, *widths(i, trial)) for i in layers_of[g])
+
+    path = [Step(predictor.predict(widths.all(choice)), dict(choice))]
+    while path[-1].predicted_ms > stop_ms:
+        best = None
+        for g, options in choices.items():
+            now = cost_ms(g, choice)
+            for j in range(max(0, choice[g] - LOOKAHEAD), choice[g]):
+                saved = now - cost_ms(g, {**choice, g: j})
+                if saved <= 1e-6:
+                    continue
+                price = (options.costs[j] - options.costs[choice[g]]) / saved
+                if best is None or price < best[0]:
+                    best = (price, g, j)
+        if best is None:
+            break
+        choice[best[1]] = best[2]
+        path.append(Step(predictor.predict(widths.all(choice)), dict(choice)))
+    return path
+
+
+@dataclass
+class ConfirmRound:
+    predicted_ms: float
+    measured_ms: float
+    dense_ms: float
+    budget_ms: float
+    macs: int
+
+    @property
+    def error(self) -> float:
+        return self.measured_ms / self.budget_ms - 1
+
+
+@dataclass
+class LatencyPlanner:
+    """A planner for :func:`edgeprune.api.prune`: ``planner(graph, scores) -> Plan``."""
+
+    table: LatencyTable
+    budget: Budget
+    measure: Measure
+    round_to: int = 8
+    max_group_ratio: float = 0.9
+    confirm_rounds: int = 3
+    tolerance: float = 0.05
+    progress: Callable[[str], None] = field(default=lambda message: log.info(message))
+
+    def __call__(self, graph: DependencyGraph, scores: dict[int, torch.Tensor]) -> Plan:
+        dense_macs = count(graph).macs
+        choices = {g.index: _choices(graph, g, scores.get(g.index), self.round_to, self.max_group_ratio, dense_macs)
+                   for g in graph.groups}
+        dense_ms = self.measure([graph.model])[0]
+        budget_ms = self.budget.ms_for(dense_ms)
+        predictor = Predictor(timed_layers(graph), self.table, dense_ms)
+        path = greedy_path(predictor, choices, 0.5 * budget_ms)
+        self.progress(f"latency plan: dense {dense_ms:.3f} ms measured, budget {budget_ms:.3f} ms; "
+                      f"{len(path) - 1} moves, lowest prediction {path[-1].predicted_ms:.3f} ms")
+        if path[-1].predicted_ms > budget_ms * (1 + self.tolerance):
+            raise EdgepruneError(f"the budget of {budget_ms:.3f} ms is out of reach: the table predicts "
+                                 f"{path[-1].predicted_ms:.3f} ms at best (dense {dense_ms:.3f} ms)")
+        tried: dict[int, ConfirmRound] = {}
+        aim = budget_ms
+        for _ in range(self.confirm_rounds):
+            index = min(range(len(path)), key=lambda k: abs(path[k].predicted_ms - aim))
+            if index in tried:
+                break
+            tried[index] = self._confirm(graph, path[index], choices)
+            if abs(tried[index].error) <= self.tolerance:
+                break
+            aim = path[index].predicted_ms * tried[index].budget_ms / tried[index].measured_ms
+        best = min(tried, key=lambda k: (tried[k].error > self.tolerance, abs(tried[k].error)))
+        keep = graph.keep_mask(_removed(choices, path[best].choice))
+        details = {"budget": {"ms": self.budget.ms, "speedup": self.budget.speedup}, "budget_ms": tried[best].budget_ms,
+                   "dense_ms_measured": tried[best].dense_ms, "predicted_ms": path[best].predicted_ms,
+                   "measured_ms": tried[best].measured_ms, "error": tried[best].error,
+                   "rounds": [vars(r) for r in tried.values()], "table": str(self.table.path or ""),
+                   "widths": _widths(graph, choices, path[best].choice)}
+        return Plan(_removed(choices, path[best].choice), keep, count(graph), count(graph, keep), None, details)
+
+    def _confirm(self, graph: DependencyGraph, step: Step, choices: dict[int, _Choices]) -> ConfirmRound:
+        keep = graph.keep_mask(_removed(choices, step.choice))
+        pruned = apply_keep_mask(copy.deepcopy(graph.model), graph, keep)
+        dense_ms, measured = self.measure([graph.model, pruned])
+        result = ConfirmRound(step.predicted_ms, measured, dense_ms, self.budget.ms_for(dense_ms), count(graph, keep).macs)
+        self.progress(f"confirm: predicted {step.predicted_ms:.3f} ms, measured {measured:.3f} ms "
+                      f"(budget {result.budget_ms:.3f} ms, {result.error:+.1%})")
+        return result
+
+
+def _removed(choices: dict[int, _Choices], choice: dict[int, int]) -> dict[int, np.ndarray]:
+    return {g: np.flatnonzero(choices[g].masks[j]) for g, j in choice.items() if choices[g].masks[j].any()}
+
+
+def _widths(graph: DependencyGraph, choices: dict[int, _Choices], choice: dict[int, int]) -> dict[str, list[int]]:
+    """Each pruned group's units before and after, by its name."""
+    return {graph.groups[g].name: [choices[g].counts[-1], choices[g].counts[j]]
+            for g, j in choice.items() if j < len(choices[g].counts) - 1}
