@@ -100,21 +100,37 @@ def _epochs(data: _Data, options: CompressOptions) -> int:
     return epochs
 
 
-def _latency_planner(model, shape, target, options: CompressOptions, round_to: int, progress: Progress):
-    """The planner that meets ``options``' latency budget, its table completed on this machine if needed."""
+def _latency_planner(loaded, shape, target, options: CompressOptions, round_to: int, progress: Progress):
+    """The planner that meets ``options``' latency budget.
+
+    With this machine's table, missing points are measured first and the plan is confirmed by
+    measuring here. With a table from a board (``--lut``), the board's own dense time is the
+    start and the plan rests on the table's prediction.
+    """
     from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, conv_shapes, open_table, settings_of
+    from edgeprune.latency.table import model_key
     from edgeprune.profile import BenchConfig
 
     budget = Budget(options.latency_budget, options.speedup)
     settings = settings_of(target)
-    table = open_table(target.name, settings, options.lut)
-    shapes = list(conv_shapes(model, shape).values())
+    table = open_table(target.name, settings, options.lut, board_settings=settings_of(target, host=False))
+    shapes = list(conv_shapes(loaded.model, shape).values())
+    common = dict(round_to=round_to, progress=progress)
+    if not table.measured_here:
+        complete(table, shapes)  # raises, saying how to measure them there, if points are missing
+        dense_ms = table.model_ms(model_key(loaded.spec, shape))
+        if dense_ms is None:
+            raise EdgepruneError(f"latency table {options.lut} lacks the time of the whole dense {loaded.spec}: "
+                                 "measure a spec from `edgeprune lut build --spec-only` on the board")
+        progress(f"latency table from another machine ({table.data['machine'].get('cpu') or 'unknown CPU'}): "
+                 "the plan rests on its prediction; measure the result there with `edgeprune bench`")
+        return LatencyPlanner(table, budget, None, dense_ms=dense_ms, **common)
     missing = sum(len(layer["points"]) for layer in table.missing(shapes))
     if missing:
         progress(f"measuring the latency table: {missing} points ({settings['threads']} threads), kept in {table.path}")
     complete(table, shapes)
     config = BenchConfig.from_target(target, intra_threads=settings["threads"], min_runs=20, min_time=0.5)
-    return LatencyPlanner(table, budget, ModelTimer(shape, config, target.opset), round_to=round_to, progress=progress)
+    return LatencyPlanner(table, budget, ModelTimer(shape, config, target.opset), **common)
 
 
 def _prune_and_finetune(model, shape, data: _Data, options: CompressOptions, round_to: int, progress: Progress,
@@ -201,7 +217,7 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
             raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
         dense_accuracy = _accuracy_torch(loaded.model, data)
         round_to = options.round_to or target.round_to
-        planner = _latency_planner(loaded.model, shape, target, options, round_to, progress) if options.latency_driven else None
+        planner = _latency_planner(loaded, shape, target, options, round_to, progress) if options.latency_driven else None
         result = _prune_and_finetune(loaded.model, shape, data, options, round_to, progress, planner)
         pruned_accuracy = _accuracy_torch(result.model, data)
         save_checkpoint(result.model, staging / "pruned.pt", spec=loaded.spec, input_shape=shape, kwargs=loaded.kwargs,

@@ -23,6 +23,8 @@ from edgeprune.counter import count_model
 from edgeprune.export import make_session
 from edgeprune.report import format_table
 
+from conftest import assert_one_line_error
+
 FAST = ["--target", "x86-avx2", "--runs", "5", "--min-time", "0.1"]
 TRAIN_IMAGES = 768
 FILES = {"pruned.pt", "dense.onnx", "pruned.onnx", "report.json", "report.md", "report.png"}
@@ -140,16 +142,6 @@ def test_console_ends_with_the_table(runs, which):
 
 TARGET_FIELDS = {"name": "wrong", "description": "", "threads": 1, "inter_op_threads": 1, "round_to": 8, "opset": 18,
                  "graph_optimization": "all", "int8": False, "memory_arena": True}
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), result.exception  # not an uncaught exception
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("edgeprune: error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def assert_nothing_left(folder: Path, *keep: str) -> None:

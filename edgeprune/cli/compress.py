@@ -61,6 +61,7 @@ def compress(model, weights, target, criterion, flops_cut, ratio, latency_budget
     click.echo(format_table(report))
     plan = report["pruning"].get("plan", {})
     if "budget_ms" in plan:
+        confirmed = f"measured {plan['measured_ms']:.3f} ms while planning, " if plan["confirmed"] else "not confirmed here, "
         click.echo(f"\nlatency budget {plan['budget_ms']:.3f} ms: table predicted {plan['predicted_ms']:.3f} ms, "
-                   f"measured {plan['measured_ms']:.3f} ms while planning, {plan['final']['pruned_ms']:.3f} ms above")
+                   f"{confirmed}{plan['final']['pruned_ms']:.3f} ms in the table above")
     click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")

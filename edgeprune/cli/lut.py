@@ -43,7 +43,7 @@ def lut() -> None:
 def build(model, weights, target, threads, spec_only, table_path, as_json):
     """Measure the latency table MODEL needs on TARGET's settings, on this machine (cached for later runs)."""
     from edgeprune.checkpoint import load_model
-    from edgeprune.latency import complete, conv_shapes, open_table, settings_of
+    from edgeprune.latency import LatencyTable, complete, conv_shapes, open_table, settings_of
     from edgeprune.latency.measure import write_json_atomic
     from edgeprune.targets import load_target
 
@@ -51,19 +51,32 @@ def build(model, weights, target, threads, spec_only, table_path, as_json):
     loaded = load_model(model, weights)
     shape = tuple(target.input_shape or loaded.input_shape)
     shapes = list(conv_shapes(loaded.model, shape).values())
-    settings = settings_of(target, threads)
-    table = open_table(target.name, settings, table_path if table_path and Path(table_path).exists() else None)
+    settings = settings_of(target, threads, host=not spec_only)  # a board runs the target's own thread count
+    existing = table_path if table_path and Path(table_path).exists() else None
+    if spec_only and not existing:
+        table = LatencyTable.empty(settings)
+    else:
+        table = open_table(target.name, settings, existing, board_settings=settings_of(target, threads, host=False))
     if table_path:
         table.path = Path(table_path)
-    spec = table.spec(shapes)
+    models = {}
+    if spec_only:  # the board also times the whole dense model, which the plan starts from
+        from edgeprune.export import export_onnx
+        from edgeprune.latency.table import model_key
+
+        dense_file = Path(spec_only).with_suffix(".dense.onnx")
+        export_onnx(loaded.model, shape, dense_file, opset=target.opset)
+        models = {model_key(loaded.spec, shape): dense_file.name}
+    spec = table.spec(shapes, models)
     points = sum(len(layer["points"]) for layer in spec["layers"])
     summary = {"model": loaded.spec, "target": target.name, "settings": settings, "layer_shapes": len({s.key for s in shapes}),
                "points_missing": points}
     if spec_only:
         write_json_atomic(spec, spec_only)
-        summary["spec"] = spec_only
+        summary.update(spec=spec_only, dense_onnx=str(dense_file))
         measure_py = Path(__file__).resolve().parents[1] / "latency" / "measure.py"
-        hint = (f"wrote {spec_only}: {points} points. On the board (onnxruntime and NumPy only):\n"
+        hint = (f"wrote {spec_only} ({points} points) and {dense_file.name}. Copy both and measure.py to the board "
+                f"(onnxruntime and NumPy only), there:\n"
                 f"  python measure.py {Path(spec_only).name} -o table.json   # measure.py is {measure_py}\n"
                 f"then here: edgeprune compress {loaded.spec} --target {target.name} --speedup X --lut table.json")
     else:
@@ -94,6 +107,9 @@ def measure(spec, output, runs, min_time):
         raise EdgepruneError(f"cannot read {spec}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise EdgepruneError(f"{spec}: {exc}") from None
-    table = measure_spec(spec_data, runs, min_time, _Bar())
+    try:
+        table = measure_spec(spec_data, runs, min_time, _Bar(), str(Path(spec).resolve().parent))
+    except (OSError, ValueError) as exc:
+        raise EdgepruneError(f"{spec}: {exc}") from None
     write_json_atomic(table, output)
     click.echo(f"wrote {output}: {sum(len(r) for r in table['entries'].values())} points")

@@ -11,22 +11,24 @@ from edgeprune.profile import BenchConfig, profile_models
 
 class ModelTimer:
     """``timer(models) -> [p50 ms, ...]``: each model exported (simplified, like the shipped file)
-    and measured in its own fresh process, interleaved with the others. A model timed before is
-    not exported again (the timer keeps a reference, so the cache cannot confuse two models)."""
+    and measured in its own fresh process, interleaved with the others. A model timed before, with
+    the same tensor shapes, is not exported again: the timer keeps a reference, so no other model
+    can take its id, and a model pruned in place since has other shapes."""
 
     def __init__(self, input_shape: tuple[int, ...], config: BenchConfig, opset: int | None = None) -> None:
         self.input_shape, self.config, self.opset = tuple(input_shape), config, opset
         self._folder = tempfile.TemporaryDirectory(prefix="edgeprune-timer-")
-        self._exported: dict[int, tuple[nn.Module, Path]] = {}
+        self._exported: dict[tuple, tuple[nn.Module, Path]] = {}
 
     def _path(self, model: nn.Module) -> Path:
         from edgeprune.export import export_onnx
 
-        if id(model) not in self._exported:
+        key = (id(model), tuple(tuple(t.shape) for t in model.state_dict().values()))
+        if key not in self._exported:
             path = Path(self._folder.name) / f"model{len(self._exported)}.onnx"
             export_onnx(model, self.input_shape, path, opset=self.opset, verify=False)
-            self._exported[id(model)] = (model, path)
-        return self._exported[id(model)][1]
+            self._exported[key] = (model, path)
+        return self._exported[key][1]
 
     def __call__(self, models: list[nn.Module]) -> list[float]:
         return [p.p50_ms for p in profile_models([self._path(m) for m in models], self.config)]

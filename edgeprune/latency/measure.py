@@ -125,10 +125,7 @@ def _session(model: bytes, settings: dict):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def time_model(model: bytes, input_shape: list[int], settings: dict, runs: int, min_time: float, warmup: int = 2) -> float:
-    """Median milliseconds of one run, after ``warmup`` runs; at least ``runs`` runs and ``min_time`` s."""
-    session = _session(model, settings)
-    feeds = {"x": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+def _median_ms(session, feeds: dict, runs: int, min_time: float, warmup: int) -> float:
     for _ in range(warmup + 1):
         session.run(None, feeds)
     times: list[float] = []
@@ -138,6 +135,26 @@ def time_model(model: bytes, input_shape: list[int], settings: dict, runs: int, 
         session.run(None, feeds)
         times.append((time.perf_counter_ns() - start) / 1e6)
     return float(np.median(times))
+
+
+def time_model(model: bytes, input_shape: list[int], settings: dict, runs: int, min_time: float, warmup: int = 2) -> float:
+    """Median milliseconds of one run of a :func:`conv_model`, after ``warmup`` runs; at least
+    ``runs`` runs and ``min_time`` seconds."""
+    feeds = {"x": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
+    return _median_ms(_session(model, settings), feeds, runs, min_time, warmup)
+
+
+def time_file(path: str, settings: dict, runs: int, min_time: float, warmup: int = 5) -> float:
+    """Median milliseconds of a whole ONNX model with fixed float inputs (the dense model, say)."""
+    with open(path, "rb") as source:
+        session = _session(source.read(), settings)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for item in session.get_inputs():
+        if not all(isinstance(d, int) for d in item.shape) or item.type != "tensor(float)":
+            raise ValueError(f"{path}: input {item.name} must be float with fixed dimensions, got {item.shape}")
+        feeds[item.name] = rng.standard_normal(item.shape).astype(np.float32)
+    return _median_ms(session, feeds, runs, min_time, warmup)
 
 
 def point_key(cin: int, cout: int) -> str:
@@ -158,13 +175,14 @@ def check_spec(spec: object) -> dict:
         missing = [k for k in ("key", "kernel", "stride", "padding", "dilation", "in_hw", "depthwise", "points") if k not in layer]
         if missing:
             raise ValueError(f"spec layer {layer.get('key', '?')}: missing {', '.join(missing)}")
+    if not all(isinstance(m, dict) and {"key", "file"} <= set(m) for m in spec.get("models", [])):
+        raise ValueError("spec models: each needs a 'key' and a 'file'")
     return spec
 
 
-def measure_spec(spec: dict, runs: int = 10, min_time: float = 0.02, progress=None) -> dict:
-    """Time every point of ``spec``; returns the table (format :data:`TABLE_FORMAT`).
-
-    ``progress(done, total)`` is called after each point.
+def measure_spec(spec: dict, runs: int = 10, min_time: float = 0.02, progress=None, folder: str = ".") -> dict:
+    """Time every point of ``spec``, and its whole models (files relative to ``folder``); returns
+    the table (format :data:`TABLE_FORMAT`). ``progress(done, total)`` is called after each point.
     """
     spec = check_spec(spec)
     settings = spec["settings"]
@@ -182,8 +200,10 @@ def measure_spec(spec: dict, runs: int = 10, min_time: float = 0.02, progress=No
             done += 1
             if progress:
                 progress(done, total)
+    models = {m["key"]: time_file(os.path.join(folder, m["file"]), settings, runs * 3, min_time * 10)
+              for m in spec.get("models", [])}
     return {"format": TABLE_FORMAT, "machine": machine_info(), "settings": settings, "overhead_ms": overhead,
-            "runs": runs, "min_time": min_time, "entries": entries}
+            "runs": runs, "min_time": min_time, "entries": entries, "models": models}
 
 
 def write_json_atomic(value: dict, path: str) -> None:
@@ -210,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             if done % 25 == 0 or done == total:
                 print(f"measured {done}/{total} points", file=sys.stderr, flush=True)
 
-        write_json_atomic(measure_spec(spec, args.runs, args.min_time, progress), args.output)
+        table = measure_spec(spec, args.runs, args.min_time, progress, os.path.dirname(os.path.abspath(args.spec)))
+        write_json_atomic(table, args.output)
     except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
         print(f"measure.py: error: {exc}", file=sys.stderr)
         return 2

@@ -78,11 +78,15 @@ class ConvShape:
                 "points": [list(p) for p in points]}
 
 
-def settings_of(target: Any, threads: int | None = None) -> dict[str, Any]:
-    """The onnxruntime settings a table is measured with: the target's, threads capped by this host."""
-    return {"threads": threads if threads is not None else min(target.threads or 1, os.cpu_count() or 1),
-            "inter_op_threads": target.inter_op_threads, "graph_optimization": target.graph_optimization,
-            "memory_arena": target.memory_arena}
+def settings_of(target: Any, threads: int | None = None, host: bool = True) -> dict[str, Any]:
+    """The onnxruntime settings a table is measured with: the target's, with its threads capped
+    by this host's cores (``host``) or as the target gives them (for the board itself)."""
+    if threads is None:
+        threads = target.threads or 1
+        if host:
+            threads = min(threads, os.cpu_count() or 1)
+    return {"threads": threads, "inter_op_threads": target.inter_op_threads,
+            "graph_optimization": target.graph_optimization, "memory_arena": target.memory_arena}
 
 
 class LatencyTable:
@@ -135,9 +139,19 @@ class LatencyTable:
                 layers.append(shape.spec(points))
         return layers
 
-    def spec(self, shapes: list[ConvShape]) -> dict[str, Any]:
-        """What a board must measure to complete this table for ``shapes``."""
-        return {"format": SPEC_FORMAT, "settings": self.data["settings"], "layers": self.missing(shapes)}
+    def spec(self, shapes: list[ConvShape], models: dict[str, str] | None = None) -> dict[str, Any]:
+        """What a board must measure to complete this table for ``shapes``, and the whole
+        ``models`` (key -> ONNX file beside the spec) whose times the plan starts from."""
+        return {"format": SPEC_FORMAT, "settings": self.data["settings"], "layers": self.missing(shapes),
+                "models": [{"key": key, "file": file} for key, file in (models or {}).items()]}
+
+    def model_ms(self, key: str) -> float | None:
+        """A whole model's measured time, if the table holds it (see :func:`model_key`)."""
+        return self.data.get("models", {}).get(key)
+
+    @property
+    def measured_here(self) -> bool:
+        return self.data.get("machine") == machine_info()
 
     def merge(self, measured: dict[str, Any]) -> None:
         """Add a measured table (from :func:`~edgeprune.latency.measure.measure_spec`)."""
@@ -146,6 +160,7 @@ class LatencyTable:
             raise EdgepruneError(f"measured with settings {other.data['settings']}, not this table's {self.data['settings']}")
         for key, row in other.data["entries"].items():
             self.data["entries"].setdefault(key, {}).update(row)
+        self.data.setdefault("models", {}).update(other.data.get("models", {}))
         if other.data.get("overhead_ms") is not None:
             self.data["overhead_ms"] = other.data["overhead_ms"]
         self._grids.clear()
@@ -185,6 +200,15 @@ def _interpolate(xs: list[int], f, x: float) -> float:
     return f(lo) + (f(hi) - f(lo)) * (x - lo) / (hi - lo)
 
 
+def model_key(name: str, input_shape: tuple[int, ...]) -> str:
+    """How a table names a whole model: its spec and input shape.
+
+    >>> model_key("resnet20-cifar", (1, 3, 32, 32))
+    'resnet20-cifar 1x3x32x32'
+    """
+    return f"{name} {'x'.join(map(str, input_shape))}"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEPRUNE_CACHE") or Path.home() / ".cache" / "edgeprune") / "lut"
 
@@ -195,13 +219,15 @@ def cached_table_path(target_name: str, settings: dict[str, Any]) -> Path:
     return cache_dir() / f"{target_name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
 
 
-def open_table(target_name: str, settings: dict[str, Any], path: str | Path | None = None) -> LatencyTable:
-    """The table at ``path`` (a user's, maybe measured on a board), else this machine's cached one."""
+def open_table(target_name: str, settings: dict[str, Any], path: str | Path | None = None,
+               board_settings: dict[str, Any] | None = None) -> LatencyTable:
+    """The table at ``path`` (a user's, maybe measured on a board with ``board_settings``), else
+    this machine's cached one."""
     if path is not None:
         table = LatencyTable.load(path)
-        if table.data.get("settings") != settings:
+        if table.data.get("settings") not in (settings, board_settings):
             raise EdgepruneError(f"latency table {path} was measured with {table.data.get('settings')}, "
-                                 f"but target {target_name} runs with {settings}")
+                                 f"but target {target_name} runs with {board_settings or settings}")
         return table
     cached = cached_table_path(target_name, settings)
     if cached.exists():
@@ -224,7 +250,7 @@ def complete(table: LatencyTable, shapes: list[ConvShape], progress: Callable[[i
     total = sum(len(layer["points"]) for layer in spec["layers"])
     if total == 0:
         return 0
-    if table.data.get("machine") != machine_info():
+    if not table.measured_here:
         raise EdgepruneError(f"latency table {table.path} was measured on another machine and lacks {total} points "
                              "for this model: write them with `edgeprune lut build --spec-only SPEC` and measure there")
     table.merge(measure_spec(spec, progress=progress))
