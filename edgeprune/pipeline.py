@@ -197,8 +197,10 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     criterion = api.create_criterion(options.criterion)
     if options.latency_driven:
         from edgeprune.latency import Budget
+        from edgeprune.recipes import check_one_shot
 
         Budget(options.latency_budget, options.speedup)
+        check_one_shot(options.criterion, options.steps)
     else:
         PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
                    round_to=options.round_to or target.round_to).validate()
@@ -210,14 +212,14 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         shape = tuple(target.input_shape or loaded.input_shape)
         if shape != tuple(loaded.input_shape):
             _check_input_shape(loaded, shape, target.name)
+        round_to = options.round_to or target.round_to
+        planner = _latency_planner(loaded, shape, target, options, round_to, progress) if options.latency_driven else None
         data_spec = options.calib or (DEFAULT_DATA if loaded.metadata.get("default") else None)
         progress(f"loading data {data_spec}" if data_spec else "no data: pruning data-free, no accuracy")
         data = _load_data(data_spec, shape, options.seed)
         if criterion.needs_data and data.train is None:
             raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
         dense_accuracy = _accuracy_torch(loaded.model, data)
-        round_to = options.round_to or target.round_to
-        planner = _latency_planner(loaded, shape, target, options, round_to, progress) if options.latency_driven else None
         result = _prune_and_finetune(loaded.model, shape, data, options, round_to, progress, planner)
         pruned_accuracy = _accuracy_torch(result.model, data)
         save_checkpoint(result.model, staging / "pruned.pt", spec=loaded.spec, input_shape=shape, kwargs=loaded.kwargs,

@@ -270,12 +270,18 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     recipe = RECIPES.get(config.criterion, _oneshot)
     if config.steps and config.steps > 1 and recipe is not _oneshot:
         raise EdgepruneError(f"'{config.criterion}' prunes softly during fine-tuning; --steps does not apply to it")
-    if config.planner is not None and (recipe is not _oneshot or (config.steps or RECIPE_STEPS.get(config.criterion, 1)) > 1):
-        raise EdgepruneError(f"a latency budget prunes in one shot: '{config.criterion}' prunes softly or in rounds "
-                             "(use a one-shot criterion, or --steps 1 for csctfp)")
+    if config.planner is not None:
+        check_one_shot(config.criterion, config.steps)
     result = recipe(model, tuple(input_shape), config, data, evaluate)
     result.epochs, result.lr = config.epochs, config.lr
     return result
+
+
+def check_one_shot(criterion: str, steps: int | None) -> None:
+    """A custom planner (a latency budget) decides the cut once: refuse recipes that cut otherwise."""
+    if criterion in RECIPES or (steps or RECIPE_STEPS.get(criterion, 1)) > 1:
+        raise EdgepruneError(f"a latency budget prunes in one shot: '{criterion}' prunes softly or in rounds "
+                             "(use a one-shot criterion, or --steps 1 for csctfp)")
 
 
 def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:
@@ -298,4 +304,5 @@ def recipe_name(criterion: str, steps: int | None = None) -> str:
     return "iterative" if (steps or RECIPE_STEPS.get(criterion, 1)) > 1 else "oneshot"
 
 
-__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "run_recipe", "recipe_name", "split_holdout", "RECIPES"]
+__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "run_recipe", "recipe_name", "split_holdout", "check_one_shot",
+           "RECIPES"]
