@@ -115,3 +115,25 @@ def test_arm_outputs_match_x86_and_profiler_runs(tmp_path):
         assert profile.runs >= 3 and 0 < profile.p50_ms <= profile.p99_ms
         assert profile.settings.onnxruntime_version == report["onnxruntime"]
         assert profile.settings.provider == "CPUExecutionProvider"
+
+
+def test_latency_table_measures_on_aarch64_with_onnxruntime_and_numpy_only(tmp_path):
+    """measure.py, copied alone, on the emulated board: a layer's grid points and the whole dense model."""
+    root, site = _arm_env_or_skip()
+    script = tmp_path / "measure.py"
+    shutil.copy(REPO / "edgeprune" / "latency" / "measure.py", script)
+    make_convnet(tmp_path / "dense.onnx", channels=8, layers=2)
+    layer = {"key": "conv", "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1],
+             "in_hw": [8, 8], "depthwise": False, "points": [[4, 4], [8, 8]]}
+    settings = {"threads": 1, "inter_op_threads": 1, "graph_optimization": "all", "memory_arena": False}
+    spec = {"format": "edgeprune.lut-spec/1", "settings": settings, "layers": [layer],
+            "models": [{"key": "dense", "file": "dense.onnx"}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['edgeprune'] = None; folder = sys.argv[1]; "
+            "sys.argv = ['measure.py', folder + '/spec.json', '-o', folder + '/table.json', '--runs', '2', "
+            "'--min-time', '0']; runpy.run_path(folder + '/measure.py', run_name='__main__')")
+    result = _run_on_arm(root, site, code, str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["machine"]["machine"] == "aarch64" and table["settings"] == settings
+    assert set(table["entries"]["conv"]) == {"4,4", "8,8"} and table["models"]["dense"] > 0
