@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from conftest import assert_one_line_error
+from test_profile import run_cli, torch_blocker
 from edgeprune.api import prune
 from edgeprune.cli import main
 from edgeprune.counter import per_layer
@@ -72,6 +73,17 @@ def _run_alone(script: Path, *args: str) -> subprocess.CompletedProcess:
     code = ("import runpy, sys; sys.modules['torch'] = None; sys.modules['edgeprune'] = None; "
             f"sys.argv = ['measure.py', *{list(args)!r}]; runpy.run_path({str(script)!r}, run_name='__main__')")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=script.parent)
+
+
+def test_cli_lut_measure_works_with_torch_blocked(tmp_path):
+    blocker, marker = torch_blocker(tmp_path)
+    conv = {**_layer(hw=4), "key": "a", "points": [[4, 4]]}
+    (tmp_path / "spec.json").write_text(json.dumps(_spec([conv])))
+    result = run_cli("lut", "measure", str(tmp_path / "spec.json"), "-o", str(tmp_path / "table.json"), "--runs", "2",
+                     "--min-time", "0", pythonpath=str(blocker))
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "table.json").read_text())["entries"]["a"]["4,4"] > 0
+    assert not marker.exists(), f"torch was imported by: {marker.read_text()}"
 
 
 def test_measure_script_runs_alone_on_a_board_without_torch(tmp_path):

@@ -177,15 +177,20 @@ def test_cli_bench_table_json_and_output_file(models, tmp_path):
     assert json.loads(as_json.stdout)["profiles"][1]["settings"]["intra_threads"] == 2
 
 
-def test_cli_bench_works_with_torch_blocked(models, tmp_path):
-    """A fake `torch` that records any import attempt, then fails it, shadows the real one in the
-    CLI process and in its workers: stricter than sys.modules['torch'] = None, which would miss
-    `try: import torch` in the parent."""
-    blocker, marker = tmp_path / "blocker", tmp_path / "torch-import-attempts"
+def torch_blocker(folder: Path) -> tuple[Path, Path]:
+    """(a PYTHONPATH entry, a marker file): a fake `torch` that records any import attempt in the
+    marker, then fails it. Stricter than sys.modules['torch'] = None, which would miss
+    `try: import torch` in the parent, and it reaches worker processes too."""
+    blocker, marker = folder / "blocker", folder / "torch-import-attempts"
     (blocker / "torch").mkdir(parents=True)
     (blocker / "torch" / "__init__.py").write_text(
         f"import os, sys\nopen({str(marker)!r}, 'a').write(' '.join(sys.argv) + os.linesep)\n"
         "raise ImportError('torch is blocked')\n")
+    return blocker, marker
+
+
+def test_cli_bench_works_with_torch_blocked(models, tmp_path):
+    blocker, marker = torch_blocker(tmp_path)
     result = run_cli("bench", str(models["small"]), "--runs", "3", "--min-time", "0", "--target", "arm",
                      pythonpath=str(blocker))
     assert result.returncode == 0, result.stderr
