@@ -220,7 +220,11 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         if criterion.needs_data and data.train is None:
             raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
         dense_accuracy = _accuracy_torch(loaded.model, data)
-        result = _prune_and_finetune(loaded.model, shape, data, options, round_to, progress, planner)
+        try:
+            result = _prune_and_finetune(loaded.model, shape, data, options, round_to, progress, planner)
+        finally:
+            if planner is not None and planner.measure is not None:
+                planner.measure.close()  # the ONNX files it exported while planning
         pruned_accuracy = _accuracy_torch(result.model, data)
         save_checkpoint(result.model, staging / "pruned.pt", spec=loaded.spec, input_shape=shape, kwargs=loaded.kwargs,
                         metadata={"pruned": result.summary(), "target": target.name})
