@@ -51,12 +51,13 @@ def load_splits(seed: int = 0):
     from dataclasses import replace
 
     from edgeprune.calibration import load_data
+    from edgeprune.models.default import DEFAULT
 
-    train = load_data("mnist5k", split="train")
+    train = load_data("mnist5k", split="train", preprocess=DEFAULT.preprocess)
     order = np.random.default_rng(seed).permutation(len(train))
     holdout = replace(train, x=train.x[order[:HOLDOUT]], y=train.y[order[:HOLDOUT]])
     finetune = replace(train, x=train.x[order[HOLDOUT:]], y=train.y[order[HOLDOUT:]])
-    return finetune, holdout, load_data("mnist5k", split="val")
+    return finetune, holdout, load_data("mnist5k", split="val", preprocess=DEFAULT.preprocess)
 
 
 def run_one(criterion: str, cut: float, seed: int, args, splits, options: dict) -> dict:

@@ -198,8 +198,11 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
     return IterativeResult(model, rounds, criterion.name)
 
 
-def criterion_data(criterion: str, calib: str | None, loaded: Any) -> Any:
-    """The calibration data a data-driven criterion needs, or None for a data-free one."""
+def criterion_data(criterion: str, calib: str | None, loaded: Any, preprocess: Any = None) -> Any:
+    """The calibration data a data-driven criterion needs, or None for a data-free one.
+
+    Images go through ``preprocess`` (default: the model's own, ``loaded.preprocess``).
+    """
     from edgeprune.errors import EdgepruneError
 
     if not create_criterion(criterion).needs_data:
@@ -212,5 +215,6 @@ def criterion_data(criterion: str, calib: str | None, loaded: Any) -> Any:
         calib = DEFAULT_DATA
     from edgeprune.calibration import load_data
 
-    _, channels, size, _ = loaded.input_shape
-    return load_data(calib, split="train", channels=channels, size=size, limit=640)
+    _, channels, *size = loaded.input_shape
+    return load_data(calib, split="train", channels=channels, size=tuple(size), limit=640,
+                     preprocess=preprocess or loaded.preprocess)

@@ -1,14 +1,17 @@
 """Pruned checkpoints that reload without unpickling any class.
 
 A checkpoint is a plain dict (strings, numbers, lists, tensors) saved with ``torch.save`` and read
-with ``torch.load(weights_only=True)``: the base model's spec and build arguments, and the pruned
-state_dict. Loading builds the base model, gives its tensors the saved shapes (the surgery's
-per-layer table then fixes each layer's size attributes) and loads the weights.
+with ``torch.load(weights_only=True)``: the base model's spec and build arguments, the pruned
+state_dict, and the state_dict's per-module metadata (``{"layers.0": {"version": 1}, ...}``, which
+some modules, e.g. torchvision's MNASNet and every BatchNorm, read when loading). Loading builds the
+base model, gives its tensors the saved shapes (the surgery's per-layer table then fixes each
+layer's size attributes) and loads the weights with that metadata re-attached.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgeprune.calibration.preprocess import Preprocess
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import build
 from edgeprune.models.registry import BuiltModel
@@ -34,17 +38,21 @@ class LoadedModel(BuiltModel):
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, *, spec: str, input_shape: tuple[int, ...],
-                    kwargs: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` atomically (temporary file, then rename)."""
+                    kwargs: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None,
+                    preprocess: Preprocess | None = None) -> Path:
+    """Write ``model`` atomically (temporary file, then rename), with its input shape and preprocessing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state_dict = model.state_dict()
     payload = {
         "format": FORMAT,
         "spec": spec,
         "kwargs": dict(kwargs or {}),
         "input_shape": list(input_shape),
+        "preprocess": preprocess.to_dict() if preprocess else None,
         "metadata": dict(metadata or {}),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "state_dict_metadata": _plain_metadata(state_dict),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -55,6 +63,33 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, spec: str, input_shap
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_metadata(state_dict: Any) -> dict[str, dict[str, Any]]:
+    """A state_dict's ``_metadata`` (module prefix -> ``{"version": n}``) as plain, weights-only data."""
+    metadata = getattr(state_dict, "_metadata", None) or {}
+    return {str(prefix): {str(k): v for k, v in entry.items() if isinstance(v, _PLAIN)}
+            for prefix, entry in metadata.items() if isinstance(entry, dict)}
+
+
+def with_metadata(state_dict: dict[str, torch.Tensor], metadata: dict[str, dict[str, Any]] | None) -> OrderedDict:
+    """``state_dict`` as the OrderedDict ``load_state_dict`` expects, with ``metadata`` as its ``_metadata``."""
+    restored = OrderedDict(state_dict)
+    if metadata is not None:
+        restored._metadata = OrderedDict((prefix, dict(entry)) for prefix, entry in metadata.items())
+    return restored
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception's message on one line: its first line (and the next one when the first only introduces it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reason = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[1]}"
+    return f"{type(exc).__name__}: {reason}"[:300]
 
 
 def _read(path: Path) -> Any:
@@ -71,8 +106,12 @@ def is_checkpoint_path(source: str) -> bool:
     return ".py:" not in source and (source.endswith(CHECKPOINT_SUFFIXES) or Path(source).is_file())
 
 
-def load_model(source: str | None = None, weights: str | Path | None = None) -> LoadedModel:
+def load_model(source: str | None = None, weights: str | Path | None = None,
+               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
     """Build a model from a spec, a pruned checkpoint, or (``None``) the built-in default model.
+
+    ``input_shape`` replaces the shape the model (or its checkpoint) declares; it is checked by
+    running the model once on zeros of that shape.
 
     >>> load_model("resnet20-cifar").input_shape
     (1, 3, 32, 32)
@@ -81,36 +120,65 @@ def load_model(source: str | None = None, weights: str | Path | None = None) -> 
         from edgeprune.models.default import build_default
 
         built = build_default()
-        loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, {"default": True})
+        loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess, {"default": True})
     elif is_checkpoint_path(source):
         loaded = _load_checkpoint(Path(source))
     else:
         built = build(source)
-        loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs)
+        loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess)
     if weights is not None:
         load_weights(loaded.model, _state_dict_of(_read(Path(weights)), Path(weights)), Path(weights))
     loaded.model.eval()
+    if input_shape is not None and tuple(input_shape) != tuple(loaded.input_shape):
+        check_input_shape(loaded, tuple(input_shape), "--input-shape")
+        loaded.input_shape = tuple(input_shape)
     return loaded
+
+
+def check_input_shape(loaded: BuiltModel, shape: tuple[int, ...], given_by: str) -> None:
+    """One clear error, not a traceback from deep inside, when ``shape`` does not fit the model."""
+    if len(shape) < 2 or any(int(d) < 1 for d in shape):
+        raise EdgepruneError(f"{given_by} must be positive sizes like 1x3x224x224, got {'x'.join(map(str, shape))}")
+    try:
+        with torch.no_grad():
+            loaded.model(torch.zeros(shape))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        given, own = "x".join(map(str, shape)), "x".join(map(str, loaded.input_shape))
+        raise EdgepruneError(f"{given_by} {given} does not fit {loaded.spec} (input {own}): {reason[:200]}") from None
 
 
 def _load_checkpoint(path: Path) -> LoadedModel:
     payload = _read(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise EdgepruneError(f"{path} is not an edgeprune checkpoint (for a plain state_dict use MODEL --weights {path})")
+    try:
+        return _rebuild(payload, path)
+    except EdgepruneError:
+        raise
+    except Exception as exc:  # a damaged or foreign file: builder, surgery or load_state_dict errors, in one line
+        raise EdgepruneError(f"cannot rebuild the model in {path}: {_reason(exc)}") from exc
+
+
+def _rebuild(payload: dict[str, Any], path: Path) -> LoadedModel:
     if payload["spec"] == "default":
         from edgeprune.models.default import build_default
 
         built = build_default()
     else:
         built = build(payload["spec"], **payload["kwargs"])
-    load_weights(built.model, payload["state_dict"], path)
+    metadata = payload.get("state_dict_metadata")
+    if metadata is None:  # written before the metadata was kept: the freshly built model's own versions
+        metadata = _plain_metadata(built.model.state_dict())
+    load_weights(built.model, with_metadata(payload["state_dict"], metadata), path)
     shape = tuple(payload["input_shape"])
-    return LoadedModel(built.model, payload["spec"], shape, payload["kwargs"], payload.get("metadata", {}), path)
+    preprocess = Preprocess.from_dict(payload.get("preprocess")) or built.preprocess
+    return LoadedModel(built.model, payload["spec"], shape, payload["kwargs"], preprocess, payload.get("metadata", {}), path)
 
 
 def _state_dict_of(payload: Any, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        return payload["state_dict"]
+        return with_metadata(payload["state_dict"], payload.get("state_dict_metadata"))
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         return payload["state_dict"]
     if isinstance(payload, dict) and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -119,9 +187,16 @@ def _state_dict_of(payload: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Path | str = "weights") -> None:
-    """Load ``state_dict`` into ``model``, first reshaping layers to pruned shapes if needed."""
-    resize_to(model, state_dict)
-    result = model.load_state_dict(state_dict, strict=False)
+    """Load ``state_dict`` into ``model``, first reshaping layers to pruned shapes if needed.
+
+    Keep the state_dict's ``_metadata`` (see :func:`with_metadata`): some modules refuse to load
+    without their version. Any failure is one :class:`EdgepruneError` line naming ``path``.
+    """
+    try:
+        resize_to(model, state_dict)
+        result = model.load_state_dict(state_dict, strict=False)
+    except Exception as exc:
+        raise EdgepruneError(f"cannot load {path} into {type(model).__name__}: {_reason(exc)}") from exc
     problems = list(result.missing_keys) + list(result.unexpected_keys)
     if problems:
         raise EdgepruneError(f"{path} does not fit this model: {len(problems)} mismatched keys, e.g. {problems[0]}")

@@ -12,6 +12,8 @@ Three shapes, one table keyed by criterion name (:data:`RECIPES`):
 
 Every recipe spends the same budget: ``epochs`` passes over the fine-tuning images. Iterative
 recipes take one of those epochs, spread over the rounds, for the short fine-tunes between them.
+Fine-tuning minimises cross-entropy on labels, or (``config.distill`` with ``data.teacher``)
+distillation from the dense model, which works on unlabelled images too.
 
 >>> from edgeprune.models import build
 >>> built = build("resnet20-cifar")
@@ -35,9 +37,11 @@ from edgeprune.counter import Counts, count
 from edgeprune.criteria import create_criterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import build_graph
+from edgeprune.outputs import OutputInfo
+from edgeprune.train.objectives import DistillConfig
 
 log = logging.getLogger(__name__)
-Evaluate = Callable[[nn.Module], float]
+Evaluate = Callable[[nn.Module], Any]  # top-1, or a dict of figures (e.g. held-out fidelity)
 
 
 @dataclass
@@ -56,19 +60,34 @@ class RecipeConfig:
     criterion_options: dict[str, Any] = field(default_factory=dict)
     hard_epochs: int = 1  # soft recipes: epochs on the physically cut model at the end
     recalibrate_bn: bool = False  # re-estimate BatchNorm statistics on the calibration images after the cut
+    # and after each fine-tune (with few steps, the running averages lag behind the changed weights)
     tcfp_soft_share: float = 0.3  # the part of the MACs cut that TCFP's soft cluster stage makes
     tcfp_val_images: int = 256
     planner: Any = None  # a planner for api.prune (e.g. a latency budget) instead of ratio / flops_cut
+    distill: DistillConfig | None = None  # recover by distillation from data.teacher (None: cross-entropy)
+
+
+@dataclass
+class Watch:
+    """Hooks into fine-tuning: ``validate(model) -> figures`` after each epoch, then ``on_epoch(record)``."""
+
+    validate: Callable[[nn.Module], dict[str, float]] | None = None
+    on_epoch: Callable[[Any], None] | None = None
 
 
 @dataclass
 class RecipeData:
-    """``train`` and ``holdout``: labelled LabeledArrays (``holdout`` is part of the training data,
-    never the test set); ``calib``: images for data-driven criteria."""
+    """``train`` and ``holdout``: LabeledArrays (``holdout`` is part of the training data, never the
+    test set); ``calib``: images for data-driven criteria; ``teacher``: the dense model to distil
+    from, ``outputs`` its outputs' kinds, ``label_output`` the output labels belong to."""
 
     train: Any = None
     holdout: Any = None
     calib: Any = None
+    teacher: nn.Module | None = None
+    outputs: list[OutputInfo] | None = None
+    label_output: int | None = None
+    watch: Watch = field(default_factory=Watch)
 
 
 @dataclass
@@ -79,7 +98,7 @@ class RecipeResult:
     before: Counts
     after: Counts
     seconds: dict[str, float]
-    accuracy_before_finetune: float | None = None
+    after_cut: Any = None  # what ``evaluate`` said of the cut model before fine-tuning
     history: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     epochs: int = 0
@@ -90,10 +109,15 @@ class RecipeResult:
     def macs_cut(self) -> float:
         return 1 - self.after.macs / self.before.macs
 
+    @property
+    def accuracy_before_finetune(self) -> float | None:
+        return self.after_cut.get("top1") if isinstance(self.after_cut, dict) else self.after_cut
+
     def summary(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "criterion": self.criterion, "macs_before": self.before.macs,
                 "macs_after": self.after.macs, "params_before": self.before.params, "params_after": self.after.params,
                 "macs_cut": self.macs_cut, "accuracy_before_finetune": self.accuracy_before_finetune,
+                "after_cut": self.after_cut if isinstance(self.after_cut, dict) else None,
                 "seconds": self.seconds, "warnings": self.warnings,
                 "finetune": {"epochs": self.epochs, "lr": self.lr, "history": self.history} if self.epochs else None,
                 **({"plan": self.plan} if self.plan else {})}
@@ -107,22 +131,38 @@ class _Clock:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - since
 
 
+def objective_for(config: RecipeConfig, data: RecipeData) -> Any:
+    """Distillation from ``data.teacher`` when asked for, else cross-entropy on the labels."""
+    from edgeprune.train import CrossEntropy, Distillation
+
+    if data.train is None:
+        raise EdgepruneError("fine-tuning needs data: give --calib SOURCE")
+    labelled = data.train.y is not None
+    if config.distill is not None and data.teacher is not None and data.outputs:
+        return Distillation(data.teacher, data.outputs, config.distill, data.label_output if labelled else None)
+    if not labelled:
+        raise EdgepruneError("fine-tuning unlabelled data needs distillation from the dense model (drop --no-distill)")
+    return CrossEntropy(data.label_output or 0)
+
+
 def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: int, clock: _Clock,
               epoch_end=None, limit: int | None = None) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
-    if data.train is None or data.train.y is None:
-        raise EdgepruneError("fine-tuning needs labelled training data: give --calib SOURCE with labels")
     from edgeprune.calibration import make_loader, sample
     from edgeprune.train import FinetuneConfig, finetune
 
+    objective = objective_for(config, data)
     arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
     loader = make_loader(arrays, config.batch_size, shuffle=True, augment="crop", seed=config.seed)
     start = time.perf_counter()
     result = finetune(model, loader, None, FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed),
-                      epoch_end=epoch_end)
+                      epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
+                      on_epoch=data.watch.on_epoch)
+    _after_cut(model, config, data)  # a short run leaves BatchNorm's running averages behind the weights
     clock.add("finetune", start)
-    return [{"epoch": r.epoch, "loss": r.loss, "images": len(arrays)} for r in result.history]
+    return [{"epoch": r.epoch, "loss": r.loss, **r.parts, "held_out": r.figures, "images": len(arrays)}
+            for r in result.history]
 
 
 def _criterion(config: RecipeConfig):
@@ -262,8 +302,9 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
                evaluate: Evaluate | None = None) -> RecipeResult:
     """Prune ``model`` in place with ``config.criterion``'s recipe and fine-tune it.
 
-    ``evaluate(model) -> top-1`` is called on the model as cut before any fine-tuning (for the
-    soft recipes: a copy cut by the scores they start from).
+    ``evaluate(model)`` (top-1, or a dict of figures) is called on the model as cut before any
+    fine-tuning (for the soft recipes: a copy cut by the scores they start from); it is kept as
+    ``result.after_cut``.
     """
     if config.steps is not None and config.steps < 1:
         raise EdgepruneError(f"--steps must be a positive integer, got {config.steps}")
@@ -304,5 +345,5 @@ def recipe_name(criterion: str, steps: int | None = None) -> str:
     return "iterative" if (steps or RECIPE_STEPS.get(criterion, 1)) > 1 else "oneshot"
 
 
-__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "run_recipe", "recipe_name", "split_holdout", "check_one_shot",
-           "RECIPES"]
+__all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "Watch", "run_recipe", "recipe_name", "split_holdout",
+           "check_one_shot", "objective_for", "RECIPES"]

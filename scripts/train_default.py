@@ -45,7 +45,7 @@ def train(args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     built = build(DEFAULT.spec, **DEFAULT.kwargs)
     train_loader, val_loader = train_val_loaders(
         DEFAULT.data, built.input_shape, batch_size=args.batch_size, augment="crop", seed=args.seed,
-        val_fraction=VAL_FRACTION, split_seed=SPLIT_SEED,
+        val_fraction=VAL_FRACTION, split_seed=SPLIT_SEED, preprocess=DEFAULT.preprocess,
     )
     config = FinetuneConfig(epochs=args.epochs, lr=args.lr, weight_decay=5e-4, seed=args.seed)
     result = finetune(built.model, train_loader, val_loader, config)

@@ -10,7 +10,9 @@ import pytest
 
 from edgeprune.calibration import (
     OrtCalibrationReader,
+    Preprocess,
     clear_cache,
+    data_statistics,
     has_test_split,
     list_sources,
     load_data,
@@ -67,10 +69,11 @@ def test_cifar10_reads_the_python_format(cifar10_root: Path) -> None:
     test = load_data(f"cifar10:{cifar10_root}", split="test")
     assert (len(train), len(val), len(test)) == (48, 12, PER_BATCH)
     assert train.x.shape[1:] == (3, 32, 32) and train.x.dtype == np.float32 and train.y.dtype == np.int64
-    assert train.num_classes <= 10 and len(train.mean) == 3
+    assert train.num_classes <= 10 and train.preprocess == Preprocess()
     first = _cifar_dict(PER_BATCH, 1, b"labels", 10)
-    everything = load_data(f"cifar10:{cifar10_root}", split="all")
-    pixels = everything.x[0] * np.array(everything.std)[:, None, None] + np.array(everything.mean)[:, None, None]
+    cifar = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    everything = load_data(f"cifar10:{cifar10_root}", split="all", preprocess=cifar)
+    pixels = everything.x[0] * np.array(cifar.std)[:, None, None] + np.array(cifar.mean)[:, None, None]
     np.testing.assert_allclose(pixels, first[b"data"][0].reshape(3, 32, 32) / 255.0, atol=1e-5)
     assert everything.y[:PER_BATCH].tolist() == first[b"labels"]
 
@@ -150,7 +153,7 @@ def test_folder_grey_images_resize_and_test_split(tmp_path: Path) -> None:
 
 def test_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EdgepruneError, match="no class sub-folders"):
+    with pytest.raises(EdgepruneError, match="no images found"):
         load_data(f"folder:{tmp_path / 'empty'}")
     _write_pngs(tmp_path / "mixed", {"a": (1, 2, 3)}, 1, size=8)
     _write_pngs(tmp_path / "mixed2", {"a": (1, 2, 3)}, 1, size=9)
@@ -171,8 +174,9 @@ def test_npz_uint8_and_float_with_and_without_labels(tmp_path: Path) -> None:
     labelled = load_data(str(tmp_path / "u8.npz"), split="all")
     unlabelled = load_data(str(tmp_path / "f.npz"), split="train", val_fraction=0.25)
     assert labelled.num_classes == 4 and labelled.y.tolist() == (np.arange(20) % 4).tolist()
+    assert labelled.preprocess is not None and 0 <= labelled.x.min() and labelled.x.max() <= 1  # pixels / 255
     assert len(unlabelled) == 15 and unlabelled.y is None and unlabelled.num_classes == 0
-    assert abs(float(unlabelled.x.mean())) < 0.3
+    assert unlabelled.preprocess is None  # float arrays are model inputs, used as given
 
 
 @pytest.mark.parametrize("arrays, match", [
@@ -202,7 +206,7 @@ def test_mnist5k_is_real_and_split_deterministically() -> None:
     train, val = load_data("mnist5k", split="train"), load_data("mnist5k", split="val")
     assert (len(train), len(val), train.x.shape[1:]) == (4500, 500, (1, 32, 32))
     assert sorted(set(val.y.tolist())) == list(range(10))
-    assert abs(float(train.x.mean())) < 0.05 and abs(float(train.x.std()) - 1) < 0.05
+    assert float(train.x.min()) == 0.0 and float(train.x.max()) == 1.0  # pixels / 255 unless told otherwise
     again = load_data("mnist5k", split="val")
     np.testing.assert_array_equal(val.x, again.x)
     other = load_data("mnist5k", split="val", seed=1)
@@ -221,7 +225,7 @@ def test_channels_and_size_conversion(cifar10_root: Path) -> None:
     assert rgb.x.shape == (10, 3, 24, 20)
     np.testing.assert_array_equal(rgb.x[:, 0], rgb.x[:, 2])
     grey = load_data(f"cifar10:{cifar10_root}", split="test", channels=1)
-    assert grey.x.shape == (PER_BATCH, 1, 32, 32) and len(grey.mean) == 1
+    assert grey.x.shape == (PER_BATCH, 1, 32, 32)
     with pytest.raises(EdgepruneError, match="cannot convert 3-channel"):
         load_data(f"cifar10:{cifar10_root}", channels=2)
 
@@ -260,9 +264,10 @@ def test_make_loader_batches_and_augments_deterministically() -> None:
 def test_crop_pads_with_black(tmp_path: Path) -> None:
     bright = np.random.default_rng(0).integers(128, 256, (64, 3, 8, 8), dtype=np.uint8)
     np.savez(tmp_path / "bright.npz", x=bright, y=np.zeros(64, np.int64))
-    data = load_data(str(tmp_path / "bright.npz"), split="all")
+    preprocess = Preprocess(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    data = load_data(str(tmp_path / "bright.npz"), split="all", preprocess=preprocess)
     x, _ = next(iter(make_loader(data, 64, shuffle=False, augment="crop")))
-    black = np.array([-m / s for m, s in zip(data.mean, data.std)], np.float32)
+    black = np.array([-m / s for m, s in zip(preprocess.mean, preprocess.std)], np.float32)
     assert tuple(x.shape) == (64, 3, 8, 8) and not np.allclose(x.numpy(), data.x)
     padded = np.isclose(x.numpy(), black[None, :, None, None], atol=1e-5)
     assert padded.any() and x.numpy().min() >= black.min() - 1e-5
@@ -303,3 +308,75 @@ def test_ort_reader_feeds_batches_and_quantises() -> None:
         reader.set_range(0, 3)
         quantize_static(f"{tmp}/f.onnx", f"{tmp}/q.onnx", reader, quant_format=QuantFormat.QDQ)
         assert any(n.op_type == "QuantizeLinear" for n in onnx.load(f"{tmp}/q.onnx").graph.node)
+
+
+# --- preprocessing: the model's, not the data's -------------------------------------------------
+
+def test_npz_of_model_inputs_reaches_the_model_unchanged(tmp_path: Path) -> None:
+    x = (np.random.default_rng(0).integers(0, 256, (30, 3, 12, 12)) - 127.5) / 128  # mean about 0, std about 0.58
+    np.savez(tmp_path / "inputs.npz", x=x.astype(np.float32))
+    data = load_data(str(tmp_path / "inputs.npz"), split="all", channels=3, size=12,
+                     preprocess=Preprocess(mean=(0.5,), std=(0.2,)))
+    np.testing.assert_array_equal(data.x, x.astype(np.float32))
+    with pytest.raises(EdgepruneError, match="model inputs of 3x12x12 .* the model takes 3x16x16"):
+        load_data(str(tmp_path / "inputs.npz"), channels=3, size=16)
+
+
+def test_images_get_the_given_preprocessing(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (10, 3, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "pixels.npz", x=pixels)
+    on_255 = Preprocess(mean=(127.5,), std=(128.0,), pixel_range="0-255")
+    data = load_data(str(tmp_path / "pixels.npz"), split="all", preprocess=on_255)
+    np.testing.assert_allclose(data.x, (pixels - 127.5) / 128, atol=1e-6)
+    bgr = load_data(str(tmp_path / "pixels.npz"), split="all", preprocess=Preprocess(channel_order="bgr"))
+    np.testing.assert_allclose(bgr.x[:, 0], pixels[:, 2] / 255.0, atol=1e-6)
+
+
+def test_data_statistics_only_when_asked(cifar10_root: Path) -> None:
+    spec = f"cifar10:{cifar10_root}"
+    stats = data_statistics(spec, channels=3, size=32)
+    assert stats.source == f"statistics of {spec}" and len(stats.mean) == 3
+    data = load_data(spec, split="train", preprocess=stats)
+    assert abs(float(data.x.mean())) < 0.1 and abs(float(data.x.std()) - 1) < 0.1
+    plain = load_data(spec, split="train")
+    assert float(plain.x.min()) >= 0 and abs(float(plain.x.std()) - 1) > 0.5
+
+
+def test_resize_then_centre_crop(tmp_path: Path) -> None:
+    x = np.zeros((2, 1, 20, 40), np.uint8)
+    x[:, :, :, 8:32] = 255  # a white band, wider than the centre crop
+    np.savez(tmp_path / "wide.npz", x=x)
+    cropped = load_data(str(tmp_path / "wide.npz"), split="all", size=10, preprocess=Preprocess(resize=10))
+    assert cropped.x.shape == (2, 1, 10, 10) and cropped.x.min() > 0.99  # only the band is left
+
+
+def test_flat_and_nested_folders_are_unlabelled_sources(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i, where in enumerate(["flat", "flat", "nested/2024/01", "nested/2024/02"]):
+        folder = tmp_path / where
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (9 + i, 7), (i * 40, 0, 0)).save(folder / f"{i}.jpg")
+    flat = load_data(f"folder:{tmp_path / 'flat'}", split="all", size=8)
+    nested = load_data(f"folder:{tmp_path / 'nested'}", split="all", size=8)
+    assert flat.x.shape == (2, 3, 8, 8) and flat.y is None and flat.num_classes == 0
+    assert nested.x.shape == (2, 3, 8, 8) and nested.y is None
+    assert len(load_data(f"images:{tmp_path}", split="all", size=8)) == 4
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nan_or_inf_in_the_data_is_refused(tmp_path: Path, value: float) -> None:
+    x = np.zeros((6, 1, 4, 4), np.float32)
+    x[2, 0, 1, 1] = value
+    np.savez(tmp_path / "bad.npz", x=x)
+    with pytest.raises(EdgepruneError, match="1 values in 1 of 6 images are NaN or Inf"):
+        load_data(str(tmp_path / "bad.npz"), split="all")
+
+
+def test_preprocess_round_trips_and_rejects_nonsense() -> None:
+    p = Preprocess(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), channel_order="bgr", resize=256)
+    assert Preprocess.from_dict(p.to_dict()) == p
+    with pytest.raises(EdgepruneError, match="std positive"):
+        Preprocess(std=(0.0,))
+    with pytest.raises(EdgepruneError, match="3 mean values for a 1-channel input"):
+        p.affine(1)

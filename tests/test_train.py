@@ -158,7 +158,8 @@ def test_default_model_ships_and_is_accurate() -> None:
     record = default_record()
     assert record["model"]["spec"] == built.spec and record["model"]["kwargs"] == built.kwargs
     val = load_data(DEFAULT.data, split=record["data"]["eval_split"], channels=1, size=32,
-                    val_fraction=record["data"]["val_fraction"], seed=record["data"]["split_seed"])
+                    val_fraction=record["data"]["val_fraction"], seed=record["data"]["split_seed"],
+                    preprocess=built.preprocess)
     accuracy = evaluate(built.model, make_loader(val, 250, shuffle=False))
     assert accuracy == pytest.approx(record["accuracy"]["val_top1"], abs=1e-3) and accuracy >= 0.97
 
@@ -171,10 +172,10 @@ def test_batchnorm_recalibration_after_a_cut() -> None:
 
     built = build_default()
     cut = prune(built.model, built.input_shape, criterion="l2", flops_cut=0.5).model
-    val = make_loader(load_data("mnist5k", split="val"), 250, shuffle=False)
+    val = make_loader(load_data("mnist5k", split="val", preprocess=built.preprocess), 250, shuffle=False)
     weights = {k: v.clone() for k, v in cut.state_dict().items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     before = evaluate(cut, val)
-    assert recalibrate_batchnorm(cut, load_data("mnist5k", split="train", limit=512)) == 19
+    assert recalibrate_batchnorm(cut, load_data("mnist5k", split="train", limit=512, preprocess=built.preprocess)) == 19
     after = evaluate(cut, val)
     assert before < 0.2 and after > 0.6  # chance -> about 0.9, with no gradient step
     assert not cut.training and all(m.momentum == 0.1 for m in cut.modules() if isinstance(m, torch.nn.BatchNorm2d))

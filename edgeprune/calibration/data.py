@@ -1,4 +1,4 @@
-"""From a source spec to normalised float arrays: split, convert channels, resize, normalise.
+"""From a source spec to model inputs: split, convert channels, resize, then the model's preprocessing.
 
 Splits are deterministic. ``train`` and ``val`` partition the source's training images with
 ``val_fraction`` and ``seed`` (keep the seed fixed: it decides which images are held out);
@@ -6,9 +6,10 @@ Splits are deterministic. ``train`` and ``val`` partition the source's training 
 with ``x_test``) and an error elsewhere (``mnist5k`` and ``digits`` have none: use ``val``);
 ``all`` is every image, training and test.
 
-Normalisation uses one mean and std per channel, measured on a fixed subset of the source's
-training images after channel conversion and resizing, so every split and every call with the
-same ``channels`` and ``size`` sees the same statistics.
+Images (0-255 pixels) become inputs by a :class:`~edgeprune.calibration.preprocess.Preprocess`:
+the model's own (its checkpoint, its registry entry, torchvision's weights' transforms, or the
+user's ``--mean``/``--std``), never silently the data's statistics; :func:`data_statistics`
+measures those when asked. A float npz already holds model inputs and is used as given.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgeprune.calibration.sources import KINDS, RawSource, parse_spec
+from edgeprune.calibration.preprocess import Preprocess, override
+from edgeprune.calibration.sources import KINDS, Fit, RawSource, parse_spec
 from edgeprune.errors import EdgepruneError
 
 SPLITS = ("train", "val", "test", "all")
@@ -29,22 +31,27 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 @dataclass(frozen=True, eq=False)
 class LabeledArrays:
-    """Images ready for a network: ``x`` float32 N x C x H x W normalised, ``y`` int64 or None.
+    """Model inputs: ``x`` float32 N x C x H x W, ``y`` int64 or None.
 
-    ``mean`` and ``std`` are the per-channel statistics that were subtracted and divided, in
-    the 0-1 pixel scale, so a deployment can apply the same preprocessing.
+    ``preprocess`` is what turned the source's pixels into ``x`` (None: the source held model
+    inputs, used as given), so a deployment can apply the same.
     """
 
     x: np.ndarray
     y: np.ndarray | None
     num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocess: Preprocess | None
     name: str
     split: str
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def black(self) -> np.ndarray:
+        """Per-channel input value of a black pixel (the padding of a crop); as-given inputs: their minimum."""
+        if self.preprocess is None:
+            return self.x.min(axis=(0, 2, 3)) if len(self.x) else np.zeros(self.x.shape[1], np.float32)
+        return self.preprocess.apply(np.zeros((1, self.x.shape[1], 1, 1), np.float32)).reshape(-1)
 
     def __repr__(self) -> str:
         return f"LabeledArrays({self.name} [{self.split}], x={tuple(self.x.shape)}, classes={self.num_classes})"
@@ -59,15 +66,20 @@ def list_sources() -> list[str]:
     return [k.usage for k in KINDS.values()]
 
 
-def has_test_split(spec: str, size: int | tuple[int, int] | None = None) -> bool:
+def has_test_split(spec: str, size: int | tuple[int, int] | None = None, preprocess: Preprocess | None = None) -> bool:
     """Whether ``spec`` has its own test split (so ``split="test"`` works).
 
-    ``size`` as for :func:`load_data` (folders of mixed-size images need it to be read).
+    ``size`` and ``preprocess`` as for :func:`load_data` (folders of mixed-size images need them).
 
     >>> has_test_split("mnist5k")
     False
     """
-    return _read(spec, _size_pair(size)).test_x is not None
+    return _read(spec, _fit(size, preprocess)).test_x is not None
+
+
+def is_labelled(spec: str, size: int | tuple[int, int] | None = None, preprocess: Preprocess | None = None) -> bool:
+    """Whether ``spec``'s training images have labels."""
+    return _read(spec, _fit(size, preprocess)).train_y is not None
 
 
 def load_data(
@@ -76,33 +88,75 @@ def load_data(
     split: str = "train",
     channels: int | None = None,
     size: int | tuple[int, int] | None = None,
+    preprocess: Preprocess | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
     limit: int | None = None,
 ) -> LabeledArrays:
-    """Load ``split`` of the source ``spec`` as normalised arrays (see the module docstring).
+    """Load ``split`` of the source ``spec`` as model inputs (see the module docstring).
 
-    ``channels`` converts 1 -> 3 (repeat) or 3 -> 1 (luminance); ``size`` resizes (bilinear);
-    ``limit`` keeps a deterministic random subset of at most that many images.
+    Images: ``channels`` converts 1 -> 3 (repeat) or 3 -> 1 (luminance), ``size`` resizes
+    (bilinear; or ``preprocess.resize`` then a centre crop), then ``preprocess`` (default: pixels
+    / 255). Model inputs (a float npz) must already have that shape. ``limit`` keeps a
+    deterministic random subset of at most that many images. NaN or Inf anywhere is refused.
 
     >>> val = load_data("mnist5k", split="val", channels=3, size=32)
-    >>> val.x.shape, val.y.shape, val.num_classes
-    ((500, 3, 32, 32), (500,), 10)
+    >>> val.x.shape, val.y.shape, val.num_classes, float(val.x.max())
+    ((500, 3, 32, 32), (500,), 10, 1.0)
     """
     if split not in SPLITS:
         raise EdgepruneError(f"unknown split '{split}' (choose from {', '.join(SPLITS)})")
     if not 0.0 <= val_fraction < 1.0:
         raise EdgepruneError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    hw = _size_pair(size)
-    raw = _read(spec, hw)
+    preprocess = preprocess or Preprocess()
+    fit = _fit(size, preprocess)
+    raw = _read(spec, fit)
     x, y = _select(raw, split, val_fraction, seed)
     if limit is not None:
         keep = _subset(len(x), limit, seed)
         x, y = x[keep], None if y is None else y[keep]
-    _check_memory(len(x), channels or x.shape[1], hw or x.shape[2:])
-    mean, std = _stats(spec, channels, hw)
-    x = _normalise(_convert(x, channels, hw), mean, std)
-    return LabeledArrays(x, y, raw.num_classes, tuple(mean.tolist()), tuple(std.tolist()), raw.name, split)
+    if raw.inputs:
+        x, used = _as_given(x, channels, fit, raw.name), None
+    else:
+        _check_memory(len(x), channels or x.shape[1], fit.size if fit else x.shape[2:])
+        x, used = preprocess.apply(_pixels(x, channels, fit), inplace=True), preprocess
+    _check_finite(x, raw.name)
+    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split)
+
+
+def data_statistics(spec: str, *, channels: int | None = None, size: int | tuple[int, int] | None = None,
+                    base: Preprocess | None = None) -> Preprocess:
+    """``base`` with the mean and std measured on ``spec``'s training pixels (only when asked for)."""
+    base = base or Preprocess()
+    fit = _fit(size, base)
+    mean, std = _stats(spec, channels, fit, base.pixel_range, base.channel_order)
+    return replace(base, mean=tuple(mean.tolist()), std=tuple(std.tolist()), source=f"statistics of {spec}")
+
+
+@dataclass(frozen=True)
+class PreprocessChoice:
+    """What the user said about preprocessing (None: keep the model's own)."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    pixel_range: str | None = None
+    channel_order: str | None = None
+    resize: int | None = None
+    data_stats: bool = False
+
+    def resolve(self, model_default: Preprocess | None, spec: str | None,
+                input_shape: tuple[int, ...]) -> Preprocess:
+        """The model's preprocessing with these choices on top; ``data_stats`` measures ``spec``'s."""
+        base = override(model_default, mean=self.mean or None, std=self.std or None, pixel_range=self.pixel_range,
+                        channel_order=self.channel_order, resize=self.resize)
+        base.affine(input_shape[1])  # one clear error now if the channel counts disagree
+        if not self.data_stats:
+            return base
+        if self.mean or self.std:
+            raise EdgepruneError("--data-stats measures the mean and std: drop --mean/--std")
+        if spec is None:
+            raise EdgepruneError("--data-stats needs data to measure: give --calib SOURCE")
+        return data_statistics(spec, channels=input_shape[1], size=tuple(input_shape[2:]), base=base)
 
 
 def sample(arrays: LabeledArrays, n: int, seed: int = 0) -> LabeledArrays:
@@ -127,15 +181,20 @@ def _size_pair(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return pair
 
 
-def _read(spec: str, size: tuple[int, int] | None) -> RawSource:
+def _fit(size: int | tuple[int, int] | None, preprocess: Preprocess | None) -> Fit | None:
+    hw = _size_pair(size)
+    return None if hw is None else Fit(hw, preprocess.resize if preprocess else None)
+
+
+def _read(spec: str, fit: Fit | None) -> RawSource:
     kind, _ = parse_spec(spec)
-    return _read_cached(spec, size if kind.resizes_on_read else None)
+    return _read_cached(spec, fit if kind.resizes_on_read else None)
 
 
 @functools.lru_cache(maxsize=4)
-def _read_cached(spec: str, size: tuple[int, int] | None) -> RawSource:
+def _read_cached(spec: str, fit: Fit | None) -> RawSource:
     kind, path = parse_spec(spec)
-    raw = kind.reader(path, size)
+    raw = kind.reader(path, fit)
     if len(raw.train_x) == 0:
         raise EdgepruneError(f"data source '{spec}' holds no images")
     for array in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
@@ -183,11 +242,27 @@ def _check_memory(n: int, channels: int, hw: tuple[int, int]) -> None:
         )
 
 
-def _convert(x: np.ndarray, channels: int | None, hw: tuple[int, int] | None) -> np.ndarray:
-    """uint8 -> 0-1 float32, then channel conversion and resizing."""
-    out = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    out = _convert_channels(out, channels)
-    return out if hw is None or tuple(out.shape[2:]) == hw else _resize(out, hw)
+def _pixels(x: np.ndarray, channels: int | None, fit: Fit | None) -> np.ndarray:
+    """0-255 pixels as float32, channels converted, at the input size."""
+    out = _convert_channels(x.astype(np.float32), channels)
+    return out if fit is None else _resize(out, fit)
+
+
+def _as_given(x: np.ndarray, channels: int | None, fit: Fit | None, name: str) -> np.ndarray:
+    """Model inputs are not converted: they must already have the model's input shape."""
+    want = (channels or x.shape[1], *(fit.size if fit else x.shape[2:]))
+    if tuple(x.shape[1:]) != want:
+        given, needed = "x".join(map(str, x.shape[1:])), "x".join(map(str, want))
+        raise EdgepruneError(f"{name} holds model inputs of {given} (used as given), but the model takes {needed}; "
+                             "store inputs of that shape, or uint8 pixels to be preprocessed")
+    return np.array(x, dtype=np.float32)
+
+
+def _check_finite(x: np.ndarray, name: str) -> None:
+    bad = x.size - int(np.isfinite(x).sum())
+    if bad:
+        images = int((~np.isfinite(x.reshape(len(x), -1))).any(axis=1).sum())
+        raise EdgepruneError(f"{name}: {bad} values in {images} of {len(x)} images are NaN or Inf")
 
 
 def _convert_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
@@ -201,32 +276,41 @@ def _convert_channels(x: np.ndarray, channels: int | None) -> np.ndarray:
     raise EdgepruneError(f"cannot convert {have}-channel images to {channels} channels")
 
 
-def _resize(x: np.ndarray, hw: tuple[int, int], chunk: int = 1024) -> np.ndarray:
+def _resize(x: np.ndarray, fit: Fit, chunk: int = 1024) -> np.ndarray:
+    """Bilinear resize to ``fit.size``, or shorter side to ``fit.shorter`` and a centre crop."""
     import torch
     import torch.nn.functional as F
 
-    out = np.empty((len(x), x.shape[1], *hw), np.float32)
+    height, width = fit.size
+    if fit.shorter is None:
+        if tuple(x.shape[2:]) == fit.size:
+            return x
+        scaled = fit.size
+    else:
+        factor = fit.shorter / min(x.shape[2:])
+        scaled = (max(height, round(x.shape[2] * factor)), max(width, round(x.shape[3] * factor)))
+    top, left = (scaled[0] - height) // 2, (scaled[1] - width) // 2
+    out = np.empty((len(x), x.shape[1], height, width), np.float32)
     for start in range(0, len(x), chunk):
         part = torch.from_numpy(np.ascontiguousarray(x[start:start + chunk]))
-        resized = F.interpolate(part, size=hw, mode="bilinear", antialias=True, align_corners=False)
-        out[start:start + chunk] = resized.numpy()
+        if tuple(part.shape[2:]) != scaled:
+            part = F.interpolate(part, size=scaled, mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = part[:, :, top:top + height, left:left + width].numpy()
     return out
 
 
 @functools.lru_cache(maxsize=16)
-def _stats(spec: str, channels: int | None, hw: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-    raw = _read(spec, hw)
+def _stats(spec: str, channels: int | None, fit: Fit | None, pixel_range: str,
+           channel_order: str) -> tuple[np.ndarray, np.ndarray]:
+    raw = _read(spec, fit)
+    if raw.inputs:
+        raise EdgepruneError(f"{spec} holds model inputs (used as given): its statistics would not be applied")
     keep = _subset(len(raw.train_x), STATS_IMAGES, STATS_SEED)
-    x = _convert(raw.train_x[keep], channels, hw)
+    scale = Preprocess(pixel_range=pixel_range, channel_order=channel_order)
+    x = scale.apply(_pixels(raw.train_x[keep], channels, fit), inplace=True)
     mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
     std = np.maximum(x.std(axis=(0, 2, 3), dtype=np.float64), 1e-6)
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-def _normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    x -= mean[None, :, None, None]
-    x /= std[None, :, None, None]
-    return x
 
 
 def clear_cache() -> None:

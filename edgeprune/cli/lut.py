@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli import main
-from edgeprune.cli.options import emit_json, model_argument, weights_option
+from edgeprune.cli.options import emit_json, input_shape_option, model_argument, weights_option
 
 
 class _Bar:
@@ -33,6 +33,7 @@ def lut() -> None:
 @lut.command("build")
 @model_argument
 @weights_option
+@input_shape_option
 @click.option("--target", "-t", default="arm", show_default=True, help="Device profile or a target JSON file.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime threads (default: the target's, at most this host's cores).")
 @click.option("--spec-only", type=click.Path(dir_okay=False), metavar="SPEC",
@@ -40,7 +41,7 @@ def lut() -> None:
 @click.option("--lut", "table_path", type=click.Path(dir_okay=False),
               help="Complete this table file instead of this machine's cached one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def build(model, weights, target, threads, spec_only, table_path, as_json):
+def build(model, weights, input_shape, target, threads, spec_only, table_path, as_json):
     """Measure the latency table MODEL needs on TARGET's settings, on this machine (cached for later runs)."""
     from edgeprune.checkpoint import load_model
     from edgeprune.latency import LatencyTable, complete, conv_shapes, open_table, settings_of
@@ -48,8 +49,8 @@ def build(model, weights, target, threads, spec_only, table_path, as_json):
     from edgeprune.targets import load_target
 
     target = load_target(target)
-    loaded = load_model(model, weights)
-    shape = tuple(target.input_shape or loaded.input_shape)
+    loaded = load_model(model, weights, input_shape)
+    shape = tuple(input_shape or target.input_shape or loaded.input_shape)
     shapes = list(conv_shapes(loaded.model, shape).values())
     settings = settings_of(target, threads, host=not spec_only)  # a board runs the target's own thread count
     existing = table_path if table_path and Path(table_path).exists() else None

@@ -4,25 +4,22 @@ from __future__ import annotations
 import click
 
 from edgeprune.cli import main
-from edgeprune.cli.options import emit_json, model_argument, weights_option
-
-
-def _layer_ratios(pairs: tuple[str, ...]) -> dict[str, float]:
-    ratios = {}
-    for pair in pairs:
-        name, sep, value = pair.rpartition("=")
-        try:
-            ratios[name] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise click.BadParameter(f"expected LAYER=RATIO, got '{pair}'", param_hint="--layer-ratio")
-    return ratios
+from edgeprune.cli.options import (
+    emit_json,
+    input_shape_option,
+    model_argument,
+    pairs,
+    preprocess_choice,
+    preprocess_options,
+    weights_option,
+)
 
 
 @main.command()
 @model_argument
 @weights_option
+@input_shape_option
+@preprocess_options
 @click.option("--criterion", "-c", default="l2", show_default=True, help="Criterion name (see `edgeprune criteria`).")
 @click.option("--ratio", "-r", type=float, help="Fraction of each group's channels to remove, in [0, 1).")
 @click.option("--flops-cut", type=float, help="Fraction of MACs to remove (searched to within 1 point).")
@@ -35,23 +32,30 @@ def _layer_ratios(pairs: tuple[str, ...]) -> dict[str, float]:
 @click.option("--calib", help="Data source for data-driven criteria (cifar10:DIR, folder:DIR, X.npz, mnist5k).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint to write (.pt).")
-def prune(model, weights, criterion, ratio, flops_cut, round_to, global_ranking, max_group_ratio, layer_ratio, steps, calib,
-          as_json, output):
-    """Remove whole filters from MODEL (default: the built-in model) and save the result."""
+def prune(model, weights, input_shape, criterion, ratio, flops_cut, round_to, global_ranking, max_group_ratio, layer_ratio,
+          steps, calib, as_json, output, **kwargs):
+    """Remove whole filters from MODEL (default: the built-in model) and save the result.
+
+    The checkpoint keeps the input shape and the preprocessing, so later commands need neither.
+    """
     from edgeprune import api
     from edgeprune.checkpoint import load_model, save_checkpoint
+    from edgeprune.paths import check_writable
 
-    loaded = load_model(model, weights)
-    data = api.criterion_data(criterion, calib, loaded)
+    check_writable(output)
+    choice = preprocess_choice(kwargs)
+    loaded = load_model(model, weights, input_shape)
+    preprocess = choice.resolve(loaded.preprocess, calib, loaded.input_shape)
+    data = api.criterion_data(criterion, calib, loaded, preprocess)
     options = dict(criterion=criterion, ratio=ratio, flops_cut=flops_cut, round_to=round_to,
-                   layer_ratios=_layer_ratios(layer_ratio), global_ranking=global_ranking,
+                   layer_ratios=pairs(layer_ratio, "--layer-ratio", float), global_ranking=global_ranking,
                    max_group_ratio=max_group_ratio, data=data, inplace=True)
     if steps > 1:
         result = api.prune_iteratively(loaded.model, loaded.input_shape, steps=steps, **options)
     else:
         result = api.prune(loaded.model, loaded.input_shape, **options)
     save_checkpoint(result.model, output, spec=loaded.spec, input_shape=loaded.input_shape, kwargs=loaded.kwargs,
-                    metadata={**loaded.metadata, "pruned": result.summary()})
+                    metadata={**loaded.metadata, "pruned": result.summary()}, preprocess=preprocess)
     summary = {**result.summary(), "output": str(output), "model": loaded.spec}
     if as_json:
         emit_json(summary)
@@ -72,27 +76,37 @@ def _print_summary(s: dict) -> None:
 @main.command()
 @model_argument
 @weights_option
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
-def info(model, weights, as_json):
-    """Per-layer channels and MACs of MODEL, and its totals."""
+def info(model, weights, input_shape, as_json):
+    """Per-layer channels and MACs of MODEL, its outputs, totals and preprocessing."""
+    import torch
+
     from edgeprune.checkpoint import load_model
     from edgeprune.counter import count, per_layer
     from edgeprune.graph import build_graph
+    from edgeprune.outputs import output_names
 
-    loaded = load_model(model, weights)
+    loaded = load_model(model, weights, input_shape)
     graph = build_graph(loaded.model, loaded.input_shape)
     totals, rows = count(graph), per_layer(graph)
     groups = [{"name": g.name, "units": g.n_units, "prunable": g.n_prunable} for g in graph.groups if g.n_units > 1]
+    outputs = output_names(loaded.model, torch.zeros(loaded.input_shape))
+    preprocess = loaded.preprocess.to_dict() if loaded.preprocess else None
     if as_json:
         emit_json({"model": loaded.spec, "input_shape": list(loaded.input_shape), **totals.to_dict(),
-                   "layers": rows, "groups": groups, "warnings": graph.warnings})
+                   "layers": rows, "groups": groups, "outputs": outputs, "preprocess": preprocess,
+                   "warnings": graph.warnings})
         return
     width = max([len(r["layer"]) for r in rows] + [5])
     click.echo(f"{'layer':<{width}}  {'in':>6}  {'out':>6}  {'MACs (M)':>10}")
     for r in rows:
         click.echo(f"{r['layer']:<{width}}  {r['in']:>6}  {r['out']:>6}  {r['macs'] / 1e6:>10.3f}")
     click.echo(f"{loaded.spec}: {totals.macs / 1e6:.2f} M MACs, {totals.params / 1e6:.3f} M params, "
-               f"{sum(1 for g in groups if g['prunable'] > 1)} prunable groups, input {tuple(loaded.input_shape)}")
+               f"{sum(1 for g in groups if g['prunable'] > 1)} prunable groups, input {tuple(loaded.input_shape)}, "
+               f"outputs {', '.join(outputs)}")
+    click.echo("preprocessing: " + (loaded.preprocess.describe() if loaded.preprocess else
+                                    "not known (images are scaled to 0-1; give --mean/--std where data is used)"))
 
 
 @main.command()

@@ -29,6 +29,7 @@ tensor(True)
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -381,7 +382,7 @@ def tcfp_soft_prune(model: nn.Module, graph: DependencyGraph, clusters: dict[str
     evaluate = evaluate_fn or accuracy
     baseline = evaluate(model, val_data)
     units = cluster_units(graph, clusters)
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved = copy.deepcopy(model.state_dict())  # keeps _metadata (module versions some layers read on load)
     deltas: dict[tuple[str, int], float] = {}
     try:
         for key, (group, u) in units.items():

@@ -19,7 +19,7 @@ from typing import Any
 from edgeprune.export.checks import Diff, load_onnx_checked, op_counts
 from edgeprune.export.ort_format import to_ort_format
 from edgeprune.export.quantize import METHODS, QuantResult, quantize_int8
-from edgeprune.export.runtime import make_session, onnx_accuracy, run_batches
+from edgeprune.export.runtime import make_session, onnx_accuracy, run_all, run_batches
 
 __all__ = [
     "Diff",
@@ -33,14 +33,20 @@ __all__ = [
     "onnx_accuracy",
     "op_counts",
     "quantize_int8",
+    "run_all",
     "run_batches",
     "to_ort_format",
+    "with_preprocessing",
 ]
 
-_NEED_TORCH = {"EXPORTERS", "ExportResult", "export_onnx"}
+_NEED_TORCH = {"EXPORTERS", "ExportResult", "export_onnx", "with_preprocessing"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "with_preprocessing":
+        from edgeprune.export.baked import with_preprocessing
+
+        return with_preprocessing
     if name in _NEED_TORCH:
         from edgeprune.export import onnx_export
 

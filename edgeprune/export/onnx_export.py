@@ -20,6 +20,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.export._io import file_size, first_line, log, quiet_loggers, staged_output, stdout_to_log
 from edgeprune.export.checks import Diff, op_counts
 from edgeprune.export.runtime import make_session
+from edgeprune.outputs import flatten, output_names
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
 # Protobuf cannot hold more than 2 GiB: bigger models keep their weights in NAME.onnx.data.
@@ -93,8 +94,9 @@ def export_onnx(
     example = torch.zeros((max(2, shape[0]) if dynamic_batch else shape[0], *shape[1:]), device=_device(model))
     seconds: dict[str, float] = {}
     with _eval_mode(model), staged_output(path) as tmp:
+        names = _output_names(model, example)
         with _timed(seconds, "export"), quiet_loggers("onnxscript", "onnx_ir"):
-            used = _export_torch(model, example, tmp, opset, dynamic_batch, exporter)
+            used = _export_torch(model, example, tmp, opset, dynamic_batch, exporter, names)
         raw = _load(tmp)
         size_before = file_size(tmp)
         with _timed(seconds, "simplify"):
@@ -125,11 +127,12 @@ def export_onnx(
 # --- export -------------------------------------------------------------------------------------
 
 def _export_torch(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None,
-                  dynamic: bool, exporter: str) -> str:
-    """Run the chosen exporter into ``path``; return the name of the one that worked."""
+                  dynamic: bool, exporter: str, names: list[str]) -> str:
+    """Run the chosen exporter into ``path`` (one named ONNX output per tensor the model returns);
+    return the name of the exporter that worked."""
     if exporter in ("auto", "dynamo"):
         try:
-            _export_dynamo(model, example, path, opset, dynamic)
+            _export_dynamo(model, example, path, opset, dynamic, names)
             return "dynamo"
         except Exception as exc:  # torch.export raises many types; any of them means "try the other"
             reason = first_line(exc)
@@ -138,25 +141,35 @@ def _export_torch(model: nn.Module, example: torch.Tensor, path: Path, opset: in
             log.warning("the dynamo ONNX exporter failed (%s); falling back to the TorchScript exporter", reason)
             _empty_folder(path.parent)
     try:
-        _export_torchscript(model, example, path, opset, dynamic)
+        _export_torchscript(model, example, path, opset, dynamic, names)
     except Exception as exc:
         raise EdgepruneError(f"cannot export the model to ONNX: {first_line(exc)}") from exc
     return "torchscript"
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, dynamic: bool) -> None:
+def _output_names(model: nn.Module, example: torch.Tensor) -> list[str]:
+    try:
+        return output_names(model, example)
+    except Exception as exc:  # the model's own forward: any error means this input does not fit it
+        shape = "x".join(map(str, example.shape))
+        raise EdgepruneError(f"cannot export the model to ONNX: it fails on an input of {shape}: {first_line(exc)}") from exc
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, dynamic: bool,
+                   names: list[str]) -> None:
     shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
     torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
-                      output_names=["output"], dynamic_shapes=shapes, verbose=False,
+                      output_names=names, dynamic_shapes=shapes, verbose=False,
                       external_data=_param_bytes(model) >= MAX_EMBEDDED_BYTES)
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, dynamic: bool) -> None:
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic else None
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, opset: int | None, dynamic: bool,
+                        names: list[str]) -> None:
+    axes = {name: {0: "batch"} for name in ["input", *names]} if dynamic else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the fallback is already logged
         torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
-                          output_names=["output"], dynamic_axes=axes)
+                          output_names=names, dynamic_axes=axes)
 
 
 def _simplify(path: Path, model: Any, example_shape: list[int], dynamic: bool, n_checks: int,
@@ -249,10 +262,7 @@ def _param_bytes(model: nn.Module) -> int:
 
 def _numpy_outputs(output: Any) -> list[np.ndarray]:
     """PyTorch outputs in ONNX order: tensors, tuples/lists of tensors, dict values."""
-    if isinstance(output, torch.Tensor):
-        return [output.detach().cpu().numpy()]
-    items = output.values() if isinstance(output, dict) else output
-    return [array for item in items for array in _numpy_outputs(item)]
+    return [tensor.detach().cpu().numpy() for tensor in flatten(output)]
 
 
 def _empty_folder(folder: Path) -> None:

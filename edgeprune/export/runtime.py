@@ -38,26 +38,31 @@ def fixed_batch(session: Any) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def run_batches(session: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """First output of ``session`` for all of ``x``, fed in batches.
+def run_all(session: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+    """Every output of ``session`` for all of ``x``, fed in batches.
 
     A model exported with a fixed batch gets batches of exactly that size (the last one padded
     with zeros and the padding dropped from the result).
     """
     size = fixed_batch(session) or batch_size
     name = session.get_inputs()[0].name
-    outputs = []
+    parts = []
     for start in range(0, len(x), size):
         chunk = np.ascontiguousarray(x[start:start + size], dtype=np.float32)
         n = len(chunk)
         if fixed_batch(session) and n < size:
             chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.float32)])
-        outputs.append(session.run(None, {name: chunk})[0][:n])
-    return np.concatenate(outputs)
+        parts.append([out[:n] for out in session.run(None, {name: chunk})])
+    return [np.concatenate(column) for column in zip(*parts)]
 
 
-def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 64) -> float:
-    """Top-1 accuracy of the classifier in ``path`` on images ``x`` (N x C x H x W) and labels ``y``.
+def run_batches(session: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """First output of ``session`` for all of ``x`` (see :func:`run_all`)."""
+    return run_all(session, x, batch_size)[0]
+
+
+def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: int = 64, output: int = 0) -> float:
+    """Top-1 accuracy of the class-score output number ``output`` of ``path`` on ``x`` and labels ``y``.
 
     >>> import tempfile, torch
     >>> from edgeprune.export import export_onnx
@@ -70,5 +75,5 @@ def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
     """
     if len(x) != len(y) or len(x) == 0:
         raise EdgepruneError(f"accuracy needs as many labels as images, got {len(x)} images and {len(y)} labels")
-    logits = run_batches(make_session(path), x, batch_size)
+    logits = run_all(make_session(path), x, batch_size)[output]
     return float((logits.argmax(axis=1) == np.asarray(y)).mean())

@@ -193,6 +193,20 @@ def pinned(ctx: Context, node: fx.Node) -> Any:
     return x
 
 
+def softmax(ctx: Context, node: fx.Node) -> Any:
+    """Softmax / log-softmax: elementwise across other axes; the channels of the axis it normalises
+    over are pinned (removing one would change every other's value)."""
+    x = ctx.input_ids(node)
+    if node.op == "call_module":
+        dim = ctx.module(node).dim
+    else:
+        dim = ctx.arg(node, 1, "dim")
+    ndim = len(ctx.shape(node))
+    if x is not None and _aligned(x, ndim).shape[_axis(ndim - 1 if dim is None else dim, ndim)] > 1:
+        ctx.state.freeze(x)
+    return x
+
+
 def prelu(ctx: Context, node: fx.Node) -> Any:
     m = ctx.module(node)
     if m.num_parameters == 1:
@@ -366,6 +380,7 @@ MODULE_HANDLERS: dict[type, Handler] = {
     nn.LayerNorm: layer_norm_module,
     nn.GroupNorm: pinned,
     nn.PReLU: prelu,
+    nn.Softmax: softmax, nn.LogSoftmax: softmax,
     nn.Flatten: reshape, nn.Unflatten: reshape,
     ChannelSelect: channel_select,
 }
@@ -391,6 +406,7 @@ FUNCTION_HANDLERS: dict[Any, Handler] = {
     torch.permute: permute, torch.transpose: transpose,
     torch.mean: reduce, torch.sum: reduce, torch.amax: reduce,
     F.layer_norm: layer_norm_function,
+    F.softmax: softmax, F.log_softmax: softmax, torch.softmax: softmax, torch.log_softmax: softmax,
     F.pad: pad,
     getattr: not_a_tensor,
 }
@@ -403,6 +419,7 @@ METHOD_HANDLERS: dict[str, Handler] = {
     "permute": permute, "transpose": transpose,
     "chunk": split, "split": split, "unbind": split,
     "mean": reduce, "sum": reduce, "amax": reduce,
+    "softmax": softmax, "log_softmax": softmax,
     "size": not_a_tensor, "dim": not_a_tensor,
 }
 

@@ -57,10 +57,10 @@ class Context:
         where = f" in '{list(stack)[-1]}'" if stack else ""
         return f"{node.op} '{target}' (node {node.name}){where}"
 
-    def frozen_scalar(self, node: fx.Node) -> np.ndarray:
+    def frozen_scalar(self, node: fx.Node, ndim: int | None = None) -> np.ndarray:
         """Ids for a tensor whose channels nothing may touch: one frozen id everywhere."""
         space = self.state.new_space(f"opaque:{node.name}", 1, "opaque")
-        ids = space_ids(space, len(self.shape(node) or (1,)), 0)
+        ids = space_ids(space, ndim or len(self.shape(node) or (1,)), 0)
         self.state.freeze(ids)
         return ids.reshape([1] * max(ids.ndim, 1))
 
@@ -73,8 +73,8 @@ class Context:
         meta = node.meta.get("tensor_meta")
         if meta is None:
             return None
-        if isinstance(meta, (tuple, list)):
-            return tuple(self.frozen_scalar(node) for _ in meta)
+        if isinstance(meta, (tuple, list)) and not hasattr(meta, "shape"):  # items (TensorMetadata is a tuple too)
+            return tuple(self.frozen_scalar(node, len(getattr(m, "shape", ())) or 1) for m in meta)
         return self.frozen_scalar(node)
 
 

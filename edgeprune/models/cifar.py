@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from edgeprune.calibration.preprocess import CIFAR10, Preprocess
 from edgeprune.layers import ChannelSelect, SpatialSubsample
 from edgeprune.models.registry import register_model
 
 CIFAR_SHAPE = (1, 3, 32, 32)
+CIFAR_PREPROCESS = Preprocess(**CIFAR10, source="CIFAR-10 training statistics (the zoo's convention)")
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 MOBILENETV1_CFG = [64, (128, 2), 128, (256, 2), 256, (512, 2), 512, 512, 512, 512, 512, (1024, 2), 1024]
 
@@ -19,7 +21,8 @@ def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: 
     ]
 
 
-@register_model("vgg16-cifar", CIFAR_SHAPE, "VGG16 for CIFAR as in HRank (13 conv+BN, 2 FC): ~313.7 M MACs", num_classes=10)
+@register_model("vgg16-cifar", CIFAR_SHAPE, "VGG16 for CIFAR as in HRank (13 conv+BN, 2 FC): ~313.7 M MACs",
+                preprocess=CIFAR_PREPROCESS, num_classes=10)
 def vgg16_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     layers: list[nn.Module] = []
     cin = in_channels
@@ -89,17 +92,20 @@ class CifarResNet(nn.Module):
         return self.fc(self.flatten(self.pool(x)))
 
 
-@register_model("resnet56-cifar", CIFAR_SHAPE, "ResNet-56 for CIFAR, option-A shortcuts: ~125.5 M MACs", num_classes=10)
+@register_model("resnet56-cifar", CIFAR_SHAPE, "ResNet-56 for CIFAR, option-A shortcuts: ~125.5 M MACs",
+                preprocess=CIFAR_PREPROCESS, num_classes=10)
 def resnet56_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(56, num_classes, in_channels)
 
 
-@register_model("resnet20-cifar", CIFAR_SHAPE, "ResNet-20 for CIFAR, option-A shortcuts: ~41 M MACs", num_classes=10)
+@register_model("resnet20-cifar", CIFAR_SHAPE, "ResNet-20 for CIFAR, option-A shortcuts: ~41 M MACs",
+                preprocess=CIFAR_PREPROCESS, num_classes=10)
 def resnet20_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(20, num_classes, in_channels)
 
 
-@register_model("mobilenetv1-cifar", CIFAR_SHAPE, "MobileNetV1 for CIFAR (depthwise-separable): ~46.4 M MACs", num_classes=10)
+@register_model("mobilenetv1-cifar", CIFAR_SHAPE, "MobileNetV1 for CIFAR (depthwise-separable): ~46.4 M MACs",
+                preprocess=CIFAR_PREPROCESS, num_classes=10)
 def mobilenetv1_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     layers = conv_bn_relu(in_channels, 32)
     cin = 32

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from edgeprune.calibration.preprocess import Preprocess
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.registry import BuiltModel, build
 
@@ -28,6 +29,7 @@ class DefaultModel:
     data: str
     weights: Path
     record: Path
+    preprocess: Preprocess
 
 
 DEFAULT = DefaultModel(
@@ -36,6 +38,9 @@ DEFAULT = DefaultModel(
     data="mnist5k",
     weights=ASSETS / "default_resnet20_mnist5k.pt",
     record=ASSETS / "default.json",
+    # mnist5k's own pixel statistics (2,000 training images), which scripts/train_default.py trained with
+    preprocess=Preprocess(mean=(0.09989918768405914,), std=(0.27475032210350037,),
+                          source="mnist5k statistics the default model was trained with"),
 )
 DEFAULT_DATA = DEFAULT.data
 
@@ -51,6 +56,7 @@ def build_default() -> BuiltModel:
         raise EdgepruneError(f"default weights missing: {DEFAULT.weights} (run scripts/train_default.py)")
     built = build(DEFAULT.spec, **DEFAULT.kwargs)
     built.model.load_state_dict(torch.load(DEFAULT.weights, map_location="cpu", weights_only=True))
+    built.preprocess = DEFAULT.preprocess
     return built
 
 

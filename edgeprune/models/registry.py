@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from edgeprune.calibration.preprocess import Preprocess, torchvision_preprocess
 from edgeprune.errors import EdgepruneError
 
 TORCHVISION_PREFIX = "torchvision:"
@@ -30,16 +31,18 @@ class ModelEntry:
     input_shape: tuple[int, ...]
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess | None = None  # what its images go through (the data it is trained on)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, input_shape: tuple[int, ...], description: str, **defaults: Any):
+def register_model(name: str, input_shape: tuple[int, ...], description: str, preprocess: Preprocess | None = None,
+                   **defaults: Any):
     """Decorator: register ``builder`` under ``name``."""
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelEntry(name, builder, tuple(input_shape), description, defaults)
+        _REGISTRY[name] = ModelEntry(name, builder, tuple(input_shape), description, defaults, preprocess)
         return builder
 
     return wrap
@@ -60,12 +63,13 @@ def get_entry(name: str) -> ModelEntry:
 
 @dataclass
 class BuiltModel:
-    """A freshly built model plus what is needed to rebuild it later."""
+    """A freshly built model plus what is needed to rebuild it later, and how its inputs are made."""
 
     model: nn.Module
     spec: str
     input_shape: tuple[int, ...]
     kwargs: dict[str, Any]
+    preprocess: Preprocess | None = None  # None: not known (images are then only scaled to 0-1)
 
 
 def build(spec: str, **kwargs: Any) -> BuiltModel:
@@ -83,7 +87,8 @@ def build(spec: str, **kwargs: Any) -> BuiltModel:
     merged = {**entry.defaults, **kwargs}
     model = entry.builder(**merged)
     shape = (1, merged.get("in_channels", entry.input_shape[1]), *entry.input_shape[2:])
-    return BuiltModel(model.eval(), spec, shape, merged)
+    preprocess = entry.preprocess.for_channels(shape[1]) if entry.preprocess else None
+    return BuiltModel(model.eval(), spec, shape, merged, preprocess)
 
 
 def _build_torchvision(spec: str, kwargs: dict[str, Any]) -> BuiltModel:
@@ -97,7 +102,7 @@ def _build_torchvision(spec: str, kwargs: dict[str, Any]) -> BuiltModel:
         kwargs.setdefault("init_weights", True)
     side = 299 if name == "inception_v3" else 224
     model = torchvision.models.get_model(name, **kwargs)
-    return BuiltModel(model.eval(), spec, (1, 3, side, side), kwargs)
+    return BuiltModel(model.eval(), spec, (1, 3, side, side), kwargs, torchvision_preprocess(name, side))
 
 
 def _build_from_file(spec: str, kwargs: dict[str, Any]) -> BuiltModel:
@@ -118,4 +123,14 @@ def _build_from_file(spec: str, kwargs: dict[str, Any]) -> BuiltModel:
     if not isinstance(model, nn.Module):
         raise EdgepruneError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     shape = tuple(getattr(model, "input_shape", (1, 3, 224, 224)))
-    return BuiltModel(model.eval(), f"{path.resolve()}:{factory_name}", shape, kwargs)
+    return BuiltModel(model.eval(), f"{path.resolve()}:{factory_name}", shape, kwargs, _declared_preprocess(model, spec))
+
+
+def _declared_preprocess(model: nn.Module, spec: str) -> Preprocess | None:
+    """A user's model may say how its inputs are made: ``model.preprocess``, a Preprocess or a dict."""
+    declared = getattr(model, "preprocess", None)
+    if declared is None or isinstance(declared, Preprocess):
+        return declared
+    if isinstance(declared, dict):
+        return Preprocess(**{"source": f"{spec} (model.preprocess)", **declared})
+    raise EdgepruneError(f"{spec}: model.preprocess must be a dict like {{'mean': [...], 'std': [...]}}")

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
+    ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("cosine", "cosine_min", "{:.4f}"),
+    ("top-1 agree", "top1_agreement_min", "{:.2%}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
     ("params (M)", "params", lambda v: f"{v / 1e6:.3f}"), ("file (MB)", "size_bytes", lambda v: f"{v / 1e6:.2f}"),
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("speedup", "speedup", "{:.2f}x"), ("MACs ratio", "macs_ratio", "{:.2f}x"),
@@ -41,9 +42,13 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgeprune report: {report['model']} for {report['target']['name']}", ""]
     lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lines += ["", "Speedup is the dense model's p50 latency over this one's; MACs ratio is dense MACs over these.",
+    lines += ["", "Speedup is the dense model's p50 latency over this one's; MACs ratio is dense MACs over these. "
+              "Cosine and top-1 agreement compare each variant's ONNX file with the dense one on held-out images: "
+              "the lowest over the model's outputs (per output below).",
               f"Latency measured with onnxruntime on {report['host']['machine']} ({report['host']['cpus']} CPUs) "
               f"under the target's settings: {json.dumps(report['bench_settings'])}.", ""]
+    lines += _inputs_section(report.get("inputs", {}))
+    lines += _quality_section(report)
     lines += _pruning_section(report["pruning"])
     lines += _latency_section(report["pruning"].get("plan", {}))
     lines += ["## Export check", "", "```json", json.dumps(report.get("export"), indent=2, default=str), "```", ""]
@@ -53,14 +58,58 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _inputs_section(inputs: dict[str, Any]) -> list[str]:
+    if not inputs:
+        return []
+    outputs = ", ".join(f"`{o['name']}`" + (f" ({o['kind']}, {'x'.join(['N', *map(str, o['shape'])])})"
+                                            if "kind" in o else "") for o in inputs["outputs"])
+    lines = ["## Inputs and outputs", "", f"- input: {'x'.join(map(str, inputs['shape']))}; images become inputs as "
+             f"{inputs['preprocess_text']} (npz model inputs are used as given)", f"- outputs: {outputs}"]
+    if inputs.get("label_output"):
+        lines.append(f"- labels belong to `{inputs['label_output']}`")
+    return lines + [""]
+
+
+def _quality_section(report: dict[str, Any]) -> list[str]:
+    rows = [(v["name"], r) for v in report["variants"][1:] for r in v.get("fidelity", [])]
+    if not rows:
+        return []
+    data = report["pruning"].get("eval_data", {})
+    lines = ["## Quality against the dense model, output by output", "",
+             f"On {data.get('images')} held-out images of {data.get('source')} [{data.get('split')}], never used to "
+             "fine-tune; each variant's ONNX file against the dense ONNX file.", "",
+             "| variant | output | kind | relative L2 error | cosine | top-1 agreement |", "|---|---|---|---|---|---|"]
+    for name, r in rows:
+        agree = f"{r['top1_agreement']:.2%}" if "top1_agreement" in r else "-"
+        lines.append(f"| {name} | {r['output']} | {r['kind']} | {r['rel_l2']:.4f} | {r['cosine']:.4f} | {agree} |")
+    return lines + [""]
+
+
+def _after_cut(pruning: dict[str, Any]) -> str:
+    after = pruning.get("after_cut") or {}
+    figures = []
+    if pruning.get("accuracy_before_finetune") is not None:
+        figures.append(f"top-1 {pruning['accuracy_before_finetune']:.2%}")
+    if after.get("cosine_min") is not None:
+        figures.append(f"cosine {after['cosine_min']:.4f}")
+    return f"; right after the cut: {', '.join(figures)}" if figures else ""
+
+
+def _recovery(tuned: dict[str, Any] | None) -> str:
+    if not tuned:
+        return "; not fine-tuned"
+    last = tuned["history"][-1] if tuned.get("history") else {}
+    how = "distilled from the dense model" if "distill" in last else "fine-tuned on labels"
+    held = last.get("held_out", {})
+    after = f" (held-out cosine {held['cosine_min']:.4f} after the last epoch)" if "cosine_min" in held else ""
+    return f"; then {how} for {tuned['epochs']} epochs at lr {tuned['lr']}{after}"
+
+
 def _pruning_section(pruning: dict[str, Any]) -> list[str]:
-    before = pruning.get("accuracy_before_finetune")
-    tuned = pruning.get("finetune")
     lines = ["## Pruning", "",
              f"Criterion `{pruning['criterion']}` ({pruning['recipe']} recipe): {pruning['macs_cut']:.1%} of MACs and "
              f"{1 - pruning['params_after'] / pruning['params_before']:.1%} of params removed"
-             + (f"; top-1 right after the cut {before:.2%}" if before is not None else "")
-             + (f"; then fine-tuned {tuned['epochs']} epochs at lr {tuned['lr']}" if tuned else "; not fine-tuned") + ".", "",
+             + _after_cut(pruning) + _recovery(pruning.get("finetune")) + ".", "",
              "| layer | in | out | MACs (M) |", "|---|---|---|---|"]
     for row in pruning.get("layers", []):
         lines.append(f"| {row['layer']} | {row['in_before']} → {row['in_after']} | {row['out_before']} → {row['out_after']} "
@@ -93,32 +142,58 @@ def _latency_section(plan: dict[str, Any]) -> list[str]:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Channels per layer before/after, and latency and MACs of each variant relative to dense."""
+    """Channels per layer before/after; latency and MACs of each variant relative to dense; the
+    relative L2 error of each output of each variant."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    layers = report["pruning"]["layers"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [3, 1]})
-    x = range(len(layers))
-    left.bar(x, [l["out_before"] for l in layers], color="#c8c8c8", label="before")
-    left.bar(x, [l["out_after"] for l in layers], color="#3b7dd8", label="after")
-    left.set(title="output channels per layer", xlabel="conv / linear layer (in order)", ylabel="channels")
-    left.legend()
-    names = [v["name"] for v in report["variants"]]
-    dense = report["variants"][0]
-    width = 0.38
-    right.bar([i - width / 2 for i in range(len(names))], [v["p50_ms"] / dense["p50_ms"] for v in report["variants"]],
-              width, label="p50 latency", color="#e07b39")
-    right.bar([i + width / 2 for i in range(len(names))], [v["macs"] / dense["macs"] for v in report["variants"]],
-              width, label="MACs", color="#3b7dd8")
-    right.set_xticks(range(len(names)), names, rotation=20)
-    right.set(title="relative to dense", ylim=(0, 1.15))
-    right.legend()
+    quality = [v for v in report["variants"][1:] if v.get("fidelity")]
+    panels = 3 if quality else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 + 4 * panels, 4.5),
+                             gridspec_kw={"width_ratios": [3, 1.3, 1.3][:panels]})
+    _plot_layers(axes[0], report["pruning"]["layers"])
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    _plot_relative(axes[1], report["variants"])
+    if quality:
+        _plot_quality(axes[2], quality)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_layers(ax: Any, layers: list[dict[str, Any]]) -> None:
+    x = range(len(layers))
+    ax.bar(x, [l["out_before"] for l in layers], color="#c8c8c8", label="before")
+    ax.bar(x, [l["out_after"] for l in layers], color="#3b7dd8", label="after")
+    ax.set(title="output channels per layer", xlabel="conv / linear layer (in order)", ylabel="channels")
+    ax.legend()
+
+
+def _plot_relative(ax: Any, variants: list[dict[str, Any]]) -> None:
+    names = [v["name"] for v in variants]
+    dense, width = variants[0], 0.38
+    latency = [v["p50_ms"] / dense["p50_ms"] for v in variants]
+    macs = [v["macs"] / dense["macs"] for v in variants]
+    bars = ax.bar([i - width / 2 for i in range(len(names))], latency, width, label="p50 latency", color="#e07b39")
+    ax.bar([i + width / 2 for i in range(len(names))], macs, width, label="MACs", color="#3b7dd8")
+    ax.bar_label(bars, labels=[f"{v:.2f}" for v in latency], fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set(title="relative to dense", ylim=(0, max(1.15, 1.15 * max(latency + macs))))
+    ax.legend()
+
+
+def _plot_quality(ax: Any, variants: list[dict[str, Any]]) -> None:
+    outputs = [r["output"] for r in variants[0]["fidelity"]]
+    width = 0.8 / len(outputs)
+    for k, output in enumerate(outputs):
+        errors = [v["fidelity"][k]["rel_l2"] for v in variants]
+        ax.bar([i - 0.4 + width * (k + 0.5) for i in range(len(variants))], errors, width, label=output)
+    ax.set_xticks(range(len(variants)), [v["name"] for v in variants], rotation=20)
+    ax.set(title="relative L2 error vs dense, per output", ylabel="||variant - dense|| / ||dense||")
+    ax.legend(fontsize=7)
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -7,8 +7,12 @@
 from edgeprune.train.distributed import DistContext, is_main_process, launched_distributed
 from edgeprune.train.batchnorm import recalibrate_batchnorm
 from edgeprune.train.loop import EpochRecord, FinetuneConfig, FinetuneResult, evaluate, finetune
+from edgeprune.train.objectives import CrossEntropy, DistillConfig, Distillation
 
 __all__ = [
+    "CrossEntropy",
+    "DistillConfig",
+    "Distillation",
     "DistContext",
     "EpochRecord",
     "FinetuneConfig",

@@ -1,0 +1,79 @@
+"""``compress``: prune for a target, recover, export, verify, quantise, measure quality and latency, report.
+
+The stages, in order, each a function with one job (:mod:`~edgeprune.pipeline.prepare`,
+:mod:`~edgeprune.pipeline.stages`): prepare (every check, before any work) -> prune and recover
+-> export -> quantise -> quality -> profile -> report. Every output goes to a staging folder
+that is renamed into place only when the whole run worked.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline import stages
+from edgeprune.pipeline.options import CompressOptions
+from edgeprune.paths import check_writable
+from edgeprune.pipeline.prepare import Progress, check_choices, prepare
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CompressOptions", "compress"]
+
+
+def compress(model: str | None, out_dir: str | Path, options: CompressOptions | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Run the whole pipeline on ``model`` (``None``: the built-in default); returns the report.
+
+    >>> report = compress("resnet20-cifar", "/tmp/ep-doc", CompressOptions(target="x86-avx2", runs=5, min_time=0.1))  # doctest: +SKIP
+    """
+    from edgeprune.report import write_report
+
+    options = options or CompressOptions()
+    progress = progress or (lambda message: log.info(message))
+    target = check_choices(options)
+    out_dir = Path(out_dir)
+    staging = _stage(out_dir)
+    started = time.perf_counter()
+    try:
+        job = prepare(model, options, target, progress)
+        planner = stages.latency_planner(job, progress) if options.latency_driven else None
+        try:
+            result = stages.prune_and_recover(job, progress, planner)
+        finally:
+            if planner is not None and planner.measure is not None:
+                planner.measure.close()  # the ONNX files it exported while planning
+        variants, exports = stages.export_models(job, result, staging, progress)
+        stages.quantize(job, variants, staging, progress)
+        stages.measure_quality(job, variants, staging, progress)
+        settings = stages.profile(job, variants, staging, progress)
+        report = stages.build_report(job, result, variants, exports, settings, time.perf_counter() - started)
+        write_report(report, staging)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _stage(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").exists())):
+        raise EdgepruneError(f"{out_dir} exists and is not an earlier edgeprune output; choose another -o")
+    check_writable(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise EdgepruneError(f"cannot write {out_dir}: {exc.strerror or exc}") from None
+    return staging
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)

@@ -1,0 +1,44 @@
+"""The choices of a ``compress`` run, as one plain dataclass (recorded in the report)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edgeprune.calibration.data import PreprocessChoice
+from edgeprune.train.objectives import DistillConfig
+
+
+@dataclass
+class CompressOptions:
+    """Choices of a compress run; ``None`` means "the target's setting" where a target has one."""
+
+    target: str = "arm"
+    criterion: str = "l2"
+    flops_cut: float | None = 0.5
+    ratio: float | None = None
+    round_to: int | None = None
+    calib: str | None = None
+    finetune_epochs: int | None = None  # None: 3 epochs when data is at hand (distillation needs no labels)
+    steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on calibration images after the cut
+    lr: float = 0.01
+    batch_size: int = 128
+    int8: bool | None = None
+    ort: bool = False
+    runs: int = 50
+    min_time: float = 2.0
+    weights: str | None = None
+    seed: int = 0
+    latency_budget: float | None = None  # ms on the target: pruning then meets this instead of flops_cut / ratio
+    speedup: float | None = None  # or: this speedup over the dense model
+    lut: str | None = None  # a latency table measured elsewhere (default: this machine's cached one)
+    input_shape: tuple[int, ...] | None = None  # None: the target's, else the model's (or its checkpoint's)
+    preprocess: PreprocessChoice = field(default_factory=PreprocessChoice)
+    distill: DistillConfig | None = field(default_factory=DistillConfig)  # None: cross-entropy on labels only
+    label_output: str | None = None  # the output labels belong to (several outputs)
+    output_kinds: dict[str, str] = field(default_factory=dict)  # logits / probs / regression, by output name
+    bake_preprocess: bool = False  # also write pruned.pixels.onnx, which takes raw 0-255 pixels
+    eval_images: int = 500  # held-out images for the quality figures
+
+    @property
+    def latency_driven(self) -> bool:
+        return self.latency_budget is not None or self.speedup is not None

@@ -1,0 +1,181 @@
+"""The first stage of ``compress``: every check and every input, before any work is done.
+
+Bad choices, a model that does not load or take the input shape, data that cannot be read or
+holds NaN, labels that do not fit the model's outputs, an INT8 target without data: each fails
+here, in one line, before anything is pruned, exported or written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.options import CompressOptions
+
+Progress = Callable[[str], None]
+OUTPUT_PROBE_IMAGES = 128  # images the dense model runs on to learn its outputs' kinds and scales
+
+
+@dataclass
+class Data:
+    """Training images (criteria, BatchNorm, fine-tuning, INT8 calibration) and held-out ones (quality)."""
+
+    spec: str | None
+    train: Any = None
+    evaluation: Any = None
+    eval_split: str | None = None
+    quality_images: int | None = None  # held-out images the quality figures were measured on
+
+    @property
+    def labelled(self) -> bool:
+        return self.train is not None and self.train.y is not None
+
+
+@dataclass
+class LatencyTable:
+    """The latency table a budget is planned with, and the model's convolutions it must cover."""
+
+    table: Any
+    shapes: list[Any]
+    board_dense_ms: float | None = None  # a board's table: the dense model's time measured there
+
+
+@dataclass
+class Job:
+    """Everything a compress run decided before starting."""
+
+    options: CompressOptions
+    target: Any
+    loaded: Any
+    shape: tuple[int, ...]
+    preprocess: Any
+    round_to: int
+    data: Data
+    epochs: int
+    int8: bool
+    output_names: list[str] = field(default_factory=list)
+    outputs: list[Any] | None = None  # OutputInfo per output (None without data)
+    label_output: int | None = None
+    latency: LatencyTable | None = None
+
+
+def check_choices(options: CompressOptions) -> Any:
+    """Options that are wrong whatever the model: fail before any output or data loading."""
+    from edgeprune import api
+    from edgeprune.plan import PlanConfig
+    from edgeprune.targets import load_target
+
+    target = load_target(options.target)
+    api.create_criterion(options.criterion)
+    if options.latency_driven:
+        from edgeprune.latency import Budget
+        from edgeprune.recipes import check_one_shot
+
+        Budget(options.latency_budget, options.speedup)
+        check_one_shot(options.criterion, options.steps)
+    else:
+        PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
+                   round_to=options.round_to or target.round_to).validate()
+    if options.eval_images < 1:
+        raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
+    return target
+
+
+def prepare(model: str | None, options: CompressOptions, target: Any, progress: Progress) -> Job:
+    """Load and check the model, its input shape and preprocessing, the data and its labels."""
+    from edgeprune import api
+    from edgeprune.checkpoint import check_input_shape, load_model
+    from edgeprune.models.default import DEFAULT_DATA
+
+    loaded = load_model(model, options.weights, options.input_shape)
+    shape = tuple(options.input_shape or target.input_shape or loaded.input_shape)
+    if shape != tuple(loaded.input_shape):
+        check_input_shape(loaded, shape, f"target {target.name}'s input shape")
+    latency = open_latency_table(loaded, shape, target, options) if options.latency_driven else None
+    spec = options.calib or (DEFAULT_DATA if loaded.metadata.get("default") else None)
+    preprocess = options.preprocess.resolve(loaded.preprocess, spec, shape)
+    if loaded.preprocess is None and preprocess.source.startswith("default") and spec is not None:
+        progress(f"no preprocessing known for {loaded.spec}: images become pixels / 255 "
+                 "(give --mean/--std, or --data-stats; npz model inputs are used as given)")
+    data = load_data(spec, shape, preprocess, options.seed)
+    if api.create_criterion(options.criterion).needs_data and data.train is None:
+        raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
+    int8 = options.int8 if options.int8 is not None else target.int8
+    if int8 and data.train is None:
+        raise EdgepruneError(f"INT8 for target {target.name} needs calibration data: give --calib SOURCE or --no-int8")
+    job = Job(options, target, loaded, shape, preprocess, options.round_to or target.round_to, data,
+              finetune_epochs(data, options), int8, latency=latency)
+    describe_outputs(job)
+    progress(_data_line(job))
+    return job
+
+
+def _data_line(job: Job) -> str:
+    data = job.data
+    if data.spec is None:
+        return "no data: pruning data-free, no recovery, no quality figures"
+    outputs = ", ".join(f"{o.name} ({o.kind})" for o in job.outputs)
+    return (f"data {data.spec}: {len(data.train)} training images ({'labelled' if data.labelled else 'unlabelled'}), "
+            f"{len(data.evaluation)} held out [{data.eval_split}]; outputs {outputs}")
+
+
+def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options: CompressOptions) -> LatencyTable:
+    """This machine's cached table, or a board's (``--lut``), which must already cover the model."""
+    from edgeprune.latency import complete, conv_shapes, open_table, settings_of
+    from edgeprune.latency.table import model_key
+
+    table = open_table(target.name, settings_of(target), options.lut, board_settings=settings_of(target, host=False))
+    found = LatencyTable(table, list(conv_shapes(loaded.model, shape).values()))
+    if not table.measured_here:
+        complete(table, found.shapes)  # raises, saying how to measure them there, if points are missing
+        found.board_dense_ms = table.model_ms(model_key(loaded.spec, shape))
+        if found.board_dense_ms is None:
+            raise EdgepruneError(f"latency table {options.lut} lacks the time of the whole dense {loaded.spec}: "
+                                 "measure a spec from `edgeprune lut build --spec-only` on the board")
+    return found
+
+
+def load_data(spec: str | None, shape: tuple[int, ...], preprocess: Any, seed: int) -> Data:
+    if spec is None:
+        return Data(None)
+    from edgeprune.calibration import has_test_split, load_data as load
+
+    _, channels, height, width = shape
+    kw = dict(channels=channels, size=(height, width), preprocess=preprocess, seed=seed)
+    split = "test" if has_test_split(spec, (height, width), preprocess) else "val"
+    return Data(spec, load(spec, split="train", **kw), load(spec, split=split, **kw), split)
+
+
+def finetune_epochs(data: Data, options: CompressOptions) -> int:
+    """3 by default whenever there is data: distillation recovers without labels."""
+    recoverable = data.labelled or (data.train is not None and options.distill is not None)
+    epochs = options.finetune_epochs if options.finetune_epochs is not None else (3 if recoverable else 0)
+    if epochs > 0 and data.train is None:
+        raise EdgepruneError("--finetune-epochs needs data: give --calib SOURCE")
+    if epochs > 0 and not recoverable:
+        raise EdgepruneError(f"{data.spec} has no labels: fine-tuning it needs distillation (drop --no-distill)")
+    return epochs
+
+
+def describe_outputs(job: Job) -> None:
+    """Names, kinds and scales of the dense model's outputs on real inputs; labels checked against them."""
+    import torch
+
+    from edgeprune.calibration import sample
+    from edgeprune.outputs import describe, output_names, pick_label_output
+    from edgeprune.quality import torch_outputs
+
+    job.output_names = output_names(job.loaded.model, torch.zeros(job.shape))
+    data = job.data
+    if data.train is None:
+        return
+    probe = sample(data.train, OUTPUT_PROBE_IMAGES, seed=job.options.seed).x
+    arrays = torch_outputs(job.loaded.model, probe)
+    if data.labelled:
+        labels = np.concatenate([y for y in (data.train.y, data.evaluation.y) if y is not None])
+        job.label_output = pick_label_output(arrays, job.output_names, job.options.label_output, labels, data.spec)
+    elif job.options.label_output is not None:
+        raise EdgepruneError(f"--label-output names the output labels belong to, but {data.spec} has no labels")
+    job.outputs = describe(arrays, job.output_names, label_output=job.label_output, kinds=job.options.output_kinds)

@@ -1,0 +1,235 @@
+"""The stages of ``compress`` after :mod:`~edgeprune.pipeline.prepare`, each one job, in order:
+
+prune and recover -> export -> quantise -> quality -> profile -> report.
+
+A *variant* is one row of the report (dense, pruned, and their INT8 versions): a dict that each
+stage adds its figures to.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.prepare import Job, Progress
+
+FIDELITY_EACH_EPOCH = 256  # held-out images the per-epoch fidelity is measured on
+
+
+def latency_planner(job: Job, progress: Progress) -> Any:
+    """The planner that meets the options' latency budget, from the table :func:`open_latency_table` opened.
+
+    With this machine's table, missing points are measured first and the plan is confirmed by
+    measuring here. With a table from a board (``--lut``), the board's own dense time is the
+    start and the plan rests on the table's prediction.
+    """
+    from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, settings_of
+    from edgeprune.profile import BenchConfig
+
+    options, target, table = job.options, job.target, job.latency.table
+    budget = Budget(options.latency_budget, options.speedup)
+    common = dict(round_to=job.round_to, progress=progress)
+    if not table.measured_here:
+        progress(f"latency table from another machine ({table.data['machine'].get('cpu') or 'unknown CPU'}): "
+                 "the plan rests on its prediction; measure the result there with `edgeprune bench`")
+        return LatencyPlanner(table, budget, None, dense_ms=job.latency.board_dense_ms, **common)
+    settings = settings_of(target)
+    missing = sum(len(layer["points"]) for layer in table.missing(job.latency.shapes))
+    if missing:
+        progress(f"measuring the latency table: {missing} points ({settings['threads']} threads), kept in {table.path}")
+    complete(table, job.latency.shapes)
+    config = BenchConfig.from_target(target, intra_threads=settings["threads"], min_runs=20, min_time=0.5)
+    return LatencyPlanner(table, budget, ModelTimer(job.shape, config, target.opset), **common)
+
+
+# --- prune and recover --------------------------------------------------------------------------
+
+class HeldOut:
+    """Quality of a PyTorch model against the dense one on held-out images, during the run."""
+
+    def __init__(self, job: Job, limit: int) -> None:
+        from edgeprune.calibration import sample
+        from edgeprune.quality import torch_outputs
+
+        self.job = job
+        self.arrays = sample(job.data.evaluation, limit, seed=job.options.seed)
+        self.dense = torch_outputs(job.loaded.model, self.arrays.x)
+
+    def figures(self, model: Any) -> dict[str, Any]:
+        from edgeprune.quality import accuracy, compare, summary, torch_outputs
+
+        outputs = torch_outputs(model, self.arrays.x)
+        rows = compare(self.dense, outputs, self.job.outputs)
+        found: dict[str, Any] = {**summary(rows), "outputs": rows}
+        if self.arrays.y is not None and self.job.label_output is not None:
+            found["top1"] = accuracy(outputs, self.job.label_output, self.arrays.y)
+        return found
+
+    def brief(self, model: Any) -> dict[str, float]:
+        return {k: v for k, v in self.figures(model).items() if k != "outputs" and v is not None}
+
+
+HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
+                    ("top1_agreement_min", "top-1 agreement {:.1%}"), ("top1", "top-1 {:.1%}"))
+
+
+def _epoch_line(epochs: int, progress: Progress):
+    def report(record: Any) -> None:
+        parts = ", ".join(f"{name} {value:.4f}" for name, value in record.parts.items())
+        held = ", ".join(text.format(record.figures[key]) for key, text in HELD_OUT_FIGURES if key in record.figures)
+        progress(f"epoch {record.epoch}/{epochs}: loss {record.loss:.4f} ({parts})"
+                 + (f"; held-out (worst output): {held}" if held else ""))
+    return report
+
+
+def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
+    """The criterion's recipe on a copy of the model: cut, re-estimate BatchNorm, fine-tune or distil."""
+    from edgeprune.calibration import sample
+    from edgeprune.recipes import RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
+
+    options, data = job.options, job.data
+    train, holdout = data.train, None
+    if options.criterion == "tcfp" and data.labelled:
+        train, holdout = split_holdout(train, 256, options.seed)
+    calib = sample(train, 640, seed=options.seed) if train is not None else None
+    config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
+                          ratio=options.ratio, round_to=job.round_to, epochs=job.epochs, steps=options.steps,
+                          lr=options.lr, batch_size=options.batch_size, seed=options.seed,
+                          recalibrate_bn=options.recalibrate_bn, planner=planner, distill=options.distill)
+    held_out = HeldOut(job, options.eval_images) if data.evaluation is not None and job.outputs else None
+    watch = Watch()
+    if held_out is not None:
+        small = HeldOut(job, FIDELITY_EACH_EPOCH)
+        watch = Watch(validate=small.brief, on_epoch=_epoch_line(job.epochs, progress))
+    recipe_data = RecipeData(train, holdout, calib, teacher=job.loaded.model, outputs=job.outputs,
+                             label_output=job.label_output, watch=watch)
+    goal = "to the latency budget, widths from the table" if planner else f"round to {job.round_to}"
+    how = "distilling from the dense model" if options.distill is not None and job.outputs else "cross-entropy"
+    progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), {goal}"
+             + (f", fine-tuning {job.epochs} epochs on {data.spec} ({how})" if job.epochs else ""))
+    return run_recipe(copy.deepcopy(job.loaded.model), job.shape, config, recipe_data,
+                      evaluate=held_out.figures if held_out is not None else None)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> tuple[list[dict], dict]:
+    """The checkpoint and the ONNX files of the dense and pruned models (checked against PyTorch)."""
+    from edgeprune.checkpoint import save_checkpoint
+
+    save_checkpoint(result.model, staging / "pruned.pt", spec=job.loaded.spec, input_shape=job.shape,
+                    kwargs=job.loaded.kwargs, preprocess=job.preprocess,
+                    metadata={"pruned": result.summary(), "target": job.target.name})
+    progress("exporting to ONNX, simplifying, checking against PyTorch")
+    exports = {"dense": export_onnx(job.loaded.model, job.shape, staging / "dense.onnx", job.target),
+               "pruned": export_onnx(result.model, job.shape, staging / "pruned.onnx", job.target)}
+    if job.options.bake_preprocess:
+        exports["pruned_pixels"] = bake_preprocessing(job, result.model, staging)
+    variants = [{"name": "dense", "onnx": "dense.onnx", **result.before.to_dict()},
+                {"name": "pruned", "onnx": "pruned.onnx", **result.after.to_dict()}]
+    if job.options.ort:
+        from edgeprune.export import to_ort_format
+
+        to_ort_format(staging / "pruned.onnx")
+    return variants, exports
+
+
+def export_onnx(model: Any, shape: tuple[int, ...], path: Path, target: Any) -> dict:
+    """Export, simplify and check one model; the report names the file, not the staging folder."""
+    from edgeprune.export import export_onnx as export
+
+    return {**export(model, shape, path, opset=target.opset).to_dict(), "path": path.name}
+
+
+def bake_preprocessing(job: Job, model: Any, staging: Path) -> dict:
+    """``pruned.pixels.onnx``: the pruned model behind its preprocessing, fed raw 0-255 RGB pixels."""
+    from edgeprune.export import with_preprocessing
+
+    baked = with_preprocessing(model, job.preprocess, job.shape[1])
+    return export_onnx(baked, job.shape, staging / "pruned.pixels.onnx", job.target)
+
+
+def quantize(job: Job, variants: list[dict], staging: Path, progress: Progress) -> None:
+    """Static INT8 (QDQ) copies of every variant, calibrated on training images."""
+    if not job.int8:
+        return
+    from edgeprune.calibration import sample
+    from edgeprune.export import quantize_int8
+
+    progress("quantising to INT8 (static, QDQ) with calibration data")
+    calibration = sample(job.data.train, min(256, len(job.data.train.x)), seed=job.options.seed).x
+    for base in list(variants):
+        path = staging / (Path(base["onnx"]).stem + "_int8.onnx")
+        quantize_int8(staging / base["onnx"], path, calibration)
+        variants.append({**base, "name": base["name"] + "-int8", "onnx": path.name})
+
+
+# --- quality, latency ---------------------------------------------------------------------------
+
+def measure_quality(job: Job, variants: list[dict], staging: Path, progress: Progress) -> None:
+    """Each shipped ONNX file against the dense one, output by output, on held-out images."""
+    if job.data.evaluation is None or not job.outputs:
+        return
+    from edgeprune.calibration import sample
+    from edgeprune.quality import accuracy, compare, onnx_outputs, summary
+
+    held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
+    progress(f"comparing every variant's outputs with the dense model's on {len(held_out)} held-out images "
+             f"({job.data.spec} [{job.data.eval_split}])")
+    dense = onnx_outputs(staging / variants[0]["onnx"], held_out.x)
+    for variant in variants:
+        outputs = dense if variant is variants[0] else onnx_outputs(staging / variant["onnx"], held_out.x)
+        variant["fidelity"] = compare(dense, outputs, job.outputs)
+        variant.update(summary(variant["fidelity"]))
+        labelled = held_out.y is not None and job.label_output is not None
+        variant["accuracy"] = accuracy(outputs, job.label_output, held_out.y) if labelled else None
+    job.data.quality_images = len(held_out)
+
+
+def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -> dict:
+    """Latency and memory of every variant in onnxruntime under the target's settings; returns the settings."""
+    from edgeprune.profile import BenchConfig, profile_models
+
+    options, target = job.options, job.target
+    threads = min(target.threads, os.cpu_count() or 1)
+    config = BenchConfig.from_target(target, intra_threads=threads, min_runs=options.runs, min_time=options.min_time)
+    progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes)")
+    profiles = profile_models([staging / v["onnx"] for v in variants], config)
+    dense = profiles[0]
+    for v, p in zip(variants, profiles):
+        v.update(size_bytes=p.size_bytes, p50_ms=p.p50_ms, p90_ms=p.p90_ms, p99_ms=p.p99_ms, mean_ms=p.mean_ms,
+                 std_ms=p.std_ms, runs=p.runs, peak_memory_bytes=p.peak_memory_bytes, session_ms=p.session_ms,
+                 first_run_ms=p.first_run_ms, speedup=dense.p50_ms / p.p50_ms,
+                 macs_ratio=variants[0]["macs"] / v["macs"])
+    return asdict(dense.settings)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,
+                 seconds: float) -> dict[str, Any]:
+    from edgeprune.counter import compare_layers
+
+    summary = result.summary()
+    if "plan" in summary:
+        summary["plan"]["final"] = {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"]}
+    data = job.data
+    return {
+        "model": job.loaded.spec, "target": asdict(job.target), "options": asdict(job.options),
+        "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "inputs": {"shape": list(job.shape), "preprocess": job.preprocess.to_dict(),
+                   "preprocess_text": job.preprocess.describe(),
+                   "outputs": [o.to_dict() for o in job.outputs] if job.outputs else
+                   [{"name": name} for name in job.output_names],
+                   "label_output": job.output_names[job.label_output] if job.label_output is not None else None},
+        "bench_settings": settings, "variants": variants, "export": exports,
+        "pruning": {**summary, "layers": compare_layers(job.loaded.model, result.model, job.shape),
+                    "eval_data": {"source": data.spec, "split": data.eval_split,
+                                  "images": data.quality_images,
+                                  "labelled": data.evaluation is not None and data.evaluation.y is not None}},
+        "warnings": result.warnings, "seconds_total": round(seconds, 2),
+    }

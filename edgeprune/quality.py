@@ -1,0 +1,89 @@
+"""How close a variant's outputs stay to the dense model's, output by output, on held-out images.
+
+For every output: the relative L2 error (``||variant - dense|| / ||dense||`` over all images),
+the mean per-image cosine similarity, and for class-score outputs the top-1 agreement (how often
+the variant's arg-max class is the dense model's). Accuracy is added where labels exist. The
+figures need outputs only, so they work for any model, labelled data or not.
+
+>>> import numpy as np
+>>> from edgeprune.outputs import OutputInfo
+>>> dense = [np.array([[2.0, 1.0], [0.0, 3.0]])]
+>>> rows = compare(dense, [dense[0] * 0.5], [OutputInfo("output", (2,), "logits")])
+>>> rows[0]["cosine"], rows[0]["top1_agreement"], round(rows[0]["rel_l2"], 3)
+(1.0, 1.0, 0.5)
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeprune.outputs import OutputInfo
+
+
+def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
+            infos: Sequence[OutputInfo]) -> list[dict[str, Any]]:
+    """One row per output: name, kind, rel_l2, cosine and (class scores) top1_agreement."""
+    rows = []
+    for info, dense, variant in zip(infos, reference, candidate):
+        d = dense.reshape(len(dense), -1).astype(np.float64)
+        v = variant.reshape(len(variant), -1).astype(np.float64)
+        row = {"output": info.name, "kind": info.kind, "rel_l2": _rel_l2(d, v), "cosine": _cosine(d, v)}
+        if info.kind in ("logits", "probs"):
+            row["top1_agreement"] = float(np.mean(dense.argmax(axis=1) == variant.argmax(axis=1)))
+        rows.append(row)
+    return rows
+
+
+def _rel_l2(dense: np.ndarray, variant: np.ndarray) -> float:
+    norm = float(np.linalg.norm(dense))
+    error = float(np.linalg.norm(variant - dense))
+    return error / norm if norm > 0 else (0.0 if error == 0 else float("inf"))
+
+
+def _cosine(dense: np.ndarray, variant: np.ndarray) -> float:
+    dot = (dense * variant).sum(axis=1)
+    norms = np.linalg.norm(dense, axis=1) * np.linalg.norm(variant, axis=1)
+    both_zero = (norms == 0) & (np.abs(dense).sum(axis=1) == np.abs(variant).sum(axis=1))
+    cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
+    return float(np.round(cos.mean(), 6))
+
+
+def summary(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The worst output of a variant: lowest cosine, highest relative error, lowest top-1 agreement."""
+    agreements = [r["top1_agreement"] for r in rows if "top1_agreement" in r]
+    return {"cosine_min": min((r["cosine"] for r in rows), default=None),
+            "rel_l2_max": max((r["rel_l2"] for r in rows), default=None),
+            "top1_agreement_min": min(agreements) if agreements else None}
+
+
+def accuracy(outputs: Sequence[np.ndarray], label_output: int, labels: np.ndarray) -> float:
+    """Top-1 accuracy of the class-score output ``label_output`` against ``labels``."""
+    return float(np.mean(outputs[label_output].argmax(axis=1) == labels))
+
+
+def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> list[np.ndarray]:
+    """All outputs of a PyTorch model on ``x``, flattened in ONNX order, as NumPy arrays."""
+    import torch
+
+    from edgeprune.outputs import flatten
+
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    parts: list[list[np.ndarray]] = []
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])).to(device)
+                parts.append([t.float().cpu().numpy() for t in flatten(model(batch))])
+    finally:
+        model.train(was_training)
+    return [np.concatenate(column) for column in zip(*parts)]
+
+
+def onnx_outputs(path: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+    """All outputs of the ONNX file ``path`` on ``x`` (onnxruntime, no torch)."""
+    from edgeprune.export.runtime import make_session, run_all
+
+    return run_all(make_session(path), x, batch_size)

@@ -1,0 +1,122 @@
+"""What fine-tuning minimises: cross-entropy on labels, distillation from the dense model, or both.
+
+An objective is called on a batch, ``objective(net, x, y) -> (loss, parts)``; ``parts`` holds
+the loss's named terms (floats) for progress lines. :class:`Distillation` matches every output
+of the student to the teacher's, each by the loss its kind calls for
+(:mod:`edgeprune.outputs`):
+
+- ``logits``: KL divergence between the softened class distributions (temperature T, scaled by
+  T squared as in Hinton et al.), over axis 1;
+- ``probs``: KL divergence between the given probabilities;
+- ``regression``: mean squared error divided by the teacher output's variance on the
+  calibration data, so outputs of every scale weigh alike.
+
+With labels (and a class-score output to put them on) cross-entropy is added.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.outputs import OutputInfo, flatten
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Weights of the loss terms; ``output_weights`` by output name (1 for any not named)."""
+
+    temperature: float = 4.0
+    distill_weight: float = 1.0
+    label_weight: float = 1.0
+    output_weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise EdgepruneError(f"the distillation temperature must be positive, got {self.temperature}")
+        weights = [self.distill_weight, self.label_weight, *self.output_weights.values()]
+        if any(w < 0 for w in weights) or self.distill_weight + self.label_weight == 0:
+            raise EdgepruneError("distillation and label weights must not be negative, nor all zero")
+
+
+def check_labels(logits: torch.Tensor, y: torch.Tensor) -> None:
+    if logits.ndim != 2:
+        raise EdgepruneError(f"labels need class scores N x K, but the output is {tuple(logits.shape)}")
+    if y.numel() and int(y.max()) >= logits.shape[1]:
+        raise EdgepruneError(f"label {int(y.max())} in the data, but the model has only {logits.shape[1]} outputs")
+
+
+class CrossEntropy:
+    """Cross-entropy of the class-score output number ``label_output`` against the labels."""
+
+    needs_labels = True
+
+    def __init__(self, label_output: int = 0) -> None:
+        self.label_output = label_output
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = flatten(net(x))[self.label_output]
+        check_labels(logits, y)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"ce": loss.item()}
+
+
+class Distillation:
+    """Match the student's outputs to ``teacher``'s (a frozen copy), plus cross-entropy with labels."""
+
+    needs_labels = False
+
+    def __init__(self, teacher: nn.Module, outputs: Sequence[OutputInfo], config: DistillConfig | None = None,
+                 label_output: int | None = None) -> None:
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        self.outputs = list(outputs)
+        self.config = config or DistillConfig()
+        self.label_output = label_output
+        unknown = set(self.config.output_weights) - {o.name for o in self.outputs}
+        if unknown:
+            raise EdgepruneError(f"distillation weights name {', '.join(sorted(unknown))}, but the outputs are "
+                                 f"{', '.join(o.name for o in self.outputs)}")
+        self.weights = [self.config.output_weights.get(o.name, 1.0) for o in self.outputs]
+        if sum(self.weights) == 0:
+            raise EdgepruneError("every output's distillation weight is 0")
+
+    def to(self, device: str | torch.device) -> Distillation:
+        self.teacher.to(device)
+        return self
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            targets = flatten(self.teacher(x))
+        students = flatten(net(x))
+        if len(students) != len(self.outputs):
+            raise EdgepruneError(f"the model returns {len(students)} outputs, the teacher {len(self.outputs)}")
+        terms = [w * self._term(info, s, t) for info, s, t, w in zip(self.outputs, students, targets, self.weights)]
+        distill = torch.stack(terms).sum() / sum(self.weights)
+        loss = self.config.distill_weight * distill
+        parts = {"distill": distill.item()}
+        if y is not None and self.label_output is not None and self.config.label_weight > 0:
+            logits = students[self.label_output]
+            check_labels(logits, y)
+            ce = F.cross_entropy(logits, y)
+            loss = loss + self.config.label_weight * ce
+            parts["ce"] = ce.item()
+        return loss, parts
+
+    def _term(self, info: OutputInfo, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if info.kind == "logits":
+            t = self.config.temperature
+            kl = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                          reduction="none", log_target=True)
+            return kl.sum(dim=1).mean() * t * t
+        if info.kind == "probs":
+            kl = F.kl_div(student.clamp_min(1e-8).log(), teacher, reduction="none")
+            return kl.sum(dim=1).mean()
+        return F.mse_loss(student, teacher) / info.variance
+
+
+__all__ = ["CrossEntropy", "DistillConfig", "Distillation", "check_labels"]
