@@ -65,6 +65,7 @@ class RecipeConfig:
     tcfp_val_images: int = 256
     planner: Any = None  # a planner for api.prune (e.g. a latency budget) instead of ratio / flops_cut
     distill: DistillConfig | None = None  # recover by distillation from data.teacher (None: cross-entropy)
+    max_grad_norm: float | None = 5.0  # gradient clipping while fine-tuning (see FinetuneConfig)
 
 
 @dataclass
@@ -156,7 +157,8 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
     arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
     loader = make_loader(arrays, config.batch_size, shuffle=True, augment="crop", seed=config.seed)
     start = time.perf_counter()
-    result = finetune(model, loader, None, FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed),
+    tuning = FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed, max_grad_norm=config.max_grad_norm)
+    result = finetune(model, loader, None, tuning,
                       epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
                       on_epoch=data.watch.on_epoch)
     _after_cut(model, config, data)  # a short run leaves BatchNorm's running averages behind the weights

@@ -48,6 +48,7 @@ class FinetuneConfig:
     min_lr: float = 0.0
     seed: int = 0
     device: str = "cpu"
+    max_grad_norm: float | None = 5.0  # clip the gradient's norm (a distillation loss can spike; None: never)
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,9 @@ def _device_of(model: nn.Module) -> str:
 
 
 def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler, device: str, tick: Callable[[], None],
+                 scheduler: torch.optim.lr_scheduler.LRScheduler, config: FinetuneConfig, tick: Callable[[], None],
                  objective: Objective) -> tuple[float, dict[str, float]]:
+    device = config.device
     net.train()
     total, count = 0.0, 0
     sums: dict[str, float] = {}
@@ -137,6 +139,8 @@ def _train_epoch(net: nn.Module, loader: DataLoader, optimizer: torch.optim.Opti
             raise EdgepruneError(f"the training loss became {loss.item()}; try a lower learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         total += loss.item() * len(x)
@@ -227,7 +231,7 @@ def _run(model: nn.Module, train_loader: DataLoader, val_loader: Iterable | None
         if sampler is not None:
             sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-        loss, parts = _train_epoch(net, loader, optimizer, scheduler, config.device, tick, objective)
+        loss, parts = _train_epoch(net, loader, optimizer, scheduler, config, tick, objective)
         loss = mean_across_ranks(loss, ctx)
         parts = {name: mean_across_ranks(value, ctx) for name, value in parts.items()}
         broadcast_state(model, ctx)  # each rank updated its own BatchNorm statistics
