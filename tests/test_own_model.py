@@ -210,3 +210,16 @@ def test_int8_without_data_fails_before_any_work(tmp_path, monkeypatch):
     result = run("compress", HEADS, "--target", "arm", "-o", str(tmp_path / "out"))
     assert_one_line_error(result, "INT8 for target arm-cortex-a72 needs calibration data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_int8_of_a_multi_output_model_compares_every_output(tmp_path):
+    data = write_pixels(tmp_path / "pixels.npz", 120)
+    out = tmp_path / "heads.onnx"
+    result = run("export", HEADS, "-o", str(out), "--int8", "--calib", data, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["onnx"]["output_names"] == OUTPUTS and summary["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    rows = summary["int8"]["fidelity"]["outputs"]
+    assert [r["output"] for r in rows] == OUTPUTS and all(r["cosine"] > 0.9 for r in rows)
+    assert "accuracy" not in summary["int8"]  # no labels
+    assert [o.name for o in make_session(tmp_path / "heads.int8.onnx").get_outputs()] == OUTPUTS

@@ -81,8 +81,10 @@ class Preprocess:
 
     def for_channels(self, channels: int) -> Preprocess:
         """The same preprocessing for a model with another channel count (values averaged)."""
-        fix = lambda v: v if len(v) in (0, 1, channels) else (float(np.mean(v)),)  # noqa: E731
-        return replace(self, mean=fix(self.mean), std=fix(self.std))
+        def fit(values: tuple[float, ...]) -> tuple[float, ...]:
+            return values if len(values) in (0, 1, channels) else (float(np.mean(values)),)
+
+        return replace(self, mean=fit(self.mean), std=fit(self.std))
 
     def describe(self) -> str:
         steps = [("BGR" if self.channel_order == "bgr" else "RGB") + " pixels"

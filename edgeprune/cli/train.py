@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import click
 
@@ -93,11 +95,13 @@ def finetune(model: str, data: str, input_shape, teacher: str | None, teacher_we
                    f"{result.world_size} process(es))")
 
 
+@dataclass
 class _Objective:
     """What ``finetune`` minimises and how it checks the held-out images each epoch."""
 
-    def __init__(self, objective, validate=None, teacher=None) -> None:
-        self.objective, self.validate, self.teacher = objective, validate, teacher
+    objective: Any
+    validate: Callable[[Any], dict] | None = None
+    teacher: Any = None
 
 
 def _objective(loaded, teacher: str | None, teacher_weights: str | None, distill, train, val, data: str,

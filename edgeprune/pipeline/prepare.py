@@ -96,9 +96,6 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     latency = open_latency_table(loaded, shape, target, options) if options.latency_driven else None
     spec = options.calib or (DEFAULT_DATA if loaded.metadata.get("default") else None)
     preprocess = options.preprocess.resolve(loaded.preprocess, spec, shape)
-    if loaded.preprocess is None and preprocess.source.startswith("default") and spec is not None:
-        progress(f"no preprocessing known for {loaded.spec}: images become pixels / 255 "
-                 "(give --mean/--std, or --data-stats; npz model inputs are used as given)")
     data = load_data(spec, shape, preprocess, options.seed)
     if api.create_criterion(options.criterion).needs_data and data.train is None:
         raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
@@ -108,6 +105,10 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     job = Job(options, target, loaded, shape, preprocess, options.round_to or target.round_to, data,
               finetune_epochs(data, options), int8, latency=latency)
     describe_outputs(job)
+    guessed = loaded.preprocess is None and preprocess.source.startswith("default")
+    if guessed and data.train is not None and data.train.preprocess is not None:
+        progress(f"no preprocessing known for {loaded.spec}: its images become pixels / 255 "
+                 "(say how with --mean/--std/--pixel-range, or --data-stats)")
     progress(_data_line(job))
     return job
 
