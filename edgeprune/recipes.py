@@ -161,7 +161,7 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
     result = finetune(model, loader, None, tuning,
                       epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
                       on_epoch=data.watch.on_epoch)
-    _after_cut(model, config, data)  # a short run leaves BatchNorm's running averages behind the weights
+    _reestimate_batchnorm(model, config, data)  # a short run leaves BatchNorm's running averages behind the weights
     clock.add("finetune", start)
     return [{"epoch": r.epoch, "loss": r.loss, **r.parts, "held_out": r.figures, "images": len(arrays)}
             for r in result.history]
@@ -197,7 +197,7 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
         before, after, warnings = result.before, result.after, []
         config = replace(config, epochs=config.epochs - 1 if between else config.epochs)
     clock.add("prune", start)
-    _after_cut(model, config, data)
+    _reestimate_batchnorm(model, config, data)
     accuracy = evaluate(model) if evaluate else None
     history.extend(_finetune(model, data, config, config.epochs, clock))
     return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy,
@@ -221,7 +221,7 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
                         history, list(graph.warnings))
 
 
-def _after_cut(model: nn.Module, config: RecipeConfig, data: RecipeData) -> None:
+def _reestimate_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeData) -> None:
     if config.recalibrate_bn and data.calib is not None:
         from edgeprune.train import recalibrate_batchnorm
 
@@ -235,7 +235,7 @@ def _accuracy_cut_now(model: nn.Module, make_schedule: Callable[[], Any], config
         return None
     probe = copy.deepcopy(model)
     make_schedule().finalize(probe)
-    _after_cut(probe, config, data)
+    _reestimate_batchnorm(probe, config, data)
     return evaluate(probe)
 
 
@@ -253,7 +253,7 @@ def _soft_phase(model: nn.Module, schedule: Any, config: RecipeConfig, data: Rec
     start = time.perf_counter()
     step = schedule.finalize(model)
     clock.add("prune", start)
-    _after_cut(model, config, data)
+    _reestimate_batchnorm(model, config, data)
     return step, history, hard
 
 
