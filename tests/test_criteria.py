@@ -188,15 +188,39 @@ def _rank_model() -> nn.Sequential:
     return model
 
 
-def test_hrank_scores_are_the_mean_map_ranks():
+def test_hrank_scores_are_the_mean_map_ranks_over_their_ceiling():
     model = _rank_model()
     graph = build_graph(model, (1, 2, 8, 8))
     hrank = create_criterion("hrank")
     hrank.prepare(graph, _rank_data())
     assert hrank.images == 16
-    ranks = hrank.space_scores(graph, graph.state.module_spaces["0"])
-    assert ranks[1] == 0 and ranks[3] == 1  # zero maps; rank-1 maps
+    ranks = 8 * hrank.space_scores(graph, graph.state.module_spaces["0"])  # 8 x 8 maps: rank at most 8
+    assert ranks[1] == 0 and ranks[3] == pytest.approx(1)  # zero maps; rank-1 maps
     assert ranks[0] > 7.5 and ranks[2] > 7.5  # 8 x 8 noise maps (a ReLU may zero a row of one, now and then)
+
+
+def test_hrank_compares_ranks_across_resolutions_as_fractions():
+    """A channel coupled across a 16x16 and an 8x8 layer: raw ranks would favour the large maps."""
+
+    class TwoScales(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.big = nn.Conv2d(1, 4, 3, padding=1)
+            self.small = nn.Conv2d(1, 4, 3, padding=1)
+            self.out = nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):  # the add couples big's and small's channels: one group, two resolutions
+            a = torch.relu(self.big(x))
+            b = torch.relu(self.small(x[:, :, ::2, ::2]))
+            return self.out(a[:, :, ::2, ::2] + b)
+
+    model = TwoScales()
+    graph = build_graph(model, (1, 1, 16, 16))
+    hrank = create_criterion("hrank")
+    hrank.prepare(graph, torch.randn(8, 1, 16, 16))
+    big = hrank.space_scores(graph, graph.state.module_spaces["big"])
+    small = hrank.space_scores(graph, graph.state.module_spaces["small"])
+    assert big.max() <= 1 and small.max() <= 1 and big.max() > 0.5 and small.max() > 0.5
 
 
 def test_hrank_prunes_low_rank_channels_even_with_the_largest_norm():

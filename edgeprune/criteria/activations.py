@@ -268,6 +268,10 @@ class ChannelRanks:
     def mean(self) -> torch.Tensor:
         return self.total / max(self.images, 1)
 
+    def fraction(self) -> torch.Tensor:
+        """The mean rank as a fraction of the largest possible one: comparable across resolutions."""
+        return self.mean() / max(self.ceiling, 1)
+
 
 class ChannelSimilarity:
     """Running mean over images of the cosine similarity between every two channels' maps."""

@@ -83,7 +83,10 @@ class HRank(FeatureMapCriterion):
     """Average rank of each channel's post-activation feature map over calibration images.
 
     ``batches`` x ``batch_size`` images at most (HRank: 5 x 128); ``through_add`` reads a
-    residual block's last conv after the add and its ReLU, as HRank's ResNet code does.
+    residual block's last conv after the add and its ReLU, as HRank's ResNet code does. Each
+    layer's ranks are divided by their ceiling, min(H, W): HRank ranks one layer at a time, and a
+    coupled group (a residual stream across stages) holds layers of several resolutions, whose raw
+    ranks (at most 32, 16, 8...) would otherwise decide by resolution, not by information.
     """
 
     name = "hrank"
@@ -92,7 +95,7 @@ class HRank(FeatureMapCriterion):
         return {"rank": ChannelRanks()}
 
     def space_result(self, stats: dict[str, Any]) -> torch.Tensor:
-        return stats["rank"].mean()
+        return stats["rank"].fraction()
 
 
 def fms_redundant(similarity: torch.Tensor, ranks: torch.Tensor, tau: float = 0.8) -> np.ndarray:
