@@ -75,7 +75,7 @@ def _counts(graph: DependencyGraph, scores: dict[int, torch.Tensor], config: Pla
         wanted = _global_counts(groups, scores, ratio, config.max_group_ratio)
     else:
         wanted = {g.index: _group_ratio(g, config, ratio) * g.n_units for g in groups}
-    return {g.index: _aligned(g, wanted[g.index], config.round_to) for g in groups}
+    return {g.index: aligned_removal(g, wanted[g.index], config.round_to) for g in groups}
 
 
 def _remove(graph: DependencyGraph, scores: dict[int, torch.Tensor], counts: dict[int, int],
@@ -90,10 +90,10 @@ def _group_ratio(group: Group, config: PlanConfig, default: float) -> float:
     return default
 
 
-def _aligned(group: Group, remove: float, round_to: int) -> int:
+def aligned_removal(group: Group, remove: float, round_to: int) -> int:
     """Units to remove so the kept count is a multiple of ``round_to`` (and of the block count)."""
     n = group.n_units
-    step = round_to * (1 if group.blocks is None else int(group.blocks.max()) + 1)
+    step = unit_step(group, round_to)
     keep = n - remove
     if step > 1 and n > step:
         keep = max(step, step * round(keep / step))
@@ -227,7 +227,7 @@ def _refine(graph: DependencyGraph, scores, config: PlanConfig, counts: dict[int
         moves = []
         for index, n in counts.items():
             group = graph.groups[index]
-            step = config.round_to * (1 if group.blocks is None else int(group.blocks.max()) + 1)
+            step = unit_step(group, config.round_to)
             for m in (n - step, n + step):
                 if 0 <= m <= min(group.n_prunable, group.n_units - 1) and m <= config.max_group_ratio * group.n_units + step:
                     trial = {**counts, index: m}
@@ -237,6 +237,11 @@ def _refine(graph: DependencyGraph, scores, config: PlanConfig, counts: dict[int
         gap, index, m = min(moves)
         counts = {**counts, index: m}
     return counts
+
+
+def unit_step(group: Group, round_to: int) -> int:
+    """The smallest number of units a group can lose at a time: ``round_to`` per block."""
+    return round_to * (1 if group.blocks is None else int(group.blocks.max()) + 1)
 
 
 def _cut(graph: DependencyGraph, scores, counts: dict[int, int], before: Counts, round_to: int = 1) -> float:

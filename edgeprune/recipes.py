@@ -321,10 +321,11 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
 
 
 def check_one_shot(criterion: str, steps: int | None) -> None:
-    """A custom planner (a latency budget) decides the cut once: refuse recipes that cut otherwise."""
+    """A custom planner (a latency budget, a sensitivity allocation) decides the cut once: refuse
+    recipes that cut otherwise."""
     if criterion in RECIPES or (steps or RECIPE_STEPS.get(criterion, 1)) > 1:
-        raise EdgepruneError(f"a latency budget prunes in one shot: '{criterion}' prunes softly or in rounds "
-                             "(use a one-shot criterion, or --steps 1 for csctfp)")
+        raise EdgepruneError(f"a latency budget or a sensitivity allocation prunes in one shot: '{criterion}' "
+                             "prunes softly or in rounds (use a one-shot criterion, or --steps 1 for csctfp)")
 
 
 def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:

@@ -52,5 +52,5 @@ def _register_commands() -> None:
 
 
 # One module per command family; each decorates its functions with @main.command().
-COMMAND_MODULES: list[str] = ["prune", "compress", "export", "train", "bench", "lut"]
+COMMAND_MODULES: list[str] = ["prune", "compress", "export", "train", "bench", "lut", "sensitivity"]
 _register_commands()

@@ -35,6 +35,10 @@ from edgeprune.cli.options import (
               help="Prune to X times the dense model's speed, widths chosen from the latency table.")
 @click.option("--lut", type=click.Path(dir_okay=False), help="A latency table measured on the board (`edgeprune lut`).")
 @click.option("--round-to", type=click.IntRange(min=1), help="Channel alignment (default: the target's).")
+@click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
+              help="Spread the MACs cut alike over the groups, or by each group's measured sensitivity.")
+@click.option("--sensitivity", "sensitivity_file", type=click.Path(dir_okay=False),
+              help="Curves from `edgeprune sensitivity -o FILE` for --allocate sensitivity (default: measured now).")
 @click.option("--calib", help="Data for criteria, recovery, INT8 and the quality figures, labelled or not "
                                "(default model: its bundled data).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 when there is data).")
@@ -54,6 +58,7 @@ from edgeprune.cli.options import (
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
 def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to,
+             allocate, sensitivity_file,
              calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort, bake_preprocess, eval_images, runs,
              min_time, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
@@ -79,7 +84,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                               weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
                               distill=distill_config(kwargs), label_output=label_output,
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,
-                              eval_images=eval_images)
+                              eval_images=eval_images, allocate=allocate, sensitivity=sensitivity_file)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
     if as_json:
         emit_json(report)

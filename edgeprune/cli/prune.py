@@ -25,6 +25,11 @@ from edgeprune.cli.options import (
 @click.option("--flops-cut", type=float, help="Fraction of MACs to remove (searched to within 1 point).")
 @click.option("--round-to", type=click.IntRange(min=1), default=1, show_default=True, help="Keep a multiple of K channels per group.")
 @click.option("--global", "global_ranking", is_flag=True, help="Rank channels across groups instead of a uniform ratio.")
+@click.option("--allocate", type=click.Choice(["uniform", "global", "sensitivity"]), default="uniform", show_default=True,
+              help="How the cut is spread: one ratio for all, a global ranking, or each group's measured "
+                   "sensitivity (with --flops-cut; see `edgeprune sensitivity`).")
+@click.option("--sensitivity", "sensitivity_file", type=click.Path(dir_okay=False),
+              help="Curves from `edgeprune sensitivity -o FILE` (default: measured now).")
 @click.option("--max-group-ratio", type=float, default=0.9, show_default=True, help="Cap per group with --global.")
 @click.option("--layer-ratio", multiple=True, metavar="LAYER=R", help="Ratio for the group holding LAYER (repeatable).")
 @click.option("--steps", type=click.IntRange(min=1), default=1, show_default=True,
@@ -32,24 +37,34 @@ from edgeprune.cli.options import (
 @click.option("--calib", help="Data source for data-driven criteria (cifar10:DIR, folder:DIR, X.npz, mnist5k).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Pruned checkpoint to write (.pt).")
-def prune(model, weights, input_shape, criterion, ratio, flops_cut, round_to, global_ranking, max_group_ratio, layer_ratio,
-          steps, calib, as_json, output, **kwargs):
+def prune(model, weights, input_shape, criterion, ratio, flops_cut, round_to, global_ranking, allocate, sensitivity_file,
+          max_group_ratio, layer_ratio, steps, calib, as_json, output, **kwargs):
     """Remove whole filters from MODEL (default: the built-in model) and save the result.
 
     The checkpoint keeps the input shape and the preprocessing, so later commands need neither.
     """
     from edgeprune import api
     from edgeprune.checkpoint import load_model, save_checkpoint
+    from edgeprune.errors import EdgepruneError
     from edgeprune.paths import check_writable
 
     check_writable(output)
     choice = preprocess_choice(kwargs)
+    if allocate == "sensitivity" and (flops_cut is None or ratio is not None or steps > 1 or layer_ratio):
+        raise EdgepruneError("--allocate sensitivity spreads a MACs cut: give --flops-cut alone, in one step")
     loaded = load_model(model, weights, input_shape)
     preprocess = choice.resolve(loaded.preprocess, calib, loaded.input_shape)
     data = api.criterion_data(criterion, calib, loaded, preprocess)
+    planner = None
+    if allocate == "sensitivity":
+        planner = _sensitivity_planner(sensitivity_file, loaded, choice, criterion, calib, flops_cut, round_to,
+                                       max_group_ratio)
     options = dict(criterion=criterion, ratio=ratio, flops_cut=flops_cut, round_to=round_to,
-                   layer_ratios=pairs(layer_ratio, "--layer-ratio", float), global_ranking=global_ranking,
+                   layer_ratios=pairs(layer_ratio, "--layer-ratio", float),
+                   global_ranking=global_ranking or allocate == "global",
                    max_group_ratio=max_group_ratio, data=data, inplace=True)
+    if planner is not None:
+        options["planner"] = planner
     if steps > 1:
         result = api.prune_iteratively(loaded.model, loaded.input_shape, steps=steps, **options)
     else:
@@ -63,8 +78,25 @@ def prune(model, weights, input_shape, criterion, ratio, flops_cut, round_to, gl
     _print_summary(summary)
 
 
+def _sensitivity_planner(path: str | None, loaded, choice, criterion: str, calib: str | None, flops_cut: float,
+                         round_to: int, max_group_ratio: float):
+    from edgeprune.allocation import SensitivityPlanner
+    from edgeprune.cli.sensitivity import measure
+    from edgeprune.sensitivity import Sensitivity
+
+    if path is not None:
+        curves = Sensitivity.load(path)
+    else:
+        click.echo("[edgeprune] measuring each group's sensitivity (edgeprune sensitivity -o FILE keeps it)", err=True)
+        curves = measure(loaded, choice, criterion, calib, (0.1, 0.3, 0.5, 0.7, 0.9), round_to, 256, None)
+    return SensitivityPlanner(curves, flops_cut, round_to, max_group_ratio)
+
+
 def _print_summary(s: dict) -> None:
-    how = f"ratio {s['ratio']:.3f}" if s.get("ratio") is not None else f"{s.get('steps', 1)} rounds"
+    allocation = s.get("plan", {}).get("allocation")
+    how = (f"ratio {s['ratio']:.3f}" if s.get("ratio") is not None else
+           f"{allocation} allocation (predicted loss {s['plan']['predicted_loss']:.4f})" if allocation else
+           f"{s.get('steps', 1)} rounds")
     click.echo(f"model      {s['model']}   criterion {s['criterion']}   {how}")
     click.echo(f"MACs       {s['macs_before'] / 1e6:10.2f} M -> {s['macs_after'] / 1e6:10.2f} M   (-{s['macs_cut']:.1%})")
     click.echo(f"params     {s['params_before'] / 1e6:10.3f} M -> {s['params_after'] / 1e6:10.3f} M"

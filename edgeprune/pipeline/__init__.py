@@ -41,11 +41,12 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     started = time.perf_counter()
     try:
         job = prepare(model, options, target, progress)
-        planner = stages.latency_planner(job, progress) if options.latency_driven else None
+        planner = (stages.latency_planner(job, progress) if options.latency_driven else
+                   stages.sensitivity_planner(job, progress) if options.allocate == "sensitivity" else None)
         try:
             result = stages.prune_and_recover(job, progress, planner)
         finally:
-            if planner is not None and planner.measure is not None:
+            if getattr(planner, "measure", None) is not None:
                 planner.measure.close()  # the ONNX files it exported while planning
         variants, exports = stages.export_models(job, result, staging, progress)
         stages.quantize(job, variants, staging, progress)

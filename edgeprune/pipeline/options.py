@@ -38,6 +38,8 @@ class CompressOptions:
     output_kinds: dict[str, str] = field(default_factory=dict)  # logits / probs / regression, by output name
     bake_preprocess: bool = False  # also write pruned.pixels.onnx, which takes raw 0-255 pixels
     eval_images: int = 500  # held-out images for the quality figures
+    allocate: str = "uniform"  # or "sensitivity": each group's cut from its measured sensitivity
+    sensitivity: str | None = None  # curves from `edgeprune sensitivity -o FILE` (default: measured in the run)
 
     @property
     def latency_driven(self) -> bool:

@@ -80,6 +80,19 @@ def check_choices(options: CompressOptions) -> Any:
                    round_to=options.round_to or target.round_to).validate()
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
+    if options.allocate not in ("uniform", "sensitivity"):
+        raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
+    if options.allocate == "sensitivity":
+        from edgeprune.recipes import check_one_shot
+
+        if options.latency_driven or options.flops_cut is None:
+            raise EdgepruneError("--allocate sensitivity spreads a MACs cut (--flops-cut); with a latency budget "
+                                 "the widths come from the latency table")
+        check_one_shot(options.criterion, options.steps)
+    if options.sensitivity is not None:
+        from edgeprune.sensitivity import Sensitivity
+
+        Sensitivity.load(options.sensitivity)  # a bad file fails now, not after the data is loaded
     return target
 
 

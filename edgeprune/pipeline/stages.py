@@ -46,6 +46,29 @@ def latency_planner(job: Job, progress: Progress) -> Any:
     return LatencyPlanner(table, budget, ModelTimer(job.shape, config, target.opset), **common)
 
 
+def sensitivity_planner(job: Job, progress: Progress) -> Any:
+    """Each group's cut from its sensitivity: the given curves, or measured now on training images
+    (BatchNorm re-estimated on 256 of them, outputs compared on 256 others; the held-out split that
+    the report's figures come from is not used to choose)."""
+    from edgeprune.allocation import SensitivityPlanner
+    from edgeprune.calibration import sample
+    from edgeprune.sensitivity import Sensitivity, analyse
+
+    options = job.options
+    if options.sensitivity is not None:
+        curves = Sensitivity.load(options.sensitivity)
+    else:
+        if job.data.train is None:
+            raise EdgepruneError("--allocate sensitivity measures each group on real images: give --calib SOURCE")
+        progress("measuring each group's sensitivity (`edgeprune sensitivity -o FILE` keeps it for later runs)")
+        calib = sample(job.data.train, 256, seed=options.seed)
+        compared = sample(job.data.train, 256, seed=options.seed + 1)
+        curves = analyse(job.loaded.model, job.shape, options.criterion, calib.x, compared.x, outputs=job.outputs,
+                         round_to=job.round_to, criterion_data=sample(job.data.train, 640, seed=options.seed).x)
+        progress(f"sensitivity of {len(curves.curves)} groups measured in {curves.seconds:.0f} s")
+    return SensitivityPlanner(curves, options.flops_cut, job.round_to)
+
+
 # --- prune and recover --------------------------------------------------------------------------
 
 class HeldOut:
@@ -107,7 +130,8 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
         watch = Watch(validate=small.brief, on_epoch=_epoch_line(job.epochs, progress))
     recipe_data = RecipeData(train, holdout, calib, teacher=job.loaded.model, outputs=job.outputs,
                              label_output=job.label_output, watch=watch)
-    goal = "to the latency budget, widths from the table" if planner else f"round to {job.round_to}"
+    goal = ("widths from each group's sensitivity" if options.allocate == "sensitivity" else
+            "to the latency budget, widths from the table" if planner else f"round to {job.round_to}")
     how = "distilling from the dense model" if options.distill is not None and job.outputs else "cross-entropy"
     progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), {goal}"
              + (f", fine-tuning {job.epochs} epochs on {data.spec} ({how})" if job.epochs else ""))

@@ -51,6 +51,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _quality_section(report)
     lines += _pruning_section(report["pruning"])
     lines += _latency_section(report["pruning"].get("plan", {}))
+    lines += _allocation_section(report["pruning"])
     lines += ["## Export check", "", "```json", json.dumps(report.get("export"), indent=2, default=str), "```", ""]
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
@@ -138,6 +139,24 @@ def _latency_section(plan: dict[str, Any]) -> list[str]:
                  "The table came from another machine: the plan rests on its prediction, not confirmed here.")
     lines += ["", "| group | units before | units after |", "|---|---|---|"]
     lines += [f"| {name} | {before} | {after} |" for name, (before, after) in plan["widths"].items()]
+    return lines + [""]
+
+
+def _allocation_section(pruning: dict[str, Any]) -> list[str]:
+    """Widths chosen from each group's sensitivity: the predicted loss beside the measured one."""
+    plan = pruning.get("plan", {})
+    if plan.get("allocation") != "sensitivity":
+        return []
+    after = (pruning.get("after_cut") or {}).get("cosine_min")
+    measured = (f"; measured right after the cut (BatchNorm re-estimated): one minus the output cosine {1 - after:.4f} "
+                "(the lowest output's)" if after is not None else "")
+    lines = ["## Allocation by sensitivity", "",
+             f"Each group's width was chosen from its own measured sensitivity ({plan['criterion']} order): predicted "
+             f"loss (sum over groups of one minus the mean output cosine, each measured alone) "
+             f"{plan['predicted_loss']:.4f}{measured}.", "", "| group | units before | units after | predicted loss |",
+             "|---|---|---|---|"]
+    losses = plan.get("predicted_loss_by_group", {})
+    lines += [f"| {name} | {before} | {after} | {losses.get(name, 0.0):.4f} |" for name, (before, after) in plan["widths"].items()]
     return lines + [""]
 
 
