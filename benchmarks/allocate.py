@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from edgeprune.latency.measure import write_json_atomic  # noqa: E402
 PLANS = ("uniform", "global", "sensitivity")
 
 
@@ -178,9 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"command": " ".join(["python", "benchmarks/allocate.py", *(argv or sys.argv[1:])]),
                "seconds": round(time.perf_counter() - start, 1), "results": results}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, args.json)
+    write_json_atomic(payload, str(args.json))
     print("\n" + markdown(results))
     print(f"wrote {args.json} ({payload['seconds']} s)")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -34,6 +33,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from edgeprune.latency.measure import write_json_atomic  # noqa: E402
 
 MODES = {"none": (False, False), "ce": (True, False), "distill": (False, True), "ce+distill": (True, True)}
 
@@ -261,9 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         results["onet"] = run_onet(args)
     results["seconds"] = round(time.perf_counter() - start, 1)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, default=float))
-    os.replace(tmp, args.json)
+    write_json_atomic(results, str(args.json))
     print("\n" + markdown(results))
     print(f"wrote {args.json} ({results['seconds']} s)")
 

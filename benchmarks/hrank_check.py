@@ -19,7 +19,6 @@ with BatchNorm re-estimated and no fine-tuning:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from edgeprune.latency.measure import write_json_atomic  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -147,9 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {layer['group']:<28} units {layer['units']:3d}  Spearman(HRank, L2) {layer['spearman_hrank_l2']:+.2f}"
               f"  ties {layer['ties']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, args.json)
+    write_json_atomic(results, str(args.json))
     print(f"wrote {args.json}")
 
 
