@@ -20,6 +20,7 @@ True
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,20 @@ import torch
 
 from edgeprune.counter import count
 from edgeprune.errors import EdgepruneError
-from edgeprune.graph import DependencyGraph
+from edgeprune.graph import DependencyGraph, Group
 from edgeprune.plan import Plan, pick_units, unit_step
-from edgeprune.sensitivity import Sensitivity, group_key
+from edgeprune.sensitivity import Curve, Sensitivity, group_key
+
+
+def curves_for(sensitivity: Sensitivity, groups: Iterable[Group]) -> dict[int, Curve]:
+    """Each group's curve by group index; a group the curves do not cover is an error."""
+    groups = list(groups)
+    curves = {g.index: sensitivity.curve_for(group_key(g)) for g in groups}
+    missing = [g.name for g in groups if curves[g.index] is None]
+    if missing:
+        raise EdgepruneError(f"the sensitivity file does not cover {missing[0]} (and {len(missing) - 1} more "
+                             "groups): measure it on this model")
+    return curves
 
 
 class SensitivityPlanner:
@@ -46,11 +58,7 @@ class SensitivityPlanner:
 
     def __call__(self, graph: DependencyGraph, scores: dict[int, torch.Tensor]) -> Plan:
         groups = {g.index: g for g in graph.prunable_groups() if g.index in scores}
-        curves = {i: self.sensitivity.curve_for(group_key(g)) for i, g in groups.items()}
-        missing = [groups[i].name for i, c in curves.items() if c is None]
-        if missing:
-            raise EdgepruneError(f"the sensitivity file does not cover {missing[0]} (and {len(missing) - 1} more "
-                                 "groups): measure it on this model")
+        curves = curves_for(self.sensitivity, groups.values())
         before = count(graph)
         goal = (1 - self.flops_cut) * before.macs
         removed = {i: np.zeros(0, dtype=np.int64) for i in groups}

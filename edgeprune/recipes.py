@@ -63,6 +63,7 @@ class RecipeConfig:
     # and after each fine-tune (with few steps, the running averages lag behind the changed weights)
     tcfp_soft_share: float = 0.3  # the part of the MACs cut that TCFP's soft cluster stage makes
     tcfp_val_images: int = 256
+    tcfp_theta: float = 0.001  # a cluster whose masking costs less held-out accuracy than this may go
     planner: Any = None  # a planner for api.prune (e.g. a latency budget) instead of ratio / flops_cut
     distill: DistillConfig | None = None  # recover by distillation from data.teacher (None: cross-entropy)
     max_grad_norm: float | None = 5.0  # gradient clipping while fine-tuning (see FinetuneConfig)
@@ -277,7 +278,8 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
     clusters = remap_clusters(tcfp.clusters, result.graph, result.plan.keep)
     graph = build_graph(model, shape)
     holdout = sample(data.holdout, config.tcfp_val_images, seed=config.seed)
-    make = partial(TCFPSoftSchedule, graph, clusters, holdout, target_macs=target_macs, reach_target=True)
+    make = partial(TCFPSoftSchedule, graph, clusters, holdout, target_macs=target_macs, reach_target=True,
+                   theta=config.tcfp_theta)
     schedule = make()
     accuracy = _accuracy_cut_now(model, make, config, data, evaluate)
     clock.add("prune", start)

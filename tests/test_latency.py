@@ -319,13 +319,41 @@ def test_a_table_measured_on_a_board_plans_from_its_prediction(tmp_path):
     table.write_text(json.dumps(data))
     out = tmp_path / "out"
     args = ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--lut", str(table), "--finetune-epochs", "0",
-            "--no-int8", "--runs", "3", "--min-time", "0.05", "-o", str(out)]
+            "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity", "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "report.json").read_text())["pruning"]["plan"]
     assert plan["confirmed"] is False and plan["rounds"] == [] and plan["dense_ms_measured"] == dense_ms
     assert plan["predicted_ms"] <= plan["budget_ms"] * 1.05 and plan["budget_ms"] == pytest.approx(dense_ms / 1.5)
-    assert "not confirmed here" in (out / "report.md").read_text()
+    assert plan["allocation"] == "sensitivity" and plan["predicted_loss"] >= 0  # the budget spent by sensitivity
+    markdown = (out / "report.md").read_text()
+    assert "not confirmed here" in markdown and "## Allocation by sensitivity" in markdown
     del data["entries"][next(iter(data["entries"]))]
     table.write_text(json.dumps(data))
     assert_one_line_error(CliRunner().invoke(main, [*args[:-1], str(tmp_path / "again")]), "measured on another machine")
+
+
+def test_a_sensitivity_allocation_meets_a_latency_budget_and_spares_the_sensitive_group(resnet20):
+    from edgeprune.graph import build_graph
+    from edgeprune.sensitivity import Curve, Sensitivity, group_key
+
+    built, table = resnet20
+    groups = build_graph(built.model, built.input_shape).prunable_groups()
+    sensitive = groups[len(groups) // 2]
+
+    def curve(group, slope):
+        points = [{"removed": int(r * group.n_units), "loss": slope * r} for r in (0.3, 0.6, 0.9)]
+        return Curve(group.name, group.n_units, points, group_key(group))
+
+    curves = Sensitivity("l2", [0.3, 0.6, 0.9], [curve(g, 100.0 if g is sensitive else 0.01) for g in groups], {})
+    common = dict(progress=lambda m: None)
+    device = _synthetic_device(built.input_shape)
+    allocated = prune(built.model, built.input_shape, criterion="l2",
+                      planner=LatencyPlanner(table, Budget(speedup=2.0), device, sensitivity=curves, **common))
+    plain = prune(built.model, built.input_shape, criterion="l2",
+                  planner=LatencyPlanner(table, Budget(speedup=2.0), device, **common))
+    details = allocated.plan.details
+    assert abs(details["error"]) <= 0.10 and details["allocation"] == "sensitivity"
+    assert sensitive.name not in details["widths"]  # the one group that matters keeps its width
+    assert sensitive.name in plain.plan.details["widths"]  # which the importance-based plan does cut
+    assert details["predicted_loss"] < 1.0

@@ -114,6 +114,3 @@ def test_cli_sensitivity_then_allocated_prune(tmp_path):
     assert abs(summary["macs_cut"] - 0.5) <= 0.01 and summary["plan"]["allocation"] == "sensitivity"
     refused = CliRunner().invoke(main, ["prune", "--ratio", "0.5", "--allocate", "sensitivity", "-o", str(out)])
     assert_one_line_error(refused, "--allocate sensitivity spreads a MACs cut")
-    refused = CliRunner().invoke(main, ["compress", "--allocate", "sensitivity", "--speedup", "2", "-o",
-                                        str(tmp_path / "o")])
-    assert_one_line_error(refused, "--allocate sensitivity spreads a MACs cut")

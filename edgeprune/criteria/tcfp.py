@@ -61,7 +61,8 @@ def _blur_kernel(channels: int, sigma: float) -> torch.Tensor:
 
 def maximise_activations(graph: DependencyGraph, space: Space, *, steps: int = 200, lr: float = 0.05,
                          l2: float = 1e-4, jitter: int = 2, blur_every: int = 4, blur_sigma: float = 0.5,
-                         image_size: int | None = None, through_add: bool = True, seed: int = 0) -> torch.Tensor | None:
+                         image_size: int | None = None, through_add: bool = True, seed: int = 0,
+                         on_step: Callable[[int, torch.Tensor], bool] | None = None) -> torch.Tensor | None:
     """One input image per filter of ``space``, all optimised together in one batch.
 
     Image j maximises ``mean(post-activation map of channel j) - l2 * ||x_j||^2`` with Adam
@@ -69,7 +70,8 @@ def maximise_activations(graph: DependencyGraph, space: Space, *, steps: int = 2
     from the same seeded noise and each step shifts the whole batch by the same random jitter
     (up to ``jitter`` pixels), so identical filters get identical images; every ``blur_every``
     steps the images are blurred (3 x 3 Gaussian, ``blur_sigma``). ``image_size`` (default: the
-    model's) may be smaller to save time: the prefix is fully convolutional.
+    model's) may be smaller to save time: the prefix is fully convolutional. ``on_step(step, x)``
+    is called after each step (1-based) with the images so far; returning True stops early.
     Returns N x C x H x W images, or None when the layer's maps cannot be read.
     """
     node = capture_node(graph, space, through_add)
@@ -96,6 +98,8 @@ def maximise_activations(graph: DependencyGraph, space: Space, *, steps: int = 2
             if blur_every and (step + 1) % blur_every == 0:
                 with torch.no_grad():
                     x.copy_(F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels))
+            if on_step is not None and on_step(step + 1, x.detach()):
+                break
     return x.detach()
 
 

@@ -85,9 +85,9 @@ def check_choices(options: CompressOptions) -> Any:
     if options.allocate == "sensitivity":
         from edgeprune.recipes import check_one_shot
 
-        if options.latency_driven or options.flops_cut is None:
-            raise EdgepruneError("--allocate sensitivity spreads a MACs cut (--flops-cut); with a latency budget "
-                                 "the widths come from the latency table")
+        if not options.latency_driven and options.flops_cut is None:
+            raise EdgepruneError("--allocate sensitivity spreads a MACs cut (--flops-cut) or a latency budget "
+                                 "(--latency-budget / --speedup)")
         check_one_shot(options.criterion, options.steps)
     if options.sensitivity is not None:
         from edgeprune.sensitivity import Sensitivity

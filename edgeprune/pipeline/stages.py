@@ -32,7 +32,8 @@ def latency_planner(job: Job, progress: Progress) -> Any:
 
     options, target, table = job.options, job.target, job.latency.table
     budget = Budget(options.latency_budget, options.speedup)
-    common = dict(round_to=job.round_to, progress=progress)
+    common = dict(round_to=job.round_to, progress=progress,
+                  sensitivity=sensitivity_curves(job, progress) if options.allocate == "sensitivity" else None)
     if not table.measured_here:
         progress(f"latency table from another machine ({table.data['machine'].get('cpu') or 'unknown CPU'}): "
                  "the plan rests on its prediction; measure the result there with `edgeprune bench`")
@@ -47,10 +48,16 @@ def latency_planner(job: Job, progress: Progress) -> Any:
 
 
 def sensitivity_planner(job: Job, progress: Progress) -> Any:
-    """Each group's cut from its sensitivity: the given curves, or measured now on training images
-    (BatchNorm re-estimated on 256 of them, outputs compared on 256 others; the held-out split that
-    the report's figures come from is not used to choose)."""
+    """Each group's cut to the MACs target from its sensitivity (:func:`sensitivity_curves`)."""
     from edgeprune.allocation import SensitivityPlanner
+
+    return SensitivityPlanner(sensitivity_curves(job, progress), job.options.flops_cut, job.round_to)
+
+
+def sensitivity_curves(job: Job, progress: Progress) -> Any:
+    """The given curves, or each group's sensitivity measured now on training images (BatchNorm
+    re-estimated on 256 of them, outputs compared on 256 others; the held-out split that the
+    report's figures come from is not used to choose)."""
     from edgeprune.calibration import sample
     from edgeprune.sensitivity import Sensitivity, analyse
 
@@ -66,7 +73,7 @@ def sensitivity_planner(job: Job, progress: Progress) -> Any:
         curves = analyse(job.loaded.model, job.shape, options.criterion, calib.x, compared.x, outputs=job.outputs,
                          round_to=job.round_to, criterion_data=sample(job.data.train, 640, seed=options.seed).x)
         progress(f"sensitivity of {len(curves.curves)} groups measured in {curves.seconds:.0f} s")
-    return SensitivityPlanner(curves, options.flops_cut, job.round_to)
+    return curves
 
 
 # --- prune and recover --------------------------------------------------------------------------
