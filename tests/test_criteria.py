@@ -610,3 +610,19 @@ def test_csctfp_iterative_reaches_the_one_shot_channel_counts(model_name):
 
         assert widths(rounds.model) == widths(one_shot.model)
         assert rounds.after == one_shot.after
+
+
+def test_tcfp_stops_maximising_once_the_clusters_settle():
+    from edgeprune.criteria.tcfp import TCFP
+
+    model, shape = _grouped()
+    graph = build_graph(model, shape)
+    always = TCFP(steps=40, image_size=8, check_every=5, stop_ari=-1.0)  # any two checks agree
+    always.prepare(graph)
+    assert always.steps_taken and set(always.steps_taken.values()) == {10}  # the second check stops it
+    never = TCFP(steps=12, image_size=8, stop_ari=None)
+    never.prepare(graph)
+    assert set(never.steps_taken.values()) == {12}
+    assert TCFP(**TCFP.FULL).maximise["steps"] == 200
+    with pytest.raises(EdgepruneError, match="image scale"):
+        TCFP(image_scale=0)

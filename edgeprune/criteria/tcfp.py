@@ -103,6 +103,27 @@ def maximise_activations(graph: DependencyGraph, space: Space, *, steps: int = 2
     return x.detach()
 
 
+class _ClustersSettled:
+    """``on_step`` for :func:`maximise_activations`: every ``every`` steps cluster the images so
+    far; stop once the clusters agree with the last check's (adjusted Rand index >= ``ari``)."""
+
+    def __init__(self, every: int, ari: float | None, cluster: dict[str, Any]) -> None:
+        self.every, self.ari, self.cluster = every, ari, cluster
+        self.last: np.ndarray | None = None
+        self.steps = 0
+
+    def __call__(self, step: int, images: torch.Tensor) -> bool:
+        from sklearn.metrics import adjusted_rand_score
+
+        self.steps = step
+        if self.ari is None or step % self.every:
+            return False
+        labels = cluster_functions(images, **self.cluster).numpy()
+        settled = self.last is not None and adjusted_rand_score(self.last, labels) >= self.ari
+        self.last = labels
+        return settled
+
+
 def probe_activations(graph: DependencyGraph, spaces: list[Space], data: Any, *, batch_size: int = 128,
                       batches: int | None = 5, through_add: bool = True) -> dict[int, torch.Tensor]:
     """``space.index -> N x images``: each filter's mean activation on each calibration image."""
@@ -239,33 +260,50 @@ class TCFP(Criterion):
     """Functional clusters per layer; within a cluster, the largest L2 norms stay.
 
     After :meth:`prepare`, ``clusters[module]`` holds each conv layer's cluster labels (for the
-    soft stage). ``function``: ``"maximisation"`` (default; needs no data, ``steps`` Adam steps)
-    or ``"probe"`` (mean activations over ``batches`` x ``batch_size`` calibration images).
+    soft stage). ``function``: ``"maximisation"`` (default; needs no data) or ``"probe"`` (mean
+    activations over ``batches`` x ``batch_size`` calibration images). The default maximisation is
+    the fast reading: images at ``image_scale`` of the model's resolution, at most ``steps`` Adam
+    steps at ``lr``, stopped once the clusters settle (checked every ``check_every`` steps;
+    ``stop_ari`` None: never). ``TCFP(**TCFP.FULL)`` is SPEC's full reading
+    (benchmarks/tcfp_speed.py compares the two).
     Groups without conv maps (fully-connected) are scored by L2.
     """
 
     name = "tcfp"
     needs_data = True
 
-    def __init__(self, function: str = "maximisation", steps: int = 200, lr: float = 0.05, l2: float = 1e-4,
+    FULL = dict(steps=200, lr=0.05, image_scale=1.0, stop_ari=None)
+    """SPEC's full reading: 200 Adam steps at the model's resolution (minutes on a deep network)."""
+
+    def __init__(self, function: str = "maximisation", steps: int = 30, lr: float = 0.3, l2: float = 1e-4,
                  jitter: int = 2, blur_every: int = 4, blur_sigma: float = 0.5, image_size: int | None = None,
+                 image_scale: float = 0.5, check_every: int = 10, stop_ari: float | None = 0.9,
                  k_range: tuple[float, float] = (1 / 8, 1 / 2), max_k_trials: int = 16, kmeans_iters: int = 100,
                  batches: int = 5, batch_size: int = 128, through_add: bool = True, seed: int = 0) -> None:
         if function not in ("maximisation", "probe"):
             raise EdgepruneError(f"unknown TCFP filter function '{function}' (maximisation, probe)")
+        if not 0 < image_scale <= 1:
+            raise EdgepruneError(f"TCFP image scale must be in (0, 1], got {image_scale}")
         self.function = function
         self.maximise = dict(steps=steps, lr=lr, l2=l2, jitter=jitter, blur_every=blur_every, blur_sigma=blur_sigma,
                              image_size=image_size, through_add=through_add, seed=seed)
+        self.image_scale, self.check_every, self.stop_ari = image_scale, check_every, stop_ari
         self.cluster = dict(k_range=tuple(k_range), max_k_trials=max_k_trials, iters=kmeans_iters, seed=seed)
         self.batches, self.batch_size, self.through_add = batches, batch_size, through_add
         self.clusters: dict[str, np.ndarray] = {}
         self.per_space: dict[int, torch.Tensor] = {}
+        self.steps_taken: dict[str, int] = {}
 
     def functions(self, graph: DependencyGraph, spaces: list[Space], data: Any) -> dict[int, torch.Tensor]:
         if self.function == "probe":
             return probe_activations(graph, spaces, data, batch_size=self.batch_size, batches=self.batches,
                                      through_add=self.through_add)
-        found = {s.index: maximise_activations(graph, s, **self.maximise) for s in spaces}
+        size = self.maximise["image_size"] or max(8, round(min(graph.input_shape[2:]) * self.image_scale))
+        found = {}
+        for space in spaces:
+            stop = _ClustersSettled(self.check_every, self.stop_ari, self.cluster)
+            found[space.index] = maximise_activations(graph, space, **{**self.maximise, "image_size": size}, on_step=stop)
+            self.steps_taken[space.module] = stop.steps
         return {k: v for k, v in found.items() if v is not None}
 
     def prepare(self, graph: DependencyGraph, data: Any = None) -> None:
