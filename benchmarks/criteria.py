@@ -281,6 +281,7 @@ def main() -> None:
     started = time.perf_counter()
     if not args.skip_accuracy:
         run_all(args, doc, Bench())
+    if doc["runs"]:
         doc["summary"] = summarise(doc["runs"])
         doc["verdict"] = verdict(doc["summary"], "after_cut_top1" if args.readings else "after_recovery_top1")
     if not args.skip_timing:
