@@ -57,18 +57,14 @@ if ! command -v qemu-aarch64-static >/dev/null || ! command -v debootstrap >/dev
         || give_up "apt-get install qemu-user-static debootstrap failed"
 fi
 
-# The Debian mirror apt already uses (deb822 or one-line format); the public one otherwise.
-MIRROR="$(grep -hoE '^URIs: *[^ ]+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null \
-          | head -n1 | sed -E 's/^URIs: *//')"
-[ -n "$MIRROR" ] || MIRROR="$(grep -hoE '^deb +[^ ]+/debian/? ' /etc/apt/sources.list \
-          /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1 | awk '{print $2}')"
-MIRROR="${EDGEPRUNE_ARM_MIRROR:-${MIRROR:-http://deb.debian.org/debian}}"
+# The mirror is debootstrap's own default unless EDGEPRUNE_ARM_MIRROR names one.
+MIRROR="${EDGEPRUNE_ARM_MIRROR:-}"
 
 rm -rf "$WORK" && mkdir -p "$WORK" || give_up "cannot write $WORK"
-echo "arm_setup: debootstrap $SUITE arm64 from $MIRROR"
+echo "arm_setup: debootstrap $SUITE arm64 from ${MIRROR:-the default mirror of debootstrap}"
 within_deadline debootstrap --foreign --arch=arm64 --variant=minbase --include=python3 \
-    "$SUITE" "$WORK/root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
-    || give_up "debootstrap failed (mirror $MIRROR): $(tail -n1 "$WORK/debootstrap.log")"
+    "$SUITE" "$WORK/root" ${MIRROR:+"$MIRROR"} >"$WORK/debootstrap.log" 2>&1 \
+    || give_up "debootstrap failed (mirror ${MIRROR:-default}): $(tail -n1 "$WORK/debootstrap.log")"
 for deb in "$WORK"/root/var/cache/apt/archives/*.deb; do
     dpkg-deb -x "$deb" "$WORK/root" || give_up "dpkg-deb -x $deb failed"
 done
