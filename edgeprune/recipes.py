@@ -174,7 +174,7 @@ def _criterion(config: RecipeConfig):
 
 def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
     clock = _Clock()
-    steps = config.steps or RECIPE_STEPS.get(config.criterion, 1)
+    steps = config.steps or (1 if config.planner is not None else RECIPE_STEPS.get(config.criterion, 1))
     criterion = _criterion(config)
     target = dict(ratio=config.ratio, flops_cut=config.flops_cut, round_to=config.round_to, data=data.calib, inplace=True)
     history: list[dict[str, Any]] = []
@@ -324,10 +324,10 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
 
 def check_one_shot(criterion: str, steps: int | None) -> None:
     """A custom planner (a latency budget, a sensitivity allocation) decides the cut once: refuse
-    recipes that cut otherwise."""
-    if criterion in RECIPES or (steps or RECIPE_STEPS.get(criterion, 1)) > 1:
+    recipes that cut otherwise (an iterative criterion then scores once, unless rounds are asked for)."""
+    if criterion in RECIPES or (steps or 1) > 1:
         raise EdgepruneError(f"a latency budget or a sensitivity allocation prunes in one shot: '{criterion}' "
-                             "prunes softly or in rounds (use a one-shot criterion, or --steps 1 for csctfp)")
+                             "prunes softly or in rounds (use a one-shot criterion, or --steps 1)")
 
 
 def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:

@@ -26,7 +26,8 @@ from edgeprune.cli.options import (
 @output_options
 @distill_options
 @click.option("--target", "-t", default="arm", show_default=True, help="Device profile (see `edgeprune targets`) or a JSON file.")
-@click.option("--criterion", "-c", default="l2", show_default=True, help="Pruning criterion (see `edgeprune criteria`).")
+@click.option("--criterion", "-c", default="csctfp", show_default=True,
+              help="Pruning criterion (see `edgeprune criteria`; csctfp won benchmarks/criteria.py).")
 @click.option("--flops-cut", type=float, help="Fraction of MACs to remove (default 0.5 without a latency budget).")
 @click.option("--ratio", type=float, help="Uniform channel ratio instead of --flops-cut.")
 @click.option("--latency-budget", type=click.FloatRange(min=0, min_open=True), metavar="MS",

@@ -13,6 +13,8 @@ from edgeprune.cli.options import (
     model_argument,
     preprocess_choice,
     preprocess_options,
+    resolve_runtimes,
+    runtime_option,
     weights_option,
 )
 
@@ -41,9 +43,11 @@ from edgeprune.cli.options import (
 @click.option("--eval-limit", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Labelled held-out images for the float vs INT8 accuracy (0: skip).")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write the ORT format (.ort) of each ONNX file, for onnxruntime mobile.")
+@runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of tables.")
 def export(model, weights, input_shape, output, bake_preprocess, label_output, dynamic_batch, opset, no_simplify, atol,
-           rtol, exporter, int8, calib, calib_limit, calib_method, per_tensor, eval_limit, ort_format, as_json, **kwargs):
+           rtol, exporter, int8, calib, calib_limit, calib_method, per_tensor, eval_limit, ort_format, runtimes, as_json,
+           **kwargs):
     """Export MODEL (default: the built-in model) to ONNX and check onnxruntime against PyTorch.
 
     A model with several outputs gets one named ONNX output per tensor it returns.
@@ -58,6 +62,7 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
     from edgeprune.paths import check_writable
 
     check_writable(output)
+    chosen = resolve_runtimes(runtimes)
     choice = preprocess_choice(kwargs)
     loaded = load_model(model, weights, input_shape)
     preprocess = choice.resolve(loaded.preprocess, calib, loaded.input_shape)
@@ -71,10 +76,30 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
                                 not per_tensor, eval_limit)
     if ort_format:
         summary["ort"] = [str(to_ort_format(p)) for p in [result.path, summary.get("int8", {}).get("path")] if p]
+    if chosen:
+        summary["runtimes"] = _runtime_files(chosen, net, loaded.input_shape, Path(output), atol, rtol)
     if as_json:
         emit_json(summary)
         return
     _print_summary(summary, atol, rtol)
+    for name, r in summary.get("runtimes", {}).items():
+        click.echo(f"{name}: wrote {', '.join(r['files'])}; checked against PyTorch: max abs {r['max_abs']:.3g}, "
+                   f"max rel {r['max_rel']:.3g}")
+
+
+def _runtime_files(runtimes: list[Any], net: Any, input_shape: tuple[int, ...], onnx_path: Path, atol: float,
+                   rtol: float) -> dict[str, Any]:
+    """Each runtime's file beside the ONNX one (OUT.pte, OUT.ncnn.param/.bin), checked against PyTorch."""
+    import torch
+
+    from edgeprune.runtimes import check_runtime
+
+    found = {}
+    for runtime in runtimes:
+        exported = runtime.export(net, torch.randn(input_shape), onnx_path.with_suffix(runtime.suffix))
+        diff = check_runtime(net, exported, atol=atol, rtol=rtol)
+        found[runtime.name] = {"files": [str(p) for p in exported.files], "max_abs": diff.max_abs, "max_rel": diff.max_rel}
+    return found
 
 
 def _int8(exported: Any, input_shape: tuple[int, ...], calib: str, preprocess: Any, label_output: str | None,

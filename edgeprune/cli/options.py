@@ -133,3 +133,21 @@ def distill_config(kwargs: dict[str, Any]) -> "DistillConfig | None":
                            label_weight=kwargs.pop("label_weight"),
                            output_weights=pairs(kwargs.pop("output_weight"), "--output-weight", float))
     return config if enabled else None
+
+
+runtime_option = click.option(
+    "--runtime", "runtimes", multiple=True, metavar="NAME",
+    help="Also make, check and ship the model for this runtime: executorch (XNNPACK), ncnn; repeatable, "
+         "or 'all' (those installed here).")
+
+
+def resolve_runtimes(names: tuple[str, ...]) -> list[Any]:
+    """The runtimes asked for, all usable here (a missing one is a one-line error); 'all': those installed."""
+    from edgeprune.runtimes import RUNTIMES, get_runtime
+
+    if "all" in names:
+        return [r for r in RUNTIMES.values() if r.missing() is None]
+    chosen = [get_runtime(name) for name in dict.fromkeys(n for n in names if n != "onnxruntime")]
+    for runtime in chosen:
+        runtime.require()
+    return chosen

@@ -56,19 +56,20 @@ class Diff:
     ok: bool
 
     @staticmethod
-    def between(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], atol: float, rtol: float) -> "Diff":
+    def between(actual: Sequence[np.ndarray], expected: Sequence[np.ndarray], atol: float, rtol: float,
+                runtime: str = "onnxruntime") -> "Diff":
         """Compare matching lists of arrays.
 
         >>> Diff.between([np.array([1.0, 2.1])], [np.array([1.0, 2.0])], atol=1e-4, rtol=1e-3)
         Diff(max_abs=0.1, max_rel=0.05, ok=False)
         """
         if len(actual) != len(expected):
-            raise EdgepruneError(f"the ONNX model has {len(actual)} outputs, PyTorch {len(expected)}")
+            raise EdgepruneError(f"the {runtime} model has {len(actual)} outputs, PyTorch {len(expected)}")
         max_abs = max_rel = 0.0
         ok = True
         for a, e in zip(actual, expected):
             if a.shape != e.shape:
-                raise EdgepruneError(f"output shape {a.shape} from onnxruntime, {e.shape} from PyTorch")
+                raise EdgepruneError(f"output shape {a.shape} from {runtime}, {e.shape} from PyTorch")
             err = np.abs(a.astype(np.float64) - e.astype(np.float64))
             err[~np.isfinite(err)] = np.inf
             scale = np.abs(e.astype(np.float64))

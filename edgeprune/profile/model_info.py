@@ -33,6 +33,7 @@ class ModelInfo:
     external_data: tuple[str, ...]
     inputs: dict[str, list[int]]
     guessed: bool
+    runtime: str = "onnxruntime"
 
 
 def _open_session(path: str):
@@ -114,6 +115,8 @@ def inspect_model(path: str | Path, input_shape: tuple[int, ...] | None = None) 
     edgeprune.errors.EdgepruneError: missing.onnx: no such file
     """
     path = str(path)
+    if not path.endswith(".onnx") and Path(path).is_file():
+        return _runtime_file(path, input_shape)
     if not Path(path).is_file():
         raise EdgepruneError(f"{path}: no such file")
     session = _open_session(path)
@@ -125,3 +128,19 @@ def inspect_model(path: str | Path, input_shape: tuple[int, ...] | None = None) 
     extra = external_data_files(path)
     size = Path(path).stat().st_size + sum(p.stat().st_size for p in extra)
     return ModelInfo(path, size, tuple(str(p) for p in extra), inputs, guessed)
+
+
+def _runtime_file(path: str, input_shape: tuple[int, ...] | None) -> ModelInfo:
+    """Another runtime's file (edgeprune.runtimes): fixed shapes from its sidecar."""
+    from edgeprune.runtimes.base import get_runtime, read_sidecar
+
+    sidecar = read_sidecar(path)
+    get_runtime(sidecar["runtime"]).require()
+    first = next(iter(sidecar["inputs"].values()))
+    if input_shape is not None and list(input_shape) != list(first):
+        raise EdgepruneError(f"{path}: made for input shape {'x'.join(map(str, first))}, not "
+                             f"{'x'.join(map(str, input_shape))} (export it again at that shape)")
+    folder = Path(path).parent
+    others = tuple(name for name in sidecar.get("files", []) if name != Path(path).name)
+    size = sum((folder / name).stat().st_size for name in (Path(path).name, *others) if (folder / name).is_file())
+    return ModelInfo(path, size, others, sidecar["inputs"], False, sidecar["runtime"])

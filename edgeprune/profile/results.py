@@ -146,6 +146,8 @@ _HEADER = ["model", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "runs", "fir
 
 
 def _settings_line(s: RunSettings) -> str:
+    if not s.provider.endswith("ExecutionProvider"):  # another runtime (edgeprune.runtimes): its own settings
+        return f"{s.provider} {s.onnxruntime_version}, threads {s.intra_threads}, seed {s.seed}"
     return (f"onnxruntime {s.onnxruntime_version} {s.provider}, intra-op threads {s.intra_threads}, "
             f"inter-op threads {s.inter_threads} ({s.execution_mode}), graph optimisation {s.graph_optimization}, "
             f"memory arena {'on' if s.memory_arena else 'off'}, seed {s.seed}")

@@ -94,7 +94,7 @@ class _Worker:
 def _init_message(model: ModelInfo, config: BenchConfig) -> dict:
     return {"cmd": "init", "model": model.path, "intra": config.intra_threads, "inter": config.inter_threads,
             "opt": config.graph_optimization, "arena": config.memory_arena, "shapes": model.inputs,
-            "seed": config.seed, "warmup": config.warmup}
+            "seed": config.seed, "warmup": config.warmup, "runtime": model.runtime}
 
 
 def _time_rounds(workers: list[_Worker], config: BenchConfig, progress: Progress) -> None:

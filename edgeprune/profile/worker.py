@@ -108,9 +108,9 @@ def _session_options(msg: dict) -> ort.SessionOptions:
     return options
 
 
-def _timed_ms(session: ort.InferenceSession, feeds: dict) -> float:
+def _timed_ms(call) -> float:
     start = time.perf_counter_ns()
-    session.run(None, feeds)
+    call()
     return (time.perf_counter_ns() - start) / 1e6
 
 
@@ -118,30 +118,39 @@ class Worker:
     """The state of one worker: its session, inputs and memory baseline."""
 
     def __init__(self) -> None:
-        self.session: ort.InferenceSession | None = None
-        self.feeds: dict = {}
+        self.call = None  # one inference on the fixed inputs
         self.memory: _Memory | None = None
 
     def init(self, msg: dict) -> dict:
+        runtime = None
+        if msg.get("runtime", "onnxruntime") != "onnxruntime":
+            from edgeprune.runtimes import get_runtime
+
+            runtime = get_runtime(msg["runtime"])
+            runtime.preload()
         self.memory = _Memory()
-        options = _session_options(msg)
         start = time.perf_counter_ns()
-        self.session = ort.InferenceSession(msg["model"], options, providers=["CPUExecutionProvider"])
-        session_ms = (time.perf_counter_ns() - start) / 1e6
         rng = np.random.default_rng(msg["seed"])
-        self.feeds = {i.name: _random_input(rng, i.type, msg["shapes"][i.name]) for i in self.session.get_inputs()}
-        first = _timed_ms(self.session, self.feeds)
-        return {
-            "session_ms": session_ms,
-            "first_run_ms": first,
-            "warmup_ms": [_timed_ms(self.session, self.feeds) for _ in range(msg["warmup"])],
-            "onnxruntime_version": ort.__version__,
-            "provider": self.session.get_providers()[0],
-            "execution_mode": "parallel" if options.execution_mode == ort.ExecutionMode.ORT_PARALLEL else "sequential",
-        }
+        if msg.get("runtime", "onnxruntime") == "onnxruntime":
+            options = _session_options(msg)
+            session = ort.InferenceSession(msg["model"], options, providers=["CPUExecutionProvider"])
+            feeds = {i.name: _random_input(rng, i.type, msg["shapes"][i.name]) for i in session.get_inputs()}
+            self.call = lambda: session.run(None, feeds)
+            parallel = options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+            about = {"onnxruntime_version": ort.__version__, "provider": session.get_providers()[0],
+                     "execution_mode": "parallel" if parallel else "sequential"}
+        else:  # another runtime's file, described by its sidecar (edgeprune.runtimes)
+            session = runtime.open(msg["model"], msg["intra"])
+            inputs = [_random_input(rng, "tensor(float)", shape) for shape in msg["shapes"].values()]
+            self.call = lambda: session.run(inputs)
+            about = {"onnxruntime_version": session.version, "provider": msg["runtime"], "execution_mode": "sequential"}
+        session_ms = (time.perf_counter_ns() - start) / 1e6
+        first = _timed_ms(self.call)
+        return {"session_ms": session_ms, "first_run_ms": first,
+                "warmup_ms": [_timed_ms(self.call) for _ in range(msg["warmup"])], **about}
 
     def run(self, msg: dict) -> dict:
-        return {"times_ms": [_timed_ms(self.session, self.feeds) for _ in range(msg["n"])]}
+        return {"times_ms": [_timed_ms(self.call) for _ in range(msg["n"])]}
 
     def stop(self, msg: dict) -> dict:
         return self.memory.report()

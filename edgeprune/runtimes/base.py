@@ -1,0 +1,174 @@
+"""The runtime interface, its registry, the sidecar file and the numerical check."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+
+SIDECAR = ".io.json"
+
+
+class Session(Protocol):
+    version: str
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]: ...
+
+
+class Runtime:
+    """One runtime. Subclasses set the names and implement :meth:`export_files` and :meth:`open`."""
+
+    name: str = ""
+    packages: tuple[str, ...] = ()  # importable modules it needs to make and run a file
+    run_packages: tuple[str, ...] = ()  # those it needs to run one (a benchmark worker imports only these)
+    install: str = ""  # how to get them
+    suffix: str = ""  # of the main file
+    imports_torch: bool = False  # whether running a file (not only making it) needs torch
+
+    def missing(self) -> str | None:
+        """Why this runtime cannot be used here (one line), or None."""
+        absent = [p for p in self.packages if importlib.util.find_spec(p.split(".")[0]) is None]
+        return f"runtime '{self.name}' is not installed ({', '.join(absent)}): {self.install}" if absent else None
+
+    def preload(self) -> None:
+        """Import the runtime now, so that a worker's memory baseline already holds it."""
+        import importlib
+
+        for package in self.run_packages:
+            importlib.import_module(package)
+
+    def require(self) -> None:
+        reason = self.missing()
+        if reason:
+            raise EdgepruneError(reason)
+
+    def export(self, model: Any, example: Any, path: str | Path) -> RuntimeFile:
+        """Write ``model`` traced at ``example`` (a batch-1 tensor) for this runtime at ``path``
+        (its other files beside it), each to a temporary name first; then the sidecar."""
+        self.require()
+        path = Path(path)
+        outputs = _output_names(model, example)
+        files = self.export_files(model, example, path)
+        sidecar = {"runtime": self.name, "inputs": {"input": list(example.shape)}, "outputs": outputs,
+                   "files": [f.name for f in files]}
+        _write_atomic(sidecar_path(path), json.dumps(sidecar, indent=2).encode())
+        return RuntimeFile(self.name, path, files, sidecar["inputs"], outputs)
+
+    def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
+        raise NotImplementedError
+
+    def open(self, path: str | Path, threads: int) -> Session:
+        raise NotImplementedError
+
+
+@dataclass
+class RuntimeFile:
+    runtime: str
+    path: Path
+    files: list[Path]
+    inputs: dict[str, list[int]]
+    outputs: list[str]
+
+
+RUNTIMES: dict[str, Runtime] = {}
+
+
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    RUNTIMES[cls.name] = cls()
+    return cls
+
+
+def get_runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise EdgepruneError(f"unknown runtime '{name}' (known: onnxruntime, {', '.join(RUNTIMES)})")
+    return RUNTIMES[name]
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(str(path) + SIDECAR)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The sidecar of a runtime file; a missing or unreadable one is a one-line error."""
+    side = sidecar_path(path)
+    if not Path(path).is_file():
+        raise EdgepruneError(f"{path}: no such file")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EdgepruneError(f"{path}: its sidecar {side.name} is missing or unreadable (export it with "
+                             f"`edgeprune export --runtime`): {type(exc).__name__}") from exc
+    if data.get("runtime") not in RUNTIMES or not isinstance(data.get("inputs"), dict):
+        raise EdgepruneError(f"{side}: not an edgeprune runtime sidecar")
+    return data
+
+
+def runtime_of(path: str | Path) -> str:
+    """``onnxruntime`` for an ONNX file, else the runtime its sidecar names."""
+    return "onnxruntime" if str(path).endswith(".onnx") else read_sidecar(path)["runtime"]
+
+
+def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed: int = 0, atol: float = 1e-4,
+                  rtol: float = 1e-3) -> Any:
+    """Run the runtime's file on ``n_checks`` random inputs and compare with PyTorch (like the ONNX check).
+
+    Returns the :class:`~edgeprune.export.checks.Diff`; past the tolerance, a one-line error.
+    """
+    import torch
+
+    from edgeprune.export.checks import Diff
+    from edgeprune.outputs import flatten
+
+    runtime = get_runtime(exported.runtime)
+    session = runtime.open(exported.path, threads=1)
+    shape = exported.inputs["input"]
+    generator = torch.Generator().manual_seed(seed)
+    diff = Diff(0.0, 0.0, True)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(n_checks):
+            x = torch.randn(shape, generator=generator)
+            with torch.no_grad():
+                expected = [t.detach().numpy() for t in flatten(model(x))]
+            actual = [np.asarray(a).reshape(e.shape) if np.asarray(a).size == e.size else np.asarray(a)
+                      for a, e in zip(session.run([x.numpy()]), expected)]
+            diff = diff.combine(Diff.between(actual, expected, atol, rtol, runtime=runtime.name))
+    finally:
+        model.train(was_training)
+    if not diff.ok:
+        raise EdgepruneError(f"{exported.path.name}: {runtime.name} differs from PyTorch by up to {diff.max_abs:.3g} "
+                             f"(relative {diff.max_rel:.3g}; allowed atol={atol:g}, rtol={rtol:g})")
+    return diff
+
+
+def _output_names(model: Any, example: Any) -> list[str]:
+    import torch
+
+    from edgeprune.outputs import flatten, names
+
+    with torch.no_grad():
+        out = model.eval()(example)
+    return names(flatten(out), out)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def move_atomic(source: Path, target: Path) -> Path:
+    """Put ``source`` at ``target`` through a temporary name beside it (never a half-written target)."""
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(source.read_bytes())
+    os.replace(tmp, target)
+    return target
+
+

@@ -1,0 +1,97 @@
+"""ncnn, the CNN runtime common on ARM boards, through its converter pnnx.
+
+Files: ``NAME.ncnn.param`` (the graph, text) and ``NAME.ncnn.bin`` (float32 weights). ncnn has no
+batch dimension: a file takes one image (batch 1). Running a file needs ncnn and NumPy only. ncnn's
+half-precision storage and arithmetic are switched off here, so the file is checked and timed in
+float32 like the other runtimes (on ARMv8.2 boards half precision is ncnn's own speed-up, not used yet).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.runtimes._quiet import native_output_captured
+from edgeprune.runtimes.base import Runtime, move_atomic, read_sidecar, register_runtime
+
+
+def bin_path(param: str | Path) -> Path:
+    param = Path(param)
+    return param.with_name(param.name[: -len(".param")] + ".bin")
+
+
+def unknown_layers(param_text: str) -> list[str]:
+    """Layer types in an ncnn .param that this ncnn build cannot create (e.g. ``Tensor.slice``)."""
+    import ncnn
+
+    types = [line.split()[0] for line in param_text.splitlines()[2:] if line.strip()]
+    return sorted({t for t in types if ncnn.layer_to_index(t) < 0})
+
+
+@register_runtime
+class NcnnRuntime(Runtime):
+    name = "ncnn"
+    packages = ("ncnn", "pnnx")
+    run_packages = ("ncnn",)
+    install = "pip install ncnn pnnx"
+    suffix = ".ncnn.param"
+
+    def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
+        import pnnx
+
+        from edgeprune.runtimes._flat import FlatOutputs
+
+        if not str(path).endswith(".param"):
+            raise EdgepruneError(f"{path}: an ncnn file name ends in .param (e.g. model.ncnn.param)")
+        if example.shape[0] != 1:
+            raise EdgepruneError(f"ncnn runs one image at a time: input shape {tuple(example.shape)} needs batch 1")
+        with tempfile.TemporaryDirectory() as work:
+            traced = Path(work) / "model.pt"
+            failure = "no ncnn files written"
+            try:
+                with native_output_captured():
+                    pnnx.export(FlatOutputs(model).eval(), str(traced), (example,), fp16=False)
+            except Exception as exc:  # pnnx re-imports a generated Python file last; the ncnn files exist by then
+                failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            param, weights = Path(work) / "model.ncnn.param", Path(work) / "model.ncnn.bin"
+            if not (param.is_file() and weights.is_file()):
+                raise EdgepruneError(f"pnnx could not convert the model for ncnn: {failure}")
+            unknown = unknown_layers(param.read_text())
+            if unknown:
+                raise EdgepruneError(f"ncnn cannot run this model: pnnx left operations ncnn lacks "
+                                     f"({', '.join(unknown)})")
+            return [move_atomic(weights, bin_path(path)), move_atomic(param, path)]
+
+    def open(self, path: str | Path, threads: int) -> "_NcnnSession":
+        return _NcnnSession(path, threads, len(read_sidecar(path)["outputs"]))
+
+
+class _NcnnSession:
+    def __init__(self, path: str | Path, threads: int, outputs: int) -> None:
+        import ncnn
+
+        self._ncnn = ncnn
+        self.version = ncnn.__version__
+        self.net = ncnn.Net()
+        if threads > 0:
+            self.net.opt.num_threads = threads
+        for reduced in ("use_fp16_storage", "use_fp16_arithmetic", "use_fp16_packed", "use_bf16_storage"):
+            setattr(self.net.opt, reduced, False)  # float32 throughout, as the check against PyTorch assumes
+        if self.net.load_param(str(path)) != 0 or self.net.load_model(str(bin_path(path))) != 0:
+            raise EdgepruneError(f"{path}: ncnn could not load it")
+        self.outputs = outputs
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        extractor = self.net.create_extractor()
+        for i, x in enumerate(inputs):
+            extractor.input(f"in{i}", self._ncnn.Mat(np.ascontiguousarray(x[0], dtype=np.float32)).clone())
+        found = []
+        for j in range(self.outputs):
+            status, mat = extractor.extract(f"out{j}")
+            if status != 0:
+                raise EdgepruneError(f"ncnn could not compute output out{j}")
+            found.append(np.array(mat)[None])
+        return found
