@@ -230,7 +230,7 @@ def run_all(args, doc: dict, bench: Bench) -> None:
         epochs = 0 if args.readings else args.epochs
         run = run_one(bench, criterion, cut, seed, plan, {**args.options.get(criterion, {}), **reading}, epochs,
                       not args.cross_entropy)
-        run["reading"] = reading
+        run["reading"] = {**args.options.get(criterion, {}), **reading}
         doc["runs"].append(run)
         after, tuned = run["after_cut"], run["after_recovery"]
         _say(f"{criterion:7s} {_label(reading):22s} {plan:11s} cut {cut:.0%} seed {seed}: MACs -{run['macs_cut']:.1%}  "
@@ -252,6 +252,8 @@ def main() -> None:
                         help="Part 2: SPEC's open readings of the paper criteria, right after the cut only.")
     parser.add_argument("--with-defaults", action="store_true", help="With --readings: the default readings too.")
     parser.add_argument("--resume", action="store_true", help="Keep the runs already in --out and add the missing ones.")
+    parser.add_argument("--option", action="append", default=[], metavar="CRITERION.KEY=VALUE",
+                        help="A reading for part 1, e.g. csctfp.key_fraction=0.5 (values read as JSON).")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--quick", action="store_true", help="l2 and csctfp, one cut, one seed, 1 epoch.")
@@ -265,6 +267,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     args.options = {}
+    for text in args.option:
+        import json
+
+        name, value = text.split("=", 1)
+        criterion, key = name.split(".", 1)
+        args.options.setdefault(criterion, {})[key] = json.loads(value)
     doc = {"benchmark": "criteria", "model": "default (resnet20-cifar, 1x32x32, trained on mnist5k)",
            "data": {"source": "mnist5k", "finetune_images": 4500 - HOLDOUT, "holdout_images": HOLDOUT,
                     "eval": "mnist5k val split, 500 images", "calibration_images": CALIB},

@@ -6,3 +6,8 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e ".[test]"
+# Runtimes beside onnxruntime (edgeprune/runtimes). ExecuTorch's metadata asks for much its runtime
+# does not use (coremltools, pandas, ...), so it goes in without dependencies, with what it needs.
+.venv/bin/python -m pip install -q ncnn pnnx
+.venv/bin/python -m pip install -q --no-deps executorch "torchao>=0.18,<0.19"
+.venv/bin/python -m pip install -q flatbuffers ruamel.yaml tabulate

@@ -46,7 +46,7 @@ def compressed(tmp_path_factory):
     data = write_pixels(folder / "pixels.npz")
     out = folder / "out"
     result = run("compress", HEADS, "--calib", data, *FAST, "--int8", "--bake-preprocess", "--finetune-epochs", "1",
-                 "--eval-images", "64", "-o", str(out))
+                 "--eval-images", "64", "--runtime", "all", "-o", str(out))
     assert result.exit_code == 0, result.output
     return {"out": out, "result": result, "data": data, "report": json.loads((out / "report.json").read_text())}
 
@@ -68,6 +68,18 @@ def test_report_has_per_output_fidelity_for_every_variant(compressed):
     assert "| pruned-int8 | boxes | regression |" in markdown and ".partial-" not in markdown
     header = next(line for line in compressed["result"].stdout.splitlines() if line.startswith("variant"))
     assert "cosine" in header and "top-1 agree" in header
+
+
+def test_compress_ships_and_measures_each_installed_runtime(compressed):
+    from edgeprune.runtimes import RUNTIMES
+
+    out, report = compressed["out"], compressed["report"]
+    assert set(report["runtimes"]) == {n for n, r in RUNTIMES.items() if r.missing() is None}
+    for found in report["runtimes"].values():
+        assert found["speedup"] > 0 and found["pruned"]["max_abs"] < 1e-2  # all three outputs checked
+        assert all((out / f).is_file() for f in found["dense"]["files"] + found["pruned"]["files"])
+    if report["runtimes"]:
+        assert "## Other runtimes" in (out / "report.md").read_text() and "pruned files" in compressed["result"].stdout
 
 
 def test_onnx_files_have_one_named_output_per_tensor(compressed):

@@ -96,3 +96,4 @@ def test_export_ships_runtime_files_and_bench_runs_them_without_torch(tmp_path):
     assert [p["settings"]["provider"] for p in profiles] == INSTALLED and all(p["p50_ms"] > 0 for p in profiles)
     wrong = run_cli("bench", files[0], "--input-shape", "1x3x64x64")
     assert_one_line_process_error(wrong, "made for input shape 1x3x32x32")
+

@@ -14,6 +14,7 @@ from edgeprune.cli.options import (
     pairs,
     preprocess_choice,
     preprocess_options,
+    runtime_option,
     weights_option,
 )
 
@@ -26,8 +27,7 @@ from edgeprune.cli.options import (
 @output_options
 @distill_options
 @click.option("--target", "-t", default="arm", show_default=True, help="Device profile (see `edgeprune targets`) or a JSON file.")
-@click.option("--criterion", "-c", default="csctfp", show_default=True,
-              help="Pruning criterion (see `edgeprune criteria`; csctfp won benchmarks/criteria.py).")
+@click.option("--criterion", "-c", default="l2", show_default=True, help="Pruning criterion (see `edgeprune criteria`).")
 @click.option("--flops-cut", type=float, help="Fraction of MACs to remove (default 0.5 without a latency budget).")
 @click.option("--ratio", type=float, help="Uniform channel ratio instead of --flops-cut.")
 @click.option("--latency-budget", type=click.FloatRange(min=0, min_open=True), metavar="MS",
@@ -53,6 +53,7 @@ from edgeprune.cli.options import (
               help="Also write pruned.pixels.onnx, with the preprocessing inside: it takes raw 0-255 RGB pixels.")
 @click.option("--eval-images", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out images the quality figures are measured on.")
+@runtime_option
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="Seconds of timed runs per model, at least.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
@@ -60,7 +61,7 @@ from edgeprune.cli.options import (
               help="Folder for the checkpoint, ONNX files and reports.")
 def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to,
              allocate, sensitivity_file,
-             calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort, bake_preprocess, eval_images, runs,
+             calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort, bake_preprocess, eval_images, runtimes, runs,
              min_time, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
@@ -70,7 +71,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
-    from edgeprune.report import format_table
+    from edgeprune.report import format_table, runtime_lines
 
     latency = latency_budget is not None or speedup is not None
     if latency and (flops_cut is not None or ratio is not None):
@@ -85,7 +86,8 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                               weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
                               distill=distill_config(kwargs), label_output=label_output,
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,
-                              eval_images=eval_images, allocate=allocate, sensitivity=sensitivity_file)
+                              eval_images=eval_images, allocate=allocate, sensitivity=sensitivity_file,
+                              runtimes=tuple(runtimes))
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
     if as_json:
         emit_json(report)
@@ -97,4 +99,6 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
         confirmed = f"measured {plan['measured_ms']:.3f} ms while planning, " if plan["confirmed"] else "not confirmed here, "
         click.echo(f"\nlatency budget {plan['budget_ms']:.3f} ms: table predicted {plan['predicted_ms']:.3f} ms, "
                    f"{confirmed}{plan['final']['pruned_ms']:.3f} ms in the table above")
+    if report.get("runtimes"):
+        click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
     click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")

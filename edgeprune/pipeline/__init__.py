@@ -52,7 +52,8 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         stages.quantize(job, variants, staging, progress)
         stages.measure_quality(job, variants, staging, progress)
         settings = stages.profile(job, variants, staging, progress)
-        report = stages.build_report(job, result, variants, exports, settings, time.perf_counter() - started)
+        runtimes = stages.runtime_files(job, result, staging, progress)
+        report = stages.build_report(job, result, variants, exports, settings, time.perf_counter() - started, runtimes)
         write_report(report, staging)
         _publish(staging, out_dir)
     except BaseException:

@@ -12,7 +12,7 @@ class CompressOptions:
     """Choices of a compress run; ``None`` means "the target's setting" where a target has one."""
 
     target: str = "arm"
-    criterion: str = "csctfp"  # benchmarks/criteria.py: at or above every baseline at 70 %, level within the spread at 50 %
+    criterion: str = "l2"
     flops_cut: float | None = 0.5
     ratio: float | None = None
     round_to: int | None = None
@@ -37,6 +37,7 @@ class CompressOptions:
     label_output: str | None = None  # the output labels belong to (several outputs)
     output_kinds: dict[str, str] = field(default_factory=dict)  # logits / probs / regression, by output name
     bake_preprocess: bool = False  # also write pruned.pixels.onnx, which takes raw 0-255 pixels
+    runtimes: tuple[str, ...] = ()  # also ship, check and measure dense and pruned in these (edgeprune.runtimes)
     eval_images: int = 500  # held-out images for the quality figures
     allocate: str = "uniform"  # or "sensitivity": each group's cut from its measured sensitivity
     sensitivity: str | None = None  # curves from `edgeprune sensitivity -o FILE` (default: measured in the run)

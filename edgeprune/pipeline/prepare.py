@@ -80,6 +80,10 @@ def check_choices(options: CompressOptions) -> Any:
                    round_to=options.round_to or target.round_to).validate()
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
+    if options.runtimes:
+        from edgeprune.cli.options import resolve_runtimes
+
+        resolve_runtimes(tuple(options.runtimes))  # a missing runtime fails now, before any work
     if options.allocate not in ("uniform", "sensitivity"):
         raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
     if options.allocate == "sensitivity":

@@ -239,10 +239,46 @@ def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -
     return asdict(dense.settings)
 
 
+def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> dict[str, dict]:
+    """Dense and pruned for each runtime asked for (dense.pte, pruned.ncnn.param, ...), each checked
+    against PyTorch, then timed side by side by the same protocol as the ONNX files."""
+    from edgeprune.cli.options import resolve_runtimes
+    from edgeprune.profile import BenchConfig
+
+    found: dict[str, dict] = {}
+    threads = min(job.target.threads, os.cpu_count() or 1)
+    config = BenchConfig(intra_threads=threads, min_runs=job.options.runs, min_time=job.options.min_time)
+    for runtime in resolve_runtimes(tuple(job.options.runtimes)):
+        progress(f"{runtime.name}: exporting, checking against PyTorch and measuring dense and pruned")
+        try:
+            found[runtime.name] = _runtime_pair(runtime, job, result, staging, config)
+        except EdgepruneError as exc:  # the ONNX files stand; say why this runtime has none
+            progress(f"{runtime.name}: skipped: {exc}")
+            found[runtime.name] = {"error": str(exc)}
+    return found
+
+
+def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: Any) -> dict[str, Any]:
+    import torch
+
+    from edgeprune.profile import profile_models
+    from edgeprune.runtimes import check_runtime
+
+    made = {}
+    for name, model in (("dense", job.loaded.model), ("pruned", result.model)):
+        exported = runtime.export(model, torch.randn(job.shape), staging / f"{name}{runtime.suffix}")
+        diff = check_runtime(model, exported)
+        made[name] = {"file": exported.path.name, "files": [p.name for p in exported.files],
+                      "max_abs": diff.max_abs, "max_rel": diff.max_rel}
+    dense, pruned = profile_models([staging / made[v]["file"] for v in ("dense", "pruned")], config)
+    return {**made, "threads": config.intra_threads, "dense_p50_ms": dense.p50_ms, "pruned_p50_ms": pruned.p50_ms,
+            "speedup": dense.p50_ms / pruned.p50_ms, "version": dense.settings.onnxruntime_version}
+
+
 # --- report -------------------------------------------------------------------------------------
 
 def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,
-                 seconds: float) -> dict[str, Any]:
+                 seconds: float, runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     from edgeprune.counter import compare_layers
 
     summary = result.summary()
@@ -262,5 +298,5 @@ def build_report(job: Job, result: Any, variants: list[dict], exports: dict, set
                     "eval_data": {"source": data.spec, "split": data.eval_split,
                                   "images": data.quality_images,
                                   "labelled": data.evaluation is not None and data.evaluation.y is not None}},
-        "warnings": result.warnings, "seconds_total": round(seconds, 2),
+        "warnings": result.warnings, "seconds_total": round(seconds, 2), "runtimes": runtimes or {},
     }

@@ -37,6 +37,24 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
 
+def runtime_lines(runtimes: dict[str, Any], markdown: bool = False) -> list[str]:
+    """Dense and pruned latency on each runtime beside onnxruntime, with the files that ship."""
+    if not runtimes:
+        return []
+    header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned files", "max abs diff vs PyTorch"]
+    rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", f"{r['speedup']:.2f}x",
+             ", ".join(r["pruned"]["files"]), f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
+            if "error" not in r else [name, "-", "-", "-", "none", r["error"]] for name, r in runtimes.items()]
+    if not markdown:
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
+    threads = next((r["threads"] for r in runtimes.values() if "threads" in r), "-")
+    return (["## Other runtimes", "", f"Each file checked against PyTorch, then dense and pruned timed side by side "
+             f"({threads} threads, fresh worker per model, interleaved rounds).", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+
+
 def markdown(report: dict[str, Any]) -> str:
     rows = table_rows(report)
     lines = [f"# edgeprune report: {report['model']} for {report['target']['name']}", ""]
@@ -52,6 +70,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _pruning_section(report["pruning"])
     lines += _latency_section(report["pruning"].get("plan", {}))
     lines += _allocation_section(report["pruning"])
+    lines += runtime_lines(report.get("runtimes", {}), markdown=True)
     lines += ["## Export check", "", "```json", json.dumps(report.get("export"), indent=2, default=str), "```", ""]
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
