@@ -5,6 +5,7 @@ the measuring part and `compress --speedup` run for real on small models.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -258,12 +259,21 @@ def test_budget_rejects_bad_values(kwargs, fragment):
         Budget(**kwargs)
 
 
-@pytest.mark.parametrize("criterion", ["sfp", "csctfp"])
-def test_latency_budgets_prune_in_one_shot(resnet20, criterion):
+@pytest.mark.parametrize("criterion, steps", [("sfp", None), ("csctfp", 4)])
+def test_latency_budgets_prune_in_one_shot(resnet20, criterion, steps):
     built, table = resnet20
     planner = LatencyPlanner(table, Budget(speedup=2.0), _synthetic_device(built.input_shape))
     with pytest.raises(EdgepruneError, match="prunes in one shot"):
-        run_recipe(built.model, built.input_shape, RecipeConfig(criterion, planner=planner), RecipeData())
+        run_recipe(copy.deepcopy(built.model), built.input_shape, RecipeConfig(criterion, planner=planner, steps=steps),
+                   RecipeData())
+
+
+def test_an_iterative_criterion_scores_once_under_a_planner(resnet20):
+    built, table = resnet20
+    planner = LatencyPlanner(table, Budget(speedup=2.0), _synthetic_device(built.input_shape), progress=lambda m: None)
+    result = run_recipe(copy.deepcopy(built.model), built.input_shape, RecipeConfig("csctfp", planner=planner),
+                        RecipeData())
+    assert result.recipe == "oneshot" and result.after.macs < result.before.macs
 
 
 def test_lut_build_writes_a_spec_for_the_board(tmp_path):
@@ -338,22 +348,21 @@ def test_a_sensitivity_allocation_meets_a_latency_budget_and_spares_the_sensitiv
     from edgeprune.sensitivity import Curve, Sensitivity, group_key
 
     built, table = resnet20
+    common = dict(progress=lambda m: None)
+    device = _synthetic_device(built.input_shape)
+    plain = prune(built.model, built.input_shape, criterion="l2",
+                  planner=LatencyPlanner(table, Budget(speedup=2.0), device, **common))
     groups = build_graph(built.model, built.input_shape).prunable_groups()
-    sensitive = groups[len(groups) // 2]
+    sensitive = next(g for g in groups if g.name in plain.plan.details["widths"])  # one the plain plan cuts
 
     def curve(group, slope):
         points = [{"removed": int(r * group.n_units), "loss": slope * r} for r in (0.3, 0.6, 0.9)]
         return Curve(group.name, group.n_units, points, group_key(group))
 
     curves = Sensitivity("l2", [0.3, 0.6, 0.9], [curve(g, 100.0 if g is sensitive else 0.01) for g in groups], {})
-    common = dict(progress=lambda m: None)
-    device = _synthetic_device(built.input_shape)
     allocated = prune(built.model, built.input_shape, criterion="l2",
                       planner=LatencyPlanner(table, Budget(speedup=2.0), device, sensitivity=curves, **common))
-    plain = prune(built.model, built.input_shape, criterion="l2",
-                  planner=LatencyPlanner(table, Budget(speedup=2.0), device, **common))
     details = allocated.plan.details
     assert abs(details["error"]) <= 0.10 and details["allocation"] == "sensitivity"
     assert sensitive.name not in details["widths"]  # the one group that matters keeps its width
-    assert sensitive.name in plain.plan.details["widths"]  # which the importance-based plan does cut
     assert details["predicted_loss"] < 1.0
