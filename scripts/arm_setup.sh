@@ -40,7 +40,15 @@ within_deadline() {  # run "$@" with what is left of the time budget
     return "$rc"
 }
 
+add_ncnn() {  # optional: aarch64 ncnn beside onnxruntime for tests/test_arm.py's runtime check
+    [ -d "$1/ncnn" ] && return 0
+    timeout 120 "$PYTHON" -m pip install -q --target "$1" --platform manylinux_2_28_aarch64 --python-version 3.11 \
+        --implementation cp --only-binary=:all: --no-deps ncnn >/dev/null 2>&1 \
+        && echo "arm_setup: aarch64 ncnn added" || echo "arm_setup: no aarch64 ncnn (its ARM check will skip)"
+}
+
 if [ -f "$CACHE/ready" ]; then
+    add_ncnn "$CACHE/site"
     echo "arm_setup: ready at $CACHE ($(cat "$CACHE/ready"))"
     exit 0
 fi
@@ -81,6 +89,8 @@ pip_aarch64() {
 echo "arm_setup: pip install aarch64 onnxruntime${ORT_VERSION:+==$ORT_VERSION} numpy"
 pip_aarch64 ${ORT_VERSION:+"onnxruntime==$ORT_VERSION"} numpy || pip_aarch64 onnxruntime numpy \
     || give_up "pip could not fetch aarch64 onnxruntime/numpy: $(tail -n1 "$WORK/pip.log")"
+
+add_ncnn "$WORK/site"
 
 # Smoke test: the emulated interpreter imports onnxruntime (needs the aarch64 cpuinfo).
 VERSIONS="$(unshare -m sh -c 'mount --bind "$1" /proc/cpuinfo && PYTHONPATH="$2" exec \

@@ -137,3 +137,37 @@ def test_latency_table_measures_on_aarch64_with_onnxruntime_and_numpy_only(tmp_p
     table = json.loads((tmp_path / "table.json").read_text())
     assert table["machine"]["machine"] == "aarch64" and table["settings"] == settings
     assert set(table["entries"]["conv"]) == {"4,4", "8,8"} and table["models"]["dense"] > 0
+
+
+NCNN_SCRIPT = """
+import sys
+import numpy as np
+from edgeprune.runtimes import get_runtime
+folder = sys.argv[1]
+session = get_runtime("ncnn").open(folder + "/m.ncnn.param", threads=1)
+np.save(folder + "/arm.npy", session.run([np.load(folder + "/x.npy")])[0])
+"""
+
+
+def test_ncnn_file_gives_the_same_outputs_on_aarch64(tmp_path):
+    """The shipped ncnn files (made on x86) run on aarch64 ncnn with the x86 outputs (correctness only)."""
+    import torch
+
+    from edgeprune.models import build
+    from edgeprune.runtimes import RUNTIMES
+    from edgeprune.train import recalibrate_batchnorm
+
+    root, site = _arm_env_or_skip()
+    if RUNTIMES["ncnn"].missing() or not (site / "ncnn").is_dir():
+        pytest.skip("ncnn is not installed here or in the arm64 environment (scripts/arm_setup.sh adds it)")
+    model = build("mobilenetv1-cifar").model
+    recalibrate_batchnorm(model, torch.rand(32, 3, 32, 32).numpy())
+    exported = RUNTIMES["ncnn"].export(model.eval(), torch.randn(1, 3, 32, 32), tmp_path / "m.ncnn.param")
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = RUNTIMES["ncnn"].open(exported.path, threads=1).run([x])[0]
+    result = _run_on_arm(root, site, NCNN_SCRIPT, str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    actual = np.load(tmp_path / "arm.npy")
+    assert np.abs(expected).max() > 0
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
