@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import os
 import platform
@@ -268,8 +269,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.options = {}
     for text in args.option:
-        import json
-
         name, value = text.split("=", 1)
         criterion, key = name.split(".", 1)
         args.options.setdefault(criterion, {})[key] = json.loads(value)
@@ -283,8 +282,6 @@ def main() -> None:
                     "load_average_at_start": os.getloadavg()},
            "command": " ".join(["python"] + sys.argv), "runs": [], "complete": False}
     if args.resume and args.out.exists():
-        import json
-
         doc["runs"] = json.loads(args.out.read_text())["runs"]
     started = time.perf_counter()
     if not args.skip_accuracy:

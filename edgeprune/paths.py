@@ -1,7 +1,10 @@
 """Checks on the paths a command will write, made before any work."""
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError
@@ -29,3 +32,23 @@ def check_writable(path: str | Path) -> None:
             pass
     except OSError as exc:
         raise EdgepruneError(f"cannot write {path}: {parent} is not a writable folder ({exc.strerror or exc})") from None
+
+
+@contextmanager
+def replaced_on_success(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` (same suffix, so writers that read it still work), renamed
+    onto ``path`` when the block ends; removed if it fails. Readers never see a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | Path, data: bytes | str) -> Path:
+    """Write ``data`` to ``path`` through :func:`replaced_on_success`."""
+    with replaced_on_success(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)

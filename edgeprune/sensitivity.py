@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.paths import replaced_on_success, write_atomic
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 FORMAT = "edgeprune-sensitivity/1"
@@ -83,11 +83,7 @@ class Sensitivity:
         return cls(**fields)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=float))
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=1, default=float))
 
     @classmethod
     def load(cls, path: str | Path) -> Sensitivity:
@@ -203,7 +199,6 @@ def plot(found: Sensitivity, path: str | Path) -> None:
     if len(found.curves) <= 20:
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with replaced_on_success(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)

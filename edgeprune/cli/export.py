@@ -13,7 +13,6 @@ from edgeprune.cli.options import (
     model_argument,
     preprocess_choice,
     preprocess_options,
-    resolve_runtimes,
     runtime_option,
     weights_option,
 )
@@ -60,6 +59,7 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
     from edgeprune.checkpoint import load_model
     from edgeprune.export import export_onnx, to_ort_format, with_preprocessing
     from edgeprune.paths import check_writable
+    from edgeprune.runtimes import resolve_runtimes
 
     check_writable(output)
     chosen = resolve_runtimes(runtimes)

@@ -141,13 +141,3 @@ runtime_option = click.option(
          "or 'all' (those installed here).")
 
 
-def resolve_runtimes(names: tuple[str, ...]) -> list[Any]:
-    """The runtimes asked for, all usable here (a missing one is a one-line error); 'all': those installed."""
-    from edgeprune.runtimes import RUNTIMES, get_runtime
-
-    if "all" in names:
-        return [r for r in RUNTIMES.values() if r.missing() is None]
-    chosen = [get_runtime(name) for name in dict.fromkeys(n for n in names if n != "onnxruntime")]
-    for runtime in chosen:
-        runtime.require()
-    return chosen

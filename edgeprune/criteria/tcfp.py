@@ -108,18 +108,18 @@ class _ClustersSettled:
     far; stop once the clusters agree with the last check's (adjusted Rand index >= ``ari``)."""
 
     def __init__(self, every: int, ari: float | None, cluster: dict[str, Any]) -> None:
-        self.every, self.ari, self.cluster = every, ari, cluster
+        from sklearn.metrics import adjusted_rand_score  # here, not at import: sklearn is slow to load
+
+        self.every, self.ari, self.cluster, self.agreement = every, ari, cluster, adjusted_rand_score
         self.last: np.ndarray | None = None
         self.steps = 0
 
     def __call__(self, step: int, images: torch.Tensor) -> bool:
-        from sklearn.metrics import adjusted_rand_score
-
         self.steps = step
         if self.ari is None or step % self.every:
             return False
         labels = cluster_functions(images, **self.cluster).numpy()
-        settled = self.last is not None and adjusted_rand_score(self.last, labels) >= self.ari
+        settled = self.last is not None and self.agreement(self.last, labels) >= self.ari
         self.last = labels
         return settled
 

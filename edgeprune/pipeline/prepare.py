@@ -81,7 +81,7 @@ def check_choices(options: CompressOptions) -> Any:
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
     if options.runtimes:
-        from edgeprune.cli.options import resolve_runtimes
+        from edgeprune.runtimes import resolve_runtimes
 
         resolve_runtimes(tuple(options.runtimes))  # a missing runtime fails now, before any work
     if options.allocate not in ("uniform", "sensitivity"):

@@ -242,7 +242,7 @@ def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -
 def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> dict[str, dict]:
     """Dense and pruned for each runtime asked for (dense.pte, pruned.ncnn.param, ...), each checked
     against PyTorch, then timed side by side by the same protocol as the ONNX files."""
-    from edgeprune.cli.options import resolve_runtimes
+    from edgeprune.runtimes import resolve_runtimes
     from edgeprune.profile import BenchConfig
 
     found: dict[str, dict] = {}

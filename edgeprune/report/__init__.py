@@ -6,9 +6,10 @@ row per model measured (dense, pruned, and their INT8 versions), with the figure
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from edgeprune.paths import replaced_on_success, write_atomic
 
 COLUMNS = [
     ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("cosine", "cosine_min", "{:.4f}"),
@@ -234,19 +235,12 @@ def _plot_quality(ax: Any, variants: list[dict[str, Any]]) -> None:
     ax.legend(fontsize=7)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_report(report: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """Write the three report files into ``out_dir``; returns their paths."""
     out = Path(out_dir)
     paths = [out / "report.json", out / "report.md", out / "report.png"]
-    _write_text(paths[0], json.dumps(report, indent=2, default=str))
-    _write_text(paths[1], markdown(report))
-    tmp = out / ".report.tmp.png"
-    plot(report, tmp)
-    os.replace(tmp, paths[2])
+    write_atomic(paths[0], json.dumps(report, indent=2, default=str))
+    write_atomic(paths[1], markdown(report))
+    with replaced_on_success(paths[2]) as tmp:
+        plot(report, tmp)
     return paths

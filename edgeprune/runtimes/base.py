@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
@@ -11,6 +10,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.paths import write_atomic
 
 SIDECAR = ".io.json"
 
@@ -57,7 +57,7 @@ class Runtime:
         files = self.export_files(model, example, path)
         sidecar = {"runtime": self.name, "inputs": {"input": list(example.shape)}, "outputs": outputs,
                    "files": [f.name for f in files]}
-        _write_atomic(sidecar_path(path), json.dumps(sidecar, indent=2).encode())
+        write_atomic(sidecar_path(path), json.dumps(sidecar, indent=2))
         return RuntimeFile(self.name, path, files, sidecar["inputs"], outputs)
 
     def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
@@ -82,6 +82,16 @@ RUNTIMES: dict[str, Runtime] = {}
 def register_runtime(cls: type[Runtime]) -> type[Runtime]:
     RUNTIMES[cls.name] = cls()
     return cls
+
+
+def resolve_runtimes(names: Sequence[str]) -> list[Runtime]:
+    """The runtimes asked for, all usable here (a missing one is a one-line error); 'all': those installed."""
+    if "all" in names:
+        return [r for r in RUNTIMES.values() if r.missing() is None]
+    chosen = [get_runtime(name) for name in dict.fromkeys(n for n in names if n != "onnxruntime")]
+    for runtime in chosen:
+        runtime.require()
+    return chosen
 
 
 def get_runtime(name: str) -> Runtime:
@@ -137,8 +147,7 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
             x = torch.randn(shape, generator=generator)
             with torch.no_grad():
                 expected = [t.detach().numpy() for t in flatten(model(x))]
-            actual = [np.asarray(a).reshape(e.shape) if np.asarray(a).size == e.size else np.asarray(a)
-                      for a, e in zip(session.run([x.numpy()]), expected)]
+            actual = [_like(np.asarray(a), e) for a, e in zip(session.run([x.numpy()]), expected)]
             diff = diff.combine(Diff.between(actual, expected, atol, rtol, runtime=runtime.name))
     finally:
         model.train(was_training)
@@ -146,6 +155,11 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
         raise EdgepruneError(f"{exported.path.name}: {runtime.name} differs from PyTorch by up to {diff.max_abs:.3g} "
                              f"(relative {diff.max_rel:.3g}; allowed atol={atol:g}, rtol={rtol:g})")
     return diff
+
+
+def _like(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``actual`` in ``expected``'s shape where only the layout differs (ncnn drops the batch axis)."""
+    return actual.reshape(expected.shape) if actual.size == expected.size else actual
 
 
 def _output_names(model: Any, example: Any) -> list[str]:
@@ -158,17 +172,5 @@ def _output_names(model: Any, example: Any) -> list[str]:
     return names(flatten(out), out)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def move_atomic(source: Path, target: Path) -> Path:
-    """Put ``source`` at ``target`` through a temporary name beside it (never a half-written target)."""
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_bytes(source.read_bytes())
-    os.replace(tmp, target)
-    return target
 
 

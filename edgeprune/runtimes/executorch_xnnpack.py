@@ -13,7 +13,8 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.runtimes._quiet import native_output_captured
-from edgeprune.runtimes.base import Runtime, _write_atomic, register_runtime
+from edgeprune.paths import write_atomic
+from edgeprune.runtimes.base import Runtime, register_runtime
 
 
 @register_runtime
@@ -38,7 +39,7 @@ class ExecuTorchRuntime(Runtime):
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise EdgepruneError(f"ExecuTorch could not export the model: {first[:200]}") from exc
-        _write_atomic(path, lowered.buffer)
+        write_atomic(path, lowered.buffer)
         return [path]
 
     def open(self, path: str | Path, threads: int) -> "_ExecuTorchSession":

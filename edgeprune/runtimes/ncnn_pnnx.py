@@ -15,7 +15,8 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.runtimes._quiet import native_output_captured
-from edgeprune.runtimes.base import Runtime, move_atomic, read_sidecar, register_runtime
+from edgeprune.paths import write_atomic
+from edgeprune.runtimes.base import Runtime, read_sidecar, register_runtime
 
 
 def bin_path(param: str | Path) -> Path:
@@ -63,7 +64,7 @@ class NcnnRuntime(Runtime):
             if unknown:
                 raise EdgepruneError(f"ncnn cannot run this model: pnnx left operations ncnn lacks "
                                      f"({', '.join(unknown)})")
-            return [move_atomic(weights, bin_path(path)), move_atomic(param, path)]
+            return [write_atomic(bin_path(path), weights.read_bytes()), write_atomic(path, param.read_bytes())]
 
     def open(self, path: str | Path, threads: int) -> "_NcnnSession":
         return _NcnnSession(path, threads, len(read_sidecar(path)["outputs"]))
