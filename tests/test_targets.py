@@ -79,6 +79,9 @@ def test_unknown_name_lists_the_known_ones():
     ({**GOOD, "graph_optimization": "max"}, "'graph_optimization' must be one of disable, basic, extended, all"),
     ({**GOOD, "int8": "yes"}, "'int8' must be true or false"),
     ({**GOOD, "input_shape": [1, -3, 32]}, "'input_shape' must be null or a list"),
+    ({**GOOD, "runtime": "tflite"}, "'runtime' must be a runtime name (onnxruntime, executorch, ncnn), got 'tflite'"),
+    ({**GOOD, "round_to_by_runtime": {"ncnn": 0}}, "'round_to_by_runtime' must be an object mapping runtime names"),
+    ({**GOOD, "round_to_by_runtime": {"mnn": 4}}, "'round_to_by_runtime' must be an object"),
     ({"alias_of": "arm-cortex-a72", "threads": 2}, "an alias holds only 'alias_of'"),
     ({"alias_of": "nowhere"}, "an alias holds only 'alias_of' (a built-in target)"),
 ])
@@ -88,6 +91,14 @@ def test_invalid_file_gives_one_clear_line(tmp_path, data, expected):
         load_target(path)
     message = str(caught.value)
     assert expected in message and str(path) in message and "\n" not in message
+
+
+def test_a_target_names_its_runtime_and_an_alignment_per_runtime(tmp_path):
+    target = load_target(write(tmp_path, {**GOOD, "runtime": "ncnn", "round_to_by_runtime": {"ncnn": 4}}))
+    assert target.runtime == "ncnn"
+    assert target.round_to_for("ncnn") == 4 and target.round_to_for("executorch") == target.round_to == 16
+    plain = load_target(write(tmp_path, GOOD, "plain.json"))  # both fields are optional
+    assert plain.runtime == "onnxruntime" and plain.round_to_by_runtime == {}
 
 
 def test_missing_user_file(tmp_path):

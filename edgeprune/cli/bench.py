@@ -86,7 +86,8 @@ def bench(models, target, threads, runs, min_time, warmup, input_shape, as_json,
 def _target_row(t) -> list[str]:
     shape = "x".join(map(str, t.input_shape)) if t.input_shape else "model"
     return [t.name, str(t.threads), str(t.inter_op_threads), str(t.round_to), str(t.opset),
-            t.graph_optimization, "yes" if t.int8 else "no", "on" if t.memory_arena else "off", shape]
+            t.graph_optimization, "yes" if t.int8 else "no", "on" if t.memory_arena else "off", shape,
+            t.runtime + "".join(f", {r} round_to {n}" for r, n in t.round_to_by_runtime.items())]
 
 
 @main.command()
@@ -99,7 +100,7 @@ def targets(as_json: bool) -> None:
     if as_json:
         emit_json({"targets": [asdict(t) for t in found], "aliases": aliases})
         return
-    rows = [["name", "threads", "inter", "round_to", "opset", "opt", "int8", "arena", "input"]]
+    rows = [["name", "threads", "inter", "round_to", "opset", "opt", "int8", "arena", "input", "runtime"]]
     rows += [_target_row(t) for t in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 ALIAS_KEYS = {"alias_of", "comment"}
+OPTIONAL = {"runtime": "onnxruntime", "round_to_by_runtime": {}}
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,10 @@ class Target:
 
     ``threads``/``inter_op_threads`` are onnxruntime's intra-/inter-op thread counts (0 lets
     onnxruntime choose), ``round_to`` the channel multiple pruning keeps, ``graph_optimization``
-    one of :data:`OPT_LEVELS`, ``input_shape`` ``None`` for the model's own shape.
+    one of :data:`OPT_LEVELS`, ``input_shape`` ``None`` for the model's own shape. ``runtime`` is
+    the runtime measured and planned for by default (see :mod:`edgeprune.runtimes`), and
+    ``round_to_by_runtime`` a channel multiple for runtimes whose kernels block channels otherwise
+    (both optional in a file).
 
     >>> load_target("arm-cortex-a72").round_to
     8
@@ -43,6 +47,16 @@ class Target:
     int8: bool
     input_shape: tuple[int, ...] | None
     memory_arena: bool
+    runtime: str = "onnxruntime"
+    round_to_by_runtime: dict[str, int] = field(default_factory=dict)
+
+    def round_to_for(self, runtime: str) -> int:
+        """The channel multiple to keep for ``runtime``: its own, else the target's.
+
+        >>> load_target("x86-avx2").round_to_for("onnxruntime")
+        8
+        """
+        return self.round_to_by_runtime.get(runtime, self.round_to)
 
 
 def _int_in(low: int, high: int):
@@ -69,7 +83,17 @@ _FIELDS: dict[str, tuple[Any, str]] = {
     "int8": (lambda v: isinstance(v, bool), "true or false"),
     "input_shape": (_shape_ok, "null or a list of 1-8 positive integers"),
     "memory_arena": (lambda v: isinstance(v, bool), "true or false"),
+    "runtime": (lambda v: v in _runtime_names(), "a runtime name"),
+    "round_to_by_runtime": (lambda v: isinstance(v, dict) and set(v) <= set(_runtime_names())
+                            and all(map(_int_in(1, 1024)[0], v.values())),
+                            "an object mapping runtime names to integers in [1, 1024]"),
 }
+
+
+def _runtime_names() -> list[str]:
+    from edgeprune.runtimes import RUNTIMES
+
+    return ["onnxruntime", *RUNTIMES]
 
 
 def _builtin_dir():
@@ -93,7 +117,7 @@ def _read_json(source: Any, label: str) -> dict:
 
 
 def _validate(data: dict, label: str, default_name: str) -> Target:
-    data = {"name": default_name, "description": "", **data}
+    data = {"name": default_name, "description": "", **OPTIONAL, **data}
     unknown = sorted(set(data) - set(_FIELDS))
     missing = [key for key in _FIELDS if key not in data]
     if unknown or missing:
@@ -102,7 +126,8 @@ def _validate(data: dict, label: str, default_name: str) -> Target:
         raise EdgepruneError(f"target file {label}: {'; '.join(problems)}")
     for key, (check, expected) in _FIELDS.items():
         if not check(data[key]):
-            raise EdgepruneError(f"target file {label}: '{key}' must be {expected}, got {data[key]!r}")
+            known = f" ({', '.join(_runtime_names())})" if "runtime" in key else ""
+            raise EdgepruneError(f"target file {label}: '{key}' must be {expected}{known}, got {data[key]!r}")
     shape = data["input_shape"]
     return Target(**{**data, "input_shape": None if shape is None else tuple(shape)})
 
