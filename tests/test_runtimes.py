@@ -97,3 +97,102 @@ def test_export_ships_runtime_files_and_bench_runs_them_without_torch(tmp_path):
     wrong = run_cli("bench", files[0], "--input-shape", "1x3x64x64")
     assert_one_line_process_error(wrong, "made for input shape 1x3x32x32")
 
+
+
+# --- latency tables, plans and bench per runtime ------------------------------------------------
+
+HEADS = "tests/models/heads.py:heads"
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+@pytest.mark.parametrize("layer", [
+    {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "in_hw": [9, 9], "depthwise": False},
+    {"kernel": [3, 1], "stride": [2, 1], "padding": [1, 0, 1, 0], "dilation": [1, 1], "in_hw": [9, 7], "depthwise": False},
+    {"kernel": [3, 3], "stride": [1, 1], "padding": [2, 2, 2, 2], "dilation": [2, 2], "in_hw": [8, 8], "depthwise": True},
+])
+def test_ncnn_table_convolution_is_the_convolution_torch_computes(layer, tmp_path):
+    import numpy as np
+
+    from edgeprune.runtimes.ncnn_pnnx import _NcnnSession, conv_files
+
+    cin, cout = (6, 6) if layer["depthwise"] else (5, 7)
+    param, weights = conv_files(layer, cin, cout)
+    (tmp_path / "c.ncnn.param").write_text(param)
+    (tmp_path / "c.ncnn.bin").write_bytes(weights)
+    conv = torch.nn.Conv2d(cin, cout, tuple(layer["kernel"]), tuple(layer["stride"]), tuple(layer["padding"][:2]),
+                           tuple(layer["dilation"]), groups=cin if layer["depthwise"] else 1)
+    n = conv.weight.numel()
+    conv.weight.data = torch.from_numpy(np.frombuffer(weights[4:4 + 4 * n], "<f4").reshape(conv.weight.shape).copy())
+    conv.bias.data = torch.from_numpy(np.frombuffer(weights[4 + 4 * n:], "<f4").copy())
+    x = torch.randn(1, cin, *layer["in_hw"])
+    (got,) = _NcnnSession(tmp_path / "c.ncnn.param", 1, 1).run([x.numpy()])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), conv(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif("executorch" not in INSTALLED, reason="executorch is not installed")
+def test_executorch_times_table_convolutions_in_one_program():
+    layer = {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1, 1, 1], "dilation": [1, 1], "in_hw": [8, 8],
+             "depthwise": False}
+    times = get_runtime("executorch").conv_times(layer, [(4, 4), (8, 8)], threads=1, runs=3, min_time=0)
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "lut"
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_lut_build_keeps_a_table_per_runtime(cache):
+    args = ["lut", "build", HEADS, "--target", "x86-avx2", "--runtime", "onnxruntime", "--runtime", "ncnn", "--json"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    tables = {t["runtime"]: t for t in json.loads(first.stdout)["tables"]}
+    assert set(tables) == {"onnxruntime", "ncnn"} and all(t["points_measured"] > 0 for t in tables.values())
+    ncnn = json.loads(open(tables["ncnn"]["table"]).read())
+    assert ncnn["settings"]["runtime"] == "ncnn" and "-ncnn-" in tables["ncnn"]["table"]
+    assert all(ms > 0 for row in ncnn["entries"].values() for ms in row.values())
+    assert tables["ncnn"]["table"] != tables["onnxruntime"]["table"]
+    again = json.loads(CliRunner().invoke(main, args).stdout)["tables"]
+    assert [t["points_measured"] for t in again] == [0, 0]  # cached per runtime
+    refused = CliRunner().invoke(main, ["lut", "build", HEADS, "--runtime", "ncnn", "--spec-only", "s.json"])
+    assert_one_line_error(refused, "a board measures onnxruntime tables only")
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_compress_plans_a_speedup_for_the_targets_runtime_with_its_alignment(cache, tmp_path):
+    board = json.loads(open("edgeprune/targets/x86-avx2.json").read())
+    board.update(name="ncnn-box", runtime="ncnn", round_to_by_runtime={"ncnn": 4})
+    target = tmp_path / "ncnn-box.json"
+    target.write_text(json.dumps(board))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["compress", HEADS, "--target", str(target), "--speedup", "1.2",
+                                       "--finetune-epochs", "0", "--no-int8", "--runs", "5", "--min-time", "0.1",
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    plan, ncnn = report["pruning"]["plan"], report["runtimes"]["ncnn"]
+    assert plan["runtime"] == "ncnn" and report["pruning"]["round_to"] == 4
+    assert plan["final"] == {"dense_ms": ncnn["dense_p50_ms"], "pruned_ms": ncnn["pruned_p50_ms"]}
+    assert plan["table"].endswith(".json") and "-ncnn-" in plan["table"]
+    assert (out / "pruned.ncnn.param").is_file() and "in ncnn" in (out / "report.md").read_text()
+    assert "latency budget" in result.stdout and "in ncnn" in result.stdout
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_bench_runtime_times_the_files_beside_the_onnx_without_torch(tmp_path):
+    out = tmp_path / "m.onnx"
+    exported = CliRunner().invoke(main, ["export", HEADS, "-o", str(out), "--runtime", "ncnn"])
+    assert exported.exit_code == 0, exported.output
+    blocker, marker = torch_blocker(tmp_path)
+    result = run_cli("bench", str(out), str(out), "--runtime", "onnxruntime", "--runtime", "ncnn", "--runs", "3",
+                     "--min-time", "0", "--threads", "1", "--json", pythonpath=str(blocker))
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists(), f"torch was imported by: {marker.read_text()}"
+    providers = [p["settings"]["provider"] for p in json.loads(result.stdout)["profiles"]]
+    assert providers[:2] == ["CPUExecutionProvider"] * 2 and providers[2:] == ["ncnn", "ncnn"]
+    missing = run_cli("bench", str(out), "--runtime", "executorch") if "executorch" in INSTALLED else None
+    if missing is not None:
+        assert_one_line_process_error(missing, "no executorch file")

@@ -68,19 +68,48 @@ class _LazyBar:
 @click.option("--min-time", type=click.FloatRange(min=0), help="Minimum seconds of timed runs per model.")
 @click.option("--warmup", type=click.IntRange(min=0), help="Untimed warm-up runs after the first run.")
 @click.option("--input-shape", help="Shape of the first input, e.g. 1x3x224x224.")
+@click.option("--runtime", "runtimes", multiple=True, metavar="NAME",
+              help="Time each model's file for this runtime instead (X.pte, X.ncnn.param beside X.onnx, as "
+                   "`export`/`compress --runtime` write them): onnxruntime, executorch, ncnn; repeatable, or 'all'.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON results here.")
-def bench(models, target, threads, runs, min_time, warmup, input_shape, as_json, output) -> None:
-    """Time ONNX MODELS side by side with onnxruntime; ratios are against the first model."""
+def bench(models, target, threads, runs, min_time, warmup, input_shape, runtimes, as_json, output) -> None:
+    """Time MODELS side by side (ONNX files in onnxruntime, or files of another runtime), each in a fresh
+    process; ratios are against the first model (per runtime with --runtime)."""
     from edgeprune.profile import format_table, profile_models, save_json, to_json
 
     _check_folder(output)
     config = _bench_config(target, input_shape, intra_threads=threads, min_runs=runs, min_time=min_time, warmup=warmup)
-    with _LazyBar() as bar:
-        profiles = profile_models(models, config, progress=bar)
+    groups = _runtime_groups(models, runtimes) if runtimes else {"": list(models)}
+    found = {}
+    for runtime, files in groups.items():
+        with _LazyBar() as bar:
+            found[runtime] = profile_models(files, config, progress=bar)
+    profiles = [p for group in found.values() for p in group]
     if output:
         save_json(profiles, output)  # a temporary file, then a rename
-    click.echo(to_json(profiles) if as_json else format_table(profiles))
+    tables = [(f"{runtime}:\n" if runtime else "") + format_table(group) for runtime, group in found.items()]
+    click.echo(to_json(profiles) if as_json else "\n\n".join(tables))
+
+
+def _runtime_groups(models: tuple[str, ...], names: tuple[str, ...]) -> dict[str, list[str]]:
+    """Per runtime asked for, the file of each model for it, found beside the model's ONNX file."""
+    from edgeprune.runtimes import runtime_names
+
+    return {runtime: [_file_for(model, runtime) for model in models] for runtime in runtime_names(names)}
+
+
+def _file_for(model: str, runtime: str) -> str:
+    from edgeprune.runtimes import get_runtime
+
+    if runtime == "onnxruntime" and model.endswith(".onnx"):
+        return model
+    base = model[:-len(".onnx")] if model.endswith(".onnx") else model
+    path = base + (".onnx" if runtime == "onnxruntime" else get_runtime(runtime).suffix)
+    if not os.path.isfile(path):
+        raise EdgepruneError(f"no {runtime} file {path} beside {model}: make it with "
+                             f"`edgeprune export --runtime {runtime}` (or `compress --runtime {runtime}`)")
+    return path
 
 
 def _target_row(t) -> list[str]:

@@ -96,9 +96,12 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     click.echo(format_table(report))
     plan = report["pruning"].get("plan", {})
     if "budget_ms" in plan:
-        confirmed = f"measured {plan['measured_ms']:.3f} ms while planning, " if plan["confirmed"] else "not confirmed here, "
-        click.echo(f"\nlatency budget {plan['budget_ms']:.3f} ms: table predicted {plan['predicted_ms']:.3f} ms, "
-                   f"{confirmed}{plan['final']['pruned_ms']:.3f} ms in the table above")
+        confirmed = f"measured {plan['measured_ms']:.3f} ms while planning" if plan["confirmed"] else "not confirmed here"
+        final = plan["final"]["pruned_ms"]
+        runtime = plan["runtime"]
+        where = "in the table above" if runtime == "onnxruntime" else f"in {runtime}'s table below"
+        click.echo(f"\nlatency budget {plan['budget_ms']:.3f} ms in {runtime}: table predicted {plan['predicted_ms']:.3f} ms, "
+                   + confirmed + (f", {final:.3f} ms {where}" if final is not None else ""))
     if report.get("runtimes"):
         click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
     click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")

@@ -137,7 +137,8 @@ def distill_config(kwargs: dict[str, Any]) -> "DistillConfig | None":
 
 runtime_option = click.option(
     "--runtime", "runtimes", multiple=True, metavar="NAME",
-    help="Also make, check and ship the model for this runtime: executorch (XNNPACK), ncnn; repeatable, "
-         "or 'all' (those installed here).")
+    help="Also make, check, measure and ship the model for this runtime: executorch (XNNPACK), ncnn; repeatable, "
+         "or 'all' (those installed here). The first one named is the one --speedup/--latency-budget plan for "
+         "and whose alignment applies (default: the target's runtime).")
 
 

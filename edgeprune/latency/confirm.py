@@ -1,4 +1,5 @@
-"""Whole-model measurement for the planner: export to ONNX, then time side by side in onnxruntime."""
+"""Whole-model measurement for the planner: export (to ONNX, or another runtime's file), then time
+side by side in that runtime."""
 from __future__ import annotations
 
 import tempfile
@@ -15,8 +16,9 @@ class ModelTimer:
     the same tensor shapes, is not exported again: the timer keeps a reference, so no other model
     can take its id, and a model pruned in place since has other shapes."""
 
-    def __init__(self, input_shape: tuple[int, ...], config: BenchConfig, opset: int | None = None) -> None:
-        self.input_shape, self.config, self.opset = tuple(input_shape), config, opset
+    def __init__(self, input_shape: tuple[int, ...], config: BenchConfig, opset: int | None = None,
+                 runtime: str = "onnxruntime") -> None:
+        self.input_shape, self.config, self.opset, self.runtime = tuple(input_shape), config, opset, runtime
         self._folder = tempfile.TemporaryDirectory(prefix="edgeprune-timer-")
         self._exported: dict[tuple, tuple[nn.Module, Path]] = {}
 
@@ -26,7 +28,15 @@ class ModelTimer:
         key = (id(model), tuple(tuple(t.shape) for t in model.state_dict().values()))
         if key not in self._exported:
             path = Path(self._folder.name) / f"model{len(self._exported)}.onnx"
-            export_onnx(model, self.input_shape, path, opset=self.opset, verify=False)
+            if self.runtime == "onnxruntime":
+                export_onnx(model, self.input_shape, path, opset=self.opset, verify=False)
+            else:
+                import torch
+
+                from edgeprune.runtimes import get_runtime
+
+                chosen = get_runtime(self.runtime)
+                path = chosen.export(model, torch.randn(self.input_shape), path.with_suffix(chosen.suffix)).path
             self._exported[key] = (model, path)
         return self._exported[key][1]
 

@@ -124,14 +124,16 @@ def _session(model: bytes, settings: dict):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _median_ms(session, feeds: dict, runs: int, min_time: float, warmup: int) -> float:
+def median_ms(run, runs: int, min_time: float, warmup: int) -> float:
+    """Median milliseconds of ``run()``, after ``warmup`` + 1 untimed calls; at least ``runs``
+    calls and ``min_time`` seconds."""
     for _ in range(warmup + 1):
-        session.run(None, feeds)
+        run()
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < runs or time.perf_counter() - started < min_time:
         start = time.perf_counter_ns()
-        session.run(None, feeds)
+        run()
         times.append((time.perf_counter_ns() - start) / 1e6)
     return float(np.median(times))
 
@@ -140,7 +142,8 @@ def time_model(model: bytes, input_shape: list[int], settings: dict, runs: int, 
     """Median milliseconds of one run of a :func:`conv_model`, after ``warmup`` runs; at least
     ``runs`` runs and ``min_time`` seconds."""
     feeds = {"x": np.random.default_rng(0).standard_normal(input_shape).astype(np.float32)}
-    return _median_ms(_session(model, settings), feeds, runs, min_time, warmup)
+    session = _session(model, settings)
+    return median_ms(lambda: session.run(None, feeds), runs, min_time, warmup)
 
 
 def time_file(path: str, settings: dict, runs: int, min_time: float, warmup: int = 5) -> float:
@@ -153,7 +156,7 @@ def time_file(path: str, settings: dict, runs: int, min_time: float, warmup: int
         if not all(isinstance(d, int) for d in item.shape) or item.type != "tensor(float)":
             raise ValueError(f"{path}: input {item.name} must be float with fixed dimensions, got {item.shape}")
         feeds[item.name] = rng.standard_normal(item.shape).astype(np.float32)
-    return _median_ms(session, feeds, runs, min_time, warmup)
+    return median_ms(lambda: session.run(None, feeds), runs, min_time, warmup)
 
 
 def point_key(cin: int, cout: int) -> str:
@@ -186,9 +189,7 @@ def measure_spec(spec: dict, runs: int = 10, min_time: float = 0.02, progress=No
     spec = check_spec(spec)
     settings = spec["settings"]
     total = sum(len(layer["points"]) for layer in spec["layers"])
-    # One run of a 1x1 conv on one pixel: what a session run costs beyond its kernels.
-    tiny = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "in_hw": [1, 1], "depthwise": False}
-    overhead = time_model(conv_model(tiny, 1, 1), [1, 1, 1, 1], settings, runs * 5, min_time)
+    overhead = time_model(conv_model(TINY_LAYER, 1, 1), [1, 1, 1, 1], settings, runs * 5, min_time)
     entries: dict[str, dict[str, float]] = {}
     done = 0
     for layer in spec["layers"]:
@@ -203,6 +204,11 @@ def measure_spec(spec: dict, runs: int = 10, min_time: float = 0.02, progress=No
               for m in spec.get("models", [])}
     return {"format": TABLE_FORMAT, "machine": machine_info(), "settings": settings, "overhead_ms": overhead,
             "runs": runs, "min_time": min_time, "entries": entries, "models": models}
+
+
+# One run of a 1x1 conv on one pixel: what a session run costs beyond its kernels.
+TINY_LAYER = {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0, 0, 0], "dilation": [1, 1], "in_hw": [1, 1],
+              "depthwise": False}
 
 
 def write_json_atomic(value: dict, path: str) -> None:

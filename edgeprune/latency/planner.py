@@ -68,7 +68,8 @@ class _Choices:
     importance: np.ndarray
 
 
-def _choices(group: Group, scores: torch.Tensor | None, round_to: int, max_group_ratio: float) -> _Choices:
+def _choices(group: Group, scores: torch.Tensor | None, round_to: int, max_group_ratio: float,
+             axis_points: int) -> _Choices:
     n = group.n_units
     full = _Choices([n], [np.zeros(n, dtype=bool)], np.ones(n))
     if scores is None or group.n_prunable < 2:
@@ -77,7 +78,7 @@ def _choices(group: Group, scores: torch.Tensor | None, round_to: int, max_group
     floor = max(n - math.floor(max_group_ratio * n), n - group.n_prunable + (group.n_prunable == n), 1)
     s = scores.double().numpy()
     counts, masks = [], []
-    for c in axis(n):
+    for c in axis(n, axis_points):
         if c < floor or c % blocks:
             continue
         mask = np.zeros(n, dtype=bool)
@@ -268,7 +269,8 @@ class LatencyPlanner:
     sensitivity: Any = None  # an edgeprune.sensitivity.Sensitivity: spend the budget where the loss is least
 
     def __call__(self, graph: DependencyGraph, scores: dict[int, torch.Tensor]) -> Plan:
-        choices = {g.index: _choices(g, scores.get(g.index), self.round_to, self.max_group_ratio) for g in graph.groups}
+        choices = {g.index: _choices(g, scores.get(g.index), self.round_to, self.max_group_ratio, self.table.axis_points)
+                   for g in graph.groups}
         if self.measure is None and self.dense_ms is None:
             raise EdgepruneError("a latency plan needs the dense model's time: a way to measure it, or the table's")
         dense_ms = self.measure([graph.model])[0] if self.measure is not None else self.dense_ms

@@ -1,7 +1,8 @@
 """Latency tables: measured milliseconds of single convolutions over a grid of channel counts.
 
-A table belongs to one target and one machine (its CPU, core count and onnxruntime version). It
-is cached on disk (``$EDGEPRUNE_CACHE`` or ``~/.cache/edgeprune``) and grows as models need new
+A table belongs to one target, one runtime and one machine (its CPU, core count and the runtime's
+version): onnxruntime's by default, or another runtime's (:mod:`edgeprune.runtimes`), whose
+single convolutions that runtime itself makes and times. It is cached on disk (``$EDGEPRUNE_CACHE`` or ``~/.cache/edgeprune``) and grows as models need new
 layer shapes. Between grid points a layer's latency is interpolated (bilinearly in its input and
 output widths); at grid points it is the measurement itself, so channel counts the kernels
 dislike show up as what they cost.
@@ -24,16 +25,18 @@ from edgeprune.latency.measure import (SPEC_FORMAT, TABLE_FORMAT, machine_info, 
 AXIS_POINTS = 16  # grid points per channel axis, at most
 
 
-def axis(n: int) -> list[int]:
+def axis(n: int, points: int = AXIS_POINTS) -> list[int]:
     """The channel counts a layer of width ``n`` is measured at: multiples of 4 (of a larger
-    multiple of 4 for wide layers, so at most :data:`AXIS_POINTS`), and ``n``.
+    multiple of 4 for wide layers, so at most ``points``), and ``n``.
 
     >>> axis(16), axis(3)
     ([4, 8, 12, 16], [3])
     >>> len(axis(960)), axis(960)[:3]
     (16, [60, 120, 180])
+    >>> axis(64, points=6)
+    [12, 24, 36, 48, 60, 64]
     """
-    step = 4 * math.ceil(n / (4 * AXIS_POINTS))
+    step = 4 * math.ceil(n / (4 * points))
     return sorted({*range(step, n, step), n})
 
 
@@ -67,10 +70,10 @@ class ConvShape:
         return tuple((self.in_hw[a] + self.padding[a] + self.padding[a + 2] - self.dilation[a] * (self.kernel[a] - 1) - 1)
                      // self.stride[a] + 1 for a in (0, 1))
 
-    def points(self) -> list[tuple[int, int]]:
+    def points(self, per_axis: int = AXIS_POINTS) -> list[tuple[int, int]]:
         if self.depthwise:
-            return [(c, c) for c in axis(self.out_channels)]
-        return [(i, o) for i in axis(self.in_channels) for o in axis(self.out_channels)]
+            return [(c, c) for c in axis(self.out_channels, per_axis)]
+        return [(i, o) for i in axis(self.in_channels, per_axis) for o in axis(self.out_channels, per_axis)]
 
     def spec(self, points: list[tuple[int, int]]) -> dict[str, Any]:
         return {"key": self.key, "kernel": list(self.kernel), "stride": list(self.stride), "padding": list(self.padding),
@@ -78,13 +81,22 @@ class ConvShape:
                 "points": [list(p) for p in points]}
 
 
-def settings_of(target: Any, threads: int | None = None, host: bool = True) -> dict[str, Any]:
-    """The onnxruntime settings a table is measured with: the target's, with its threads capped
-    by this host's cores (``host``) or as the target gives them (for the board itself)."""
+def settings_of(target: Any, threads: int | None = None, host: bool = True,
+                runtime: str = "onnxruntime") -> dict[str, Any]:
+    """The settings a table is measured with: the target's, with its threads capped by this host's
+    cores (``host``) or as the target gives them (for the board itself). For onnxruntime, its
+    session settings; for another runtime, its name, version, threads and grid."""
     if threads is None:
         threads = target.threads or 1
         if host:
             threads = min(threads, os.cpu_count() or 1)
+    if runtime != "onnxruntime":
+        from edgeprune.runtimes import get_runtime
+
+        chosen = get_runtime(runtime)
+        chosen.require()
+        return {"runtime": runtime, "version": chosen.version(), "threads": threads,
+                "axis_points": chosen.table_axis_points}
     return {"threads": threads, "inter_op_threads": target.inter_op_threads,
             "graph_optimization": target.graph_optimization, "memory_arena": target.memory_arena}
 
@@ -123,6 +135,15 @@ class LatencyTable:
         return path
 
     @property
+    def runtime(self) -> str:
+        return self.data["settings"].get("runtime", "onnxruntime")
+
+    @property
+    def axis_points(self) -> int:
+        """Grid points per channel axis (fewer for runtimes whose files are slow to make)."""
+        return self.data["settings"].get("axis_points", AXIS_POINTS)
+
+    @property
     def overhead_ms(self) -> float:
         return self.data.get("overhead_ms") or 0.0
 
@@ -134,7 +155,7 @@ class LatencyTable:
                 continue
             seen.add(shape.key)
             have = self.data["entries"].get(shape.key, {})
-            points = [p for p in shape.points() if point_key(*p) not in have]
+            points = [p for p in shape.points(self.axis_points) if point_key(*p) not in have]
             if points:
                 layers.append(shape.spec(points))
         return layers
@@ -214,9 +235,10 @@ def cache_dir() -> Path:
 
 
 def cached_table_path(target_name: str, settings: dict[str, Any]) -> Path:
-    """One file per target, machine and settings."""
+    """One file per target, runtime, machine and settings."""
     identity = json.dumps({"machine": machine_info(), "settings": settings}, sort_keys=True)
-    return cache_dir() / f"{target_name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
+    runtime = f"-{settings['runtime']}" if "runtime" in settings else ""
+    return cache_dir() / f"{target_name}{runtime}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
 
 
 def open_table(target_name: str, settings: dict[str, Any], path: str | Path | None = None,
@@ -253,6 +275,11 @@ def complete(table: LatencyTable, shapes: list[ConvShape], progress: Callable[[i
     if not table.measured_here:
         raise EdgepruneError(f"latency table {table.path} was measured on another machine and lacks {total} points "
                              "for this model: write them with `edgeprune lut build --spec-only SPEC` and measure there")
-    table.merge(measure_spec(spec, progress=progress))
+    if table.runtime == "onnxruntime":
+        table.merge(measure_spec(spec, progress=progress))
+    else:
+        from edgeprune.latency.by_runtime import measure_with_runtime
+
+        table.merge(measure_with_runtime(spec, table.runtime, progress=progress))
     table.save()
     return total

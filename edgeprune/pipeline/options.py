@@ -42,6 +42,16 @@ class CompressOptions:
     allocate: str = "uniform"  # or "sensitivity": each group's cut from its measured sensitivity
     sensitivity: str | None = None  # curves from `edgeprune sensitivity -o FILE` (default: measured in the run)
 
+    def plan_runtime(self, target) -> str:
+        """The runtime a latency budget plans for and the alignment follows: the first ``--runtime``
+        named, else the target's own."""
+        named = [name for name in self.runtimes if name != "all"]
+        return named[0] if named else target.runtime
+
+    def other_runtimes(self, target) -> tuple[str, ...]:
+        """The runtimes besides onnxruntime to ship and measure: those named, and the target's own."""
+        return tuple(dict.fromkeys((*self.runtimes, target.runtime)))
+
     @property
     def latency_driven(self) -> bool:
         return self.latency_budget is not None or self.speedup is not None

@@ -51,7 +51,7 @@ class Job:
     loaded: Any
     shape: tuple[int, ...]
     preprocess: Any
-    round_to: int
+    round_to: int  # the alignment of the runtime planned for
     data: Data
     epochs: int
     int8: bool
@@ -59,6 +59,11 @@ class Job:
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
     latency: LatencyTable | None = None
+
+    @property
+    def runtime(self) -> str:
+        """The runtime a latency budget plans for (see :meth:`CompressOptions.plan_runtime`)."""
+        return self.options.plan_runtime(self.target)
 
 
 def check_choices(options: CompressOptions) -> Any:
@@ -80,10 +85,9 @@ def check_choices(options: CompressOptions) -> Any:
                    round_to=options.round_to or target.round_to).validate()
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
-    if options.runtimes:
-        from edgeprune.runtimes import resolve_runtimes
+    from edgeprune.runtimes import resolve_runtimes
 
-        resolve_runtimes(tuple(options.runtimes))  # a missing runtime fails now, before any work
+    resolve_runtimes(options.other_runtimes(target))  # a missing runtime fails now, before any work
     if options.allocate not in ("uniform", "sensitivity"):
         raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
     if options.allocate == "sensitivity":
@@ -119,7 +123,8 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     int8 = options.int8 if options.int8 is not None else target.int8
     if int8 and data.train is None:
         raise EdgepruneError(f"INT8 for target {target.name} needs calibration data: give --calib SOURCE or --no-int8")
-    job = Job(options, target, loaded, shape, preprocess, options.round_to or target.round_to, data,
+    round_to = options.round_to or target.round_to_for(options.plan_runtime(target))
+    job = Job(options, target, loaded, shape, preprocess, round_to, data,
               finetune_epochs(data, options), int8, latency=latency)
     describe_outputs(job)
     guessed = loaded.preprocess is None and preprocess.source.startswith("default")
@@ -144,7 +149,9 @@ def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options
     from edgeprune.latency import complete, conv_shapes, open_table, settings_of
     from edgeprune.latency.table import model_key
 
-    table = open_table(target.name, settings_of(target), options.lut, board_settings=settings_of(target, host=False))
+    runtime = options.plan_runtime(target)
+    table = open_table(target.name, settings_of(target, runtime=runtime), options.lut,
+                       board_settings=settings_of(target, host=False, runtime=runtime))
     found = LatencyTable(table, list(conv_shapes(loaded.model, shape).values()))
     if not table.measured_here:
         complete(table, found.shapes)  # raises, saying how to measure them there, if points are missing

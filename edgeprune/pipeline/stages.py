@@ -38,13 +38,14 @@ def latency_planner(job: Job, progress: Progress) -> Any:
         progress(f"latency table from another machine ({table.data['machine'].get('cpu') or 'unknown CPU'}): "
                  "the plan rests on its prediction; measure the result there with `edgeprune bench`")
         return LatencyPlanner(table, budget, None, dense_ms=job.latency.board_dense_ms, **common)
-    settings = settings_of(target)
+    settings = settings_of(target, runtime=job.runtime)
     missing = sum(len(layer["points"]) for layer in table.missing(job.latency.shapes))
     if missing:
-        progress(f"measuring the latency table: {missing} points ({settings['threads']} threads), kept in {table.path}")
+        progress(f"measuring the {job.runtime} latency table: {missing} points ({settings['threads']} threads), "
+                 f"kept in {table.path}")
     complete(table, job.latency.shapes)
     config = BenchConfig.from_target(target, intra_threads=settings["threads"], min_runs=20, min_time=0.5)
-    return LatencyPlanner(table, budget, ModelTimer(job.shape, config, target.opset), **common)
+    return LatencyPlanner(table, budget, ModelTimer(job.shape, config, target.opset, job.runtime), **common)
 
 
 def sensitivity_planner(job: Job, progress: Progress) -> Any:
@@ -248,7 +249,7 @@ def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> d
     found: dict[str, dict] = {}
     threads = min(job.target.threads, os.cpu_count() or 1)
     config = BenchConfig(intra_threads=threads, min_runs=job.options.runs, min_time=job.options.min_time)
-    for runtime in resolve_runtimes(tuple(job.options.runtimes)):
+    for runtime in resolve_runtimes(job.options.other_runtimes(job.target)):
         progress(f"{runtime.name}: exporting, checking against PyTorch and measuring dense and pruned")
         try:
             found[runtime.name] = _runtime_pair(runtime, job, result, staging, config)
@@ -277,13 +278,22 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
 
 # --- report -------------------------------------------------------------------------------------
 
+def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) -> dict[str, float | None]:
+    """Dense and pruned p50 in the runtime the plan was made for (None where it could not run)."""
+    if runtime == "onnxruntime":
+        return {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"]}
+    found = runtimes.get(runtime, {})
+    return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms")}
+
+
 def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,
                  seconds: float, runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     from edgeprune.counter import compare_layers
 
     summary = result.summary()
     if "plan" in summary:
-        summary["plan"]["final"] = {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"]}
+        summary["plan"]["runtime"] = job.runtime
+        summary["plan"]["final"] = _final_times(job.runtime, variants, runtimes or {})
     data = job.data
     return {
         "model": job.loaded.spec, "target": asdict(job.target), "options": asdict(job.options),
@@ -294,7 +304,7 @@ def build_report(job: Job, result: Any, variants: list[dict], exports: dict, set
                    [{"name": name} for name in job.output_names],
                    "label_output": job.output_names[job.label_output] if job.label_output is not None else None},
         "bench_settings": settings, "variants": variants, "export": exports,
-        "pruning": {**summary, "layers": compare_layers(job.loaded.model, result.model, job.shape),
+        "pruning": {**summary, "round_to": job.round_to, "layers": compare_layers(job.loaded.model, result.model, job.shape),
                     "eval_data": {"source": data.spec, "split": data.eval_split,
                                   "images": data.quality_images,
                                   "labelled": data.evaluation is not None and data.evaluation.y is not None}},

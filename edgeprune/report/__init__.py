@@ -146,12 +146,13 @@ def _latency_section(plan: dict[str, Any]) -> list[str]:
         f"{plan['budget']['speedup']}x the dense model's speed"
     measured = plan["measured_ms"]
     final = plan.get("final", {})
-    lines = ["## Latency budget", "", f"Budget {plan['budget_ms']:.3f} ms ({asked}); widths chosen from the latency "
-             f"table `{plan['table']}`.", "", "| | dense ms | pruned ms |", "|---|---|---|",
+    runtime = plan.get("runtime", "onnxruntime")
+    lines = ["## Latency budget", "", f"Budget {plan['budget_ms']:.3f} ms in {runtime} ({asked}); widths chosen "
+             f"from its latency table `{plan['table']}`.", "", "| | dense ms | pruned ms |", "|---|---|---|",
              f"| predicted by the table | {plan['dense_ms_measured']:.3f} (its start) | {plan['predicted_ms']:.3f} |"]
     if measured is not None:
         lines.append(f"| measured while planning | {plan['rounds'][-1]['dense_ms']:.3f} | {measured:.3f} |")
-    if final:
+    if final and final.get("pruned_ms") is not None:
         lines.append(f"| measured in this report (this host) | {final['dense_ms']:.3f} | {final['pruned_ms']:.3f} |")
     lines.append("")
     lines.append(f"Prediction error against the measurement: {plan['predicted_ms'] / measured - 1:+.1%}; "

@@ -7,8 +7,8 @@ threads)`` (in a benchmark worker). Each exported file has a sidecar ``FILE.io.j
 runtime, input shapes and output names, so a worker needs neither torch nor the model to run it.
 """
 from edgeprune.runtimes.base import (RUNTIMES, Runtime, RuntimeFile, check_runtime, get_runtime, read_sidecar,
-                                     register_runtime, resolve_runtimes, runtime_of)
+                                     register_runtime, resolve_runtimes, runtime_names, runtime_of)
 from edgeprune.runtimes import executorch_xnnpack, ncnn_pnnx  # noqa: F401  (registers them)
 
 __all__ = ["RUNTIMES", "Runtime", "RuntimeFile", "check_runtime", "get_runtime", "read_sidecar", "register_runtime",
-           "resolve_runtimes", "runtime_of"]
+           "resolve_runtimes", "runtime_names", "runtime_of"]

@@ -5,7 +5,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -30,6 +30,7 @@ class Runtime:
     install: str = ""  # how to get them
     suffix: str = ""  # of the main file
     imports_torch: bool = False  # whether running a file (not only making it) needs torch
+    table_axis_points: int = 16  # grid points per channel axis in its latency tables (fewer where files are slow to make)
 
     def missing(self) -> str | None:
         """Why this runtime cannot be used here (one line), or None."""
@@ -63,6 +64,18 @@ class Runtime:
     def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
         raise NotImplementedError
 
+    def version(self) -> str:
+        import importlib.metadata
+
+        return importlib.metadata.version(self.packages[0])
+
+    def conv_times(self, layer: dict[str, Any], points: list[tuple[int, int]], threads: int, runs: int,
+                   min_time: float, done: Callable[[], None] | None = None) -> list[float]:
+        """Median milliseconds of one convolution of ``layer``'s geometry (as in a latency-table
+        spec, see :func:`edgeprune.latency.measure.conv_model`) at each (in, out) width of
+        ``points``, run by this runtime; ``done()`` after each point."""
+        raise EdgepruneError(f"runtime '{self.name}' cannot time single convolutions for a latency table")
+
     def open(self, path: str | Path, threads: int) -> Session:
         raise NotImplementedError
 
@@ -92,6 +105,12 @@ def resolve_runtimes(names: Sequence[str]) -> list[Runtime]:
     for runtime in chosen:
         runtime.require()
     return chosen
+
+
+def runtime_names(names: Sequence[str]) -> list[str]:
+    """``names`` (or 'all') as runtime names, onnxruntime first where asked for; the others usable here."""
+    others = [r.name for r in resolve_runtimes(names)]
+    return (["onnxruntime"] if "onnxruntime" in names or "all" in names else []) + others
 
 
 def get_runtime(name: str) -> Runtime:

@@ -6,8 +6,9 @@ worker for it does too; on a phone the same file runs from the C++ or Java/Kotli
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -26,28 +27,81 @@ class ExecuTorchRuntime(Runtime):
                "tabulate")
     suffix = ".pte"
     imports_torch = True
+    table_axis_points = 6  # lowering to XNNPACK takes about 0.8 s per convolution: a coarser grid
+    METHODS_PER_FILE = 16
 
     def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
         import torch
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
 
-        try:
-            with native_output_captured():
-                program = torch.export.export(model.eval(), (example,))
-                lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise EdgepruneError(f"ExecuTorch could not export the model: {first[:200]}") from exc
-        write_atomic(path, lowered.buffer)
+        with _export_errors():
+            program = torch.export.export(model.eval(), (example,))
+        write_atomic(path, _lowered({"forward": program}))
         return [path]
 
     def open(self, path: str | Path, threads: int) -> "_ExecuTorchSession":
         return _ExecuTorchSession(path, threads)
 
+    def conv_times(self, layer: dict[str, Any], points: list[tuple[int, int]], threads: int, runs: int,
+                   min_time: float, done: Callable[[], None] | None = None) -> list[float]:
+        """One program per :attr:`METHODS_PER_FILE` points, a method per point (lowering is the slow part)."""
+        import tempfile
+
+        import torch
+
+        from edgeprune.latency.measure import median_ms
+
+        found = []
+        h, w = layer["in_hw"]
+        with tempfile.TemporaryDirectory() as work:
+            for start in range(0, len(points), self.METHODS_PER_FILE):
+                chunk = points[start:start + self.METHODS_PER_FILE]
+                with _export_errors():
+                    programs = {f"p{i}": torch.export.export(_conv(layer, cin, cout).eval(), (torch.zeros(1, cin, h, w),))
+                                for i, (cin, cout) in enumerate(chunk)}
+                path = Path(work) / f"convs{start}.pte"
+                path.write_bytes(_lowered(programs))
+                for i, (cin, _) in enumerate(chunk):
+                    session = _ExecuTorchSession(path, threads, method=f"p{i}")
+                    x = [np.random.default_rng(0).standard_normal((1, cin, h, w)).astype(np.float32)]
+                    found.append(median_ms(lambda: session.run(x), runs, min_time, warmup=2))
+                    if done:
+                        done()
+        return found
+
+
+def _conv(layer: dict[str, Any], cin: int, cout: int) -> Any:
+    from torch import nn
+
+    top, left, bottom, right = layer["padding"]
+    if (top, left) != (bottom, right):
+        raise EdgepruneError(f"ExecuTorch tables time symmetric paddings only, not {layer['padding']}")
+    return nn.Conv2d(cin, cout, tuple(layer["kernel"]), tuple(layer["stride"]), (top, left), tuple(layer["dilation"]),
+                     groups=cin if layer["depthwise"] else 1)
+
+
+@contextmanager
+def _export_errors():
+    try:
+        with native_output_captured():
+            yield
+    except EdgepruneError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgepruneError(f"ExecuTorch could not export the model: {first[:200]}") from exc
+
+
+def _lowered(programs: dict[str, Any]) -> bytes:
+    """The ``.pte`` bytes of ``programs`` (method name -> exported program), delegated to XNNPACK."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with _export_errors():
+        return to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+
 
 class _ExecuTorchSession:
-    def __init__(self, path: str | Path, threads: int) -> None:
+    def __init__(self, path: str | Path, threads: int, method: str = "forward") -> None:
         import importlib.metadata
 
         import torch
@@ -55,12 +109,13 @@ class _ExecuTorchSession:
         from executorch.runtime import Runtime as ExecuTorch
 
         if threads > 0:
-            portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool; 0 keeps its default
+            with native_output_captured():
+                portable_lib._unsafe_reset_threadpool(threads)  # XNNPACK's thread pool; 0 keeps its default
         self._torch = torch
         self.version = importlib.metadata.version("executorch")
         try:
             with native_output_captured():
-                self.method = ExecuTorch.get().load_program(str(path)).load_method("forward")
+                self.method = ExecuTorch.get().load_program(str(path)).load_method(method)
         except Exception as exc:
             raise EdgepruneError(f"{path}: ExecuTorch could not load it ({type(exc).__name__})") from exc
 

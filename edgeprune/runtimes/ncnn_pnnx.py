@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -30,6 +30,24 @@ def unknown_layers(param_text: str) -> list[str]:
 
     types = [line.split()[0] for line in param_text.splitlines()[2:] if line.strip()]
     return sorted({t for t in types if ncnn.layer_to_index(t) < 0})
+
+
+def conv_files(layer: dict[str, Any], cin: int, cout: int, seed: int = 0) -> tuple[str, bytes]:
+    """An ncnn ``.param`` text and ``.bin`` bytes holding one convolution (with bias) of a
+    latency-table ``layer``'s geometry, written directly: ncnn's format is simple and this needs no torch."""
+    group = cin if layer["depthwise"] else 1
+    (kh, kw), (sh, sw), (dh, dw) = layer["kernel"], layer["stride"], layer["dilation"]
+    top, left, bottom, right = layer["padding"]
+    n_weights = cout * (cin // group) * kh * kw
+    kind = "ConvolutionDepthWise" if layer["depthwise"] else "Convolution"
+    grouped = f" 7={group}" if layer["depthwise"] else ""
+    param = ("7767517\n2 2\nInput in0 0 1 in0\n"
+             f"{kind} conv 1 1 in0 out0 0={cout} 1={kw} 11={kh} 2={dw} 12={dh} 3={sw} 13={sh} "
+             f"4={left} 14={top} 15={right} 16={bottom} 5=1 6={n_weights}{grouped}\n")
+    rng = np.random.default_rng(seed)
+    weights = (rng.standard_normal(n_weights) * 0.1).astype("<f4").tobytes()
+    bias = rng.standard_normal(cout).astype("<f4").tobytes()
+    return param, b"\0\0\0\0" + weights + bias  # a zero flag: the weights follow as raw float32
 
 
 @register_runtime
@@ -68,6 +86,25 @@ class NcnnRuntime(Runtime):
 
     def open(self, path: str | Path, threads: int) -> "_NcnnSession":
         return _NcnnSession(path, threads, len(read_sidecar(path)["outputs"]))
+
+    def conv_times(self, layer: dict[str, Any], points: list[tuple[int, int]], threads: int, runs: int,
+                   min_time: float, done: Callable[[], None] | None = None) -> list[float]:
+        from edgeprune.latency.measure import median_ms
+
+        found = []
+        h, w = layer["in_hw"]
+        with tempfile.TemporaryDirectory() as work:
+            param = Path(work) / "conv.ncnn.param"
+            for cin, cout in points:
+                text, weights = conv_files(layer, cin, cout)
+                param.write_text(text)
+                bin_path(param).write_bytes(weights)
+                session = _NcnnSession(param, threads, 1)
+                x = [np.random.default_rng(0).standard_normal((1, cin, h, w)).astype(np.float32)]
+                found.append(median_ms(lambda: session.run(x), runs, min_time, warmup=2))
+                if done:
+                    done()
+        return found
 
 
 class _NcnnSession:
