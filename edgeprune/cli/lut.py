@@ -125,6 +125,35 @@ def _write_spec(loaded, shape: tuple[int, ...], shapes: list, target, threads: i
     return summary, hint
 
 
+@lut.command("align")
+@click.option("--target", "-t", default="arm", show_default=True, help="Device profile or a target JSON file.")
+@click.option("--runtime", "runtimes", multiple=True, metavar="NAME",
+              help="onnxruntime, executorch, ncnn; repeatable, or 'all' (default: the target's runtime).")
+@click.option("--threads", type=click.IntRange(min=1), help="Threads (default: the target's, at most this host's cores).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"alignments": [...]} as JSON.')
+def align(target, runtimes, threads, as_json):
+    """Find the channel multiple each runtime's kernels prefer on this machine, from a small probe table (cached).
+
+    Put it in a target file as "round_to_by_runtime": {"ncnn": N}, or pass --round-to N to compress.
+    """
+    from edgeprune.latency import settings_of
+    from edgeprune.latency.alignment import preferred_alignment, probe_table
+    from edgeprune.runtimes import runtime_names
+    from edgeprune.targets import load_target
+
+    target = load_target(target)
+    found = []
+    for runtime in runtime_names(runtimes or (target.runtime,)):
+        table = probe_table(settings_of(target, threads, runtime=runtime), None if as_json else _Bar(f"probing ({runtime})"))
+        found.append(preferred_alignment(table))
+    if as_json:
+        emit_json({"target": target.name, "alignments": [a.to_dict() for a in found]})
+        return
+    for a in found:
+        click.echo(f"{a.runtime}: round_to {a.preferred} (target {target.name} uses {target.round_to_for(a.runtime)}); "
+                   f"widths worth choosing: " + "; ".join(f"{k.split('/', 1)[1]} {v}" for k, v in a.worth.items()))
+
+
 @lut.command("measure")
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The table JSON to write.")

@@ -260,20 +260,42 @@ def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> d
 
 
 def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: Any) -> dict[str, Any]:
+    """Dense and pruned files (and their INT8 versions where the job quantises and the runtime can),
+    each compared with PyTorch, timed side by side; speedups against dense float."""
+    from edgeprune.profile import profile_models
+
+    models = {"dense": job.loaded.model, "pruned": result.model}
+    made = {name: _runtime_file(runtime, model, job.shape, staging / f"{name}{runtime.suffix}")
+            for name, model in models.items()}
+    found: dict[str, Any] = {}
+    if job.int8 and runtime.int8_missing:
+        found["int8"] = {"error": runtime.int8_missing}
+    elif job.int8:
+        from edgeprune.calibration import sample
+
+        calibration = sample(job.data.train, min(256, len(job.data.train.x)), seed=job.options.seed).x
+        made.update({f"{name}_int8": _runtime_file(runtime, model, job.shape, staging / f"{name}_int8{runtime.suffix}",
+                                                   calibration) for name, model in models.items()})
+    times = {name: p.p50_ms for name, p in zip(made, profile_models([staging / m["file"] for m in made.values()], config))}
+    if "pruned_int8" in made:
+        found["int8"] = {name: {**made.pop(f"{name}_int8"), "p50_ms": times[f"{name}_int8"],
+                                "speedup": times["dense"] / times[f"{name}_int8"]} for name in models}
+    return {**made, **found, "threads": config.intra_threads, "dense_p50_ms": times["dense"],
+            "pruned_p50_ms": times["pruned"], "speedup": times["dense"] / times["pruned"], "version": runtime.version()}
+
+
+def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None) -> dict[str, Any]:
+    """One runtime file, compared with PyTorch: float files must match (a one-line error past the
+    tolerance); INT8 files record how far they are."""
     import torch
 
-    from edgeprune.profile import profile_models
     from edgeprune.runtimes import check_runtime
 
-    made = {}
-    for name, model in (("dense", job.loaded.model), ("pruned", result.model)):
-        exported = runtime.export(model, torch.randn(job.shape), staging / f"{name}{runtime.suffix}")
-        diff = check_runtime(model, exported)
-        made[name] = {"file": exported.path.name, "files": [p.name for p in exported.files],
-                      "max_abs": diff.max_abs, "max_rel": diff.max_rel}
-    dense, pruned = profile_models([staging / made[v]["file"] for v in ("dense", "pruned")], config)
-    return {**made, "threads": config.intra_threads, "dense_p50_ms": dense.p50_ms, "pruned_p50_ms": pruned.p50_ms,
-            "speedup": dense.p50_ms / pruned.p50_ms, "version": dense.settings.onnxruntime_version}
+    exported = runtime.export(model, torch.randn(shape), path, calibration)
+    int8 = calibration is not None
+    diff = check_runtime(model, exported, **({"atol": float("inf"), "rtol": 0.0} if int8 else {}))
+    return {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
+            "max_rel": None if int8 else diff.max_rel}
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -38,19 +38,28 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
 
+def _int8_cell(found: dict[str, Any]) -> str:
+    int8 = found.get("int8")
+    if int8 is None:
+        return "-"
+    return "none: " + int8["error"] if "error" in int8 else f"{int8['pruned']['speedup']:.2f}x ({int8['pruned']['file']})"
+
+
 def runtime_lines(runtimes: dict[str, Any], markdown: bool = False) -> list[str]:
     """Dense and pruned latency on each runtime beside onnxruntime, with the files that ship."""
     if not runtimes:
         return []
-    header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned files", "max abs diff vs PyTorch"]
-    rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", f"{r['speedup']:.2f}x",
+    header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned INT8 speedup", "pruned files",
+              "max abs diff vs PyTorch"]
+    rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", f"{r['speedup']:.2f}x", _int8_cell(r),
              ", ".join(r["pruned"]["files"]), f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
-            if "error" not in r else [name, "-", "-", "-", "none", r["error"]] for name, r in runtimes.items()]
+            if "error" not in r else [name, "-", "-", "-", "-", "none", r["error"]] for name, r in runtimes.items()]
     if not markdown:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     threads = next((r["threads"] for r in runtimes.values() if "threads" in r), "-")
-    return (["## Other runtimes", "", f"Each file checked against PyTorch, then dense and pruned timed side by side "
+    return (["## Other runtimes", "", f"Each float file checked against PyTorch, then dense and pruned timed side by side; INT8 speedup "
+             f"is against dense float "
              f"({threads} threads, fresh worker per model, interleaved rounds).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])

@@ -30,6 +30,7 @@ class Runtime:
     install: str = ""  # how to get them
     suffix: str = ""  # of the main file
     imports_torch: bool = False  # whether running a file (not only making it) needs torch
+    int8_missing: str | None = "no INT8 path here"  # None where export(..., calibration=) makes an INT8 file
     table_axis_points: int = 16  # grid points per channel axis in its latency tables (fewer where files are slow to make)
 
     def missing(self) -> str | None:
@@ -49,19 +50,22 @@ class Runtime:
         if reason:
             raise EdgepruneError(reason)
 
-    def export(self, model: Any, example: Any, path: str | Path) -> RuntimeFile:
+    def export(self, model: Any, example: Any, path: str | Path, calibration: np.ndarray | None = None) -> RuntimeFile:
         """Write ``model`` traced at ``example`` (a batch-1 tensor) for this runtime at ``path``
-        (its other files beside it), each to a temporary name first; then the sidecar."""
+        (its other files beside it), each to a temporary name first; then the sidecar. With
+        ``calibration`` (N x C x H x W float32 images), an INT8 file calibrated on them."""
         self.require()
+        if calibration is not None and self.int8_missing:
+            raise EdgepruneError(f"runtime '{self.name}': {self.int8_missing}")
         path = Path(path)
         outputs = _output_names(model, example)
-        files = self.export_files(model, example, path)
+        files = self.export_files(model, example, path, calibration)
         sidecar = {"runtime": self.name, "inputs": {"input": list(example.shape)}, "outputs": outputs,
-                   "files": [f.name for f in files]}
+                   "files": [f.name for f in files], "int8": calibration is not None}
         write_atomic(sidecar_path(path), json.dumps(sidecar, indent=2))
         return RuntimeFile(self.name, path, files, sidecar["inputs"], outputs)
 
-    def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
+    def export_files(self, model: Any, example: Any, path: Path, calibration: np.ndarray | None) -> list[Path]:
         raise NotImplementedError
 
     def version(self) -> str:

@@ -57,8 +57,9 @@ class NcnnRuntime(Runtime):
     run_packages = ("ncnn",)
     install = "pip install ncnn pnnx"
     suffix = ".ncnn.param"
+    int8_missing = "ncnn's INT8 needs its ncnn2table and ncnn2int8 tools, which the pip wheel does not ship"
 
-    def export_files(self, model: Any, example: Any, path: Path) -> list[Path]:
+    def export_files(self, model: Any, example: Any, path: Path, calibration: np.ndarray | None) -> list[Path]:
         import pnnx
 
         from edgeprune.runtimes._flat import FlatOutputs
