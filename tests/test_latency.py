@@ -366,3 +366,30 @@ def test_a_sensitivity_allocation_meets_a_latency_budget_and_spares_the_sensitiv
     assert abs(details["error"]) <= 0.10 and details["allocation"] == "sensitivity"
     assert sensitive.name not in details["widths"]  # the one group that matters keeps its width
     assert details["predicted_loss"] < 1.0
+
+
+@pytest.mark.parametrize("block, expected", [(1, 2), (8, 8), (16, 16)])
+def test_preferred_alignment_is_the_multiple_the_kernels_pad_to(block, expected):
+    """A synthetic runtime that pads channels to ``block`` (1: none): its probe table says so."""
+    from edgeprune.latency.alignment import PROBE_LAYERS, WIDTHS, preferred_alignment
+
+    def ms(layer, w):
+        padded = block * math.ceil(w / block)
+        return 0.01 + 1e-5 * (padded if layer["depthwise"] else padded * padded)
+
+    entries = {layer["key"]: {f"{w},{w}": ms(layer, w) for w in WIDTHS} for layer in PROBE_LAYERS}
+    table = LatencyTable({"format": measure_module.TABLE_FORMAT, "settings": {"runtime": "ncnn"}, "overhead_ms": 0.01,
+                          "entries": entries})
+    found = preferred_alignment(table)
+    assert found.preferred == expected and found.runtime == "ncnn"
+    assert found.score[2] == pytest.approx(1.0, abs=0.02)
+
+
+def test_lut_align_reports_each_runtime_in_json(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
+    result = CliRunner().invoke(main, ["lut", "align", "--target", "x86-avx2", "--runtime", "onnxruntime", "--threads",
+                                       "1", "--json"])
+    assert result.exit_code == 0, result.output
+    (found,) = json.loads(result.stdout)["alignments"]
+    assert found["runtime"] == "onnxruntime" and found["preferred"] in (1, 2, 4, 8, 16)
+    assert set(found["score"]) == {"2", "4", "8", "16"} and (tmp_path / "cache" / "lut").is_dir()

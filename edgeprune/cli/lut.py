@@ -150,8 +150,9 @@ def align(target, runtimes, threads, as_json):
         emit_json({"target": target.name, "alignments": [a.to_dict() for a in found]})
         return
     for a in found:
+        scores = ", ".join(f"{m}: {s:.2f}" for m, s in a.score.items())
         click.echo(f"{a.runtime}: round_to {a.preferred} (target {target.name} uses {target.round_to_for(a.runtime)}); "
-                   f"widths worth choosing: " + "; ".join(f"{k.split('/', 1)[1]} {v}" for k, v in a.worth.items()))
+                   f"relative throughput of the widths each multiple allows: {scores}")
 
 
 @lut.command("measure")

@@ -1,12 +1,15 @@
 """The channel multiple a runtime's kernels prefer, read from its own latency table.
 
 A probe table times three typical layers (a 3x3 convolution, a 1x1 convolution, a depthwise 3x3)
-at every even output width from 34 to 64 (the 3x3 and 1x1 with 64 input channels). A width is
-*worth choosing* when no wider one of the same layer runs as fast (within :data:`TIE`): a runtime
-that pads channels to a multiple of ``a``, or falls back to slower kernels off that multiple, makes
-only the multiples of ``a`` worth choosing. The preferred alignment is the largest candidate that
-divides at least :data:`SHARE` of the widths worth choosing, over the three layers; 1 if none
-does. Widths are even, so 2 is the finest step seen.
+at every even width from 34 to 64, input and output alike (pruning narrows both: a layer's input
+is the previous layer's output, and some runtimes pack input channels too). For each width the
+throughput is MACs per millisecond (the per-run overhead taken out), relative to a straight line
+fitted through all widths' throughputs (wider layers run more efficiently anyway; the line takes
+that trend out). A candidate multiple ``a`` scores the mean relative throughput of the widths it
+allows (multiples of ``a``), over the three layers: kernels that pad channels to a multiple, or
+fall back to slower code off it, make those widths the efficient ones. The preferred alignment is
+the smallest candidate within :data:`TIE` of the best score (a finer step keeps more freedom for
+accuracy). Widths are even, so 2 (which allows every width, score 1) is the finest step seen.
 """
 from __future__ import annotations
 
@@ -16,41 +19,41 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
 from edgeprune.latency.measure import SPEC_FORMAT, machine_info
 from edgeprune.latency.table import LatencyTable, cache_dir
 
 CANDIDATES = (2, 4, 8, 16)
 WIDTHS = tuple(range(34, 65, 2))
-SHARE = 2 / 3
-TIE = 1.03  # a wider width within 3 % of the time is as fast (timing noise)
+TIE = 0.03  # scores within 3 % are alike (timing noise)
 _CONV = {"stride": [1, 1], "dilation": [1, 1], "in_hw": [16, 16]}
 PROBE_LAYERS = (
-    {"key": "probe/conv3x3/in64", "kernel": [3, 3], "padding": [1, 1, 1, 1], "depthwise": False, **_CONV, "cin": 64},
-    {"key": "probe/conv1x1/in64", "kernel": [1, 1], "padding": [0, 0, 0, 0], "depthwise": False, **_CONV, "cin": 64},
-    {"key": "probe/dw3x3", "kernel": [3, 3], "padding": [1, 1, 1, 1], "depthwise": True, **_CONV, "cin": None},
+    {"key": "probe/conv3x3", "kernel": [3, 3], "padding": [1, 1, 1, 1], "depthwise": False, **_CONV},
+    {"key": "probe/conv1x1", "kernel": [1, 1], "padding": [0, 0, 0, 0], "depthwise": False, **_CONV},
+    {"key": "probe/dw3x3", "kernel": [3, 3], "padding": [1, 1, 1, 1], "depthwise": True, **_CONV},
 )
 
 
 @dataclass(frozen=True)
 class Alignment:
-    """The preferred multiple, the widths worth choosing per probe layer, and each candidate's share of them."""
+    """The preferred multiple, and each candidate's score (relative throughput of the widths it allows)."""
 
     runtime: str
     preferred: int
-    worth: dict[str, list[int]]
-    share: dict[int, float]
+    score: dict[int, float]
     table: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runtime": self.runtime, "preferred": self.preferred, "worth_choosing": self.worth,
-                "share": {str(a): round(s, 3) for a, s in self.share.items()}, "table": self.table}
+        return {"runtime": self.runtime, "preferred": self.preferred,
+                "score": {str(a): round(s, 3) for a, s in self.score.items()}, "table": self.table}
 
 
 def probe_spec(settings: dict[str, Any]) -> dict[str, Any]:
     layers = []
     for layer in PROBE_LAYERS:
-        points = [[w, w] if layer["depthwise"] else [layer["cin"], w] for w in WIDTHS]
-        layers.append({k: v for k, v in layer.items() if k != "cin"} | {"points": points})
+        layers.append({**layer, "points": [[w, w] for w in WIDTHS]})
     return {"format": SPEC_FORMAT, "settings": settings, "layers": layers, "models": []}
 
 
@@ -59,10 +62,17 @@ def probe_table(settings: dict[str, Any], progress: Callable[[int, int], None] |
     from edgeprune.latency.by_runtime import measure_with_runtime
     from edgeprune.latency.measure import measure_spec
 
-    identity = json.dumps({"machine": machine_info(), "settings": settings, "widths": WIDTHS}, sort_keys=True)
+    identity = json.dumps({"machine": machine_info(), "settings": settings, "widths": WIDTHS, "layers": PROBE_LAYERS},
+                          sort_keys=True)
     path = cache_dir() / f"alignment-{settings.get('runtime', 'onnxruntime')}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
     if path.exists():
-        return LatencyTable.load(path)
+        try:
+            cached = LatencyTable.load(path)
+            if all(layer["key"] in cached.data["entries"] for layer in PROBE_LAYERS):
+                return cached
+        except EdgepruneError:
+            pass  # a damaged cache is measured again
+
     spec = probe_spec(settings)
     runtime = settings.get("runtime", "onnxruntime")
     measured = (measure_spec(spec, runs=20, min_time=0.05, progress=progress) if runtime == "onnxruntime" else
@@ -74,16 +84,15 @@ def probe_table(settings: dict[str, Any], progress: Callable[[int, int], None] |
 
 def preferred_alignment(table: LatencyTable) -> Alignment:
     """Read the preferred multiple from a probe table (see the module docstring)."""
-    worth = {}
+    relative = []
     for layer in PROBE_LAYERS:
         row = table.data["entries"][layer["key"]]
-        ms = [row[_key(layer, w)] for w in WIDTHS]
-        worth[layer["key"]] = [w for i, w in enumerate(WIDTHS) if not any(t <= ms[i] * TIE for t in ms[i + 1:])]
-    chosen = [w for widths in worth.values() for w in widths]
-    share = {a: sum(w % a == 0 for w in chosen) / len(chosen) for a in CANDIDATES}
-    preferred = max((a for a in CANDIDATES if share[a] >= SHARE), default=1)
-    return Alignment(table.runtime, preferred, worth, share, str(table.path) if table.path else None)
-
-
-def _key(layer: dict[str, Any], w: int) -> str:
-    return f"{w},{w}" if layer["depthwise"] else f"{layer['cin']},{w}"
+        macs = {w: w if layer["depthwise"] else w * w for w in WIDTHS}  # per pixel and kernel tap: enough to compare
+        speed = {w: macs[w] / max(row[f"{w},{w}"] - table.overhead_ms, 1e-9) for w in WIDTHS}
+        slope, intercept = np.polyfit(WIDTHS, [speed[w] for w in WIDTHS], 1)
+        relative.append({w: v / (slope * w + intercept) for w, v in speed.items()})
+    score = {a: sum(r[w] for r in relative for w in WIDTHS if w % a == 0) / sum(w % a == 0 for w in WIDTHS) / len(relative)
+             for a in CANDIDATES}
+    best = max(score.values())
+    preferred = min(a for a in CANDIDATES if score[a] >= best * (1 - TIE))
+    return Alignment(table.runtime, preferred, score, str(table.path) if table.path else None)
