@@ -196,3 +196,25 @@ def test_bench_runtime_times_the_files_beside_the_onnx_without_torch(tmp_path):
     missing = run_cli("bench", str(out), "--runtime", "executorch") if "executorch" in INSTALLED else None
     if missing is not None:
         assert_one_line_process_error(missing, "no executorch file")
+
+
+@pytest.mark.skipif("executorch" not in INSTALLED, reason="executorch is not installed")
+def test_export_int8_writes_an_int8_pte_beside_the_float_one(tmp_path):
+    from edgeprune.models.default import DEFAULT_DATA
+
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, ["export", "-o", str(out), "--int8", "--calib", DEFAULT_DATA, "--calib-limit", "16",
+                                       "--eval-limit", "0", "--runtime", "executorch", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)["runtimes"]["executorch"]
+    assert found["int8"]["file"] == str(tmp_path / "m.int8.pte") and (tmp_path / "m.int8.pte").is_file()
+    assert read_sidecar(tmp_path / "m.int8.pte")["int8"] is True and read_sidecar(tmp_path / "m.pte")["int8"] is False
+    assert found["int8"]["max_abs"] > found["max_abs"]  # quantised: further from float than the float file
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_ncnn_says_in_one_line_why_it_has_no_int8(tmp_path):
+    with pytest.raises(EdgepruneError, match="ncnn's INT8 needs its ncnn2table and ncnn2int8 tools"):
+        get_runtime("ncnn").export(Heads().eval(), torch.randn(Heads.input_shape), tmp_path / "h.ncnn.param",
+                                   calibration=torch.rand(4, *Heads.input_shape[1:]).numpy())
+    assert not list(tmp_path.iterdir())

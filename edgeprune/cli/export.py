@@ -71,13 +71,14 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
                          simplify=not no_simplify, atol=atol, rtol=rtol, exporter=exporter)
     summary: dict[str, Any] = {"model": loaded.spec, "onnx": result.to_dict(), "preprocess": preprocess.to_dict(),
                                "input": "raw 0-255 RGB pixels" if bake_preprocess else "preprocessed"}
+    images = _calibration_images(calib, loaded.input_shape, preprocess, calib_limit) if int8 else None
     if int8:
-        summary["int8"] = _int8(result, loaded.input_shape, calib, preprocess, label_output, calib_limit, calib_method,
+        summary["int8"] = _int8(result, loaded.input_shape, calib, images, preprocess, label_output, calib_method,
                                 not per_tensor, eval_limit)
     if ort_format:
         summary["ort"] = [str(to_ort_format(p)) for p in [result.path, summary.get("int8", {}).get("path")] if p]
     if chosen:
-        summary["runtimes"] = _runtime_files(chosen, net, loaded.input_shape, Path(output), atol, rtol)
+        summary["runtimes"] = _runtime_files(chosen, net, loaded.input_shape, Path(output), atol, rtol, images)
     if as_json:
         emit_json(summary)
         return
@@ -85,11 +86,17 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
     for name, r in summary.get("runtimes", {}).items():
         click.echo(f"{name}: wrote {', '.join(r['files'])}; checked against PyTorch: max abs {r['max_abs']:.3g}, "
                    f"max rel {r['max_rel']:.3g}")
+        quantised = r.get("int8")
+        if quantised:
+            click.echo(f"{name}: no INT8 file: {quantised['error']}" if "error" in quantised else
+                       f"{name}: wrote {quantised['file']} (INT8); max abs difference from float PyTorch "
+                       f"{quantised['max_abs']:.3g}")
 
 
 def _runtime_files(runtimes: list[Any], net: Any, input_shape: tuple[int, ...], onnx_path: Path, atol: float,
-                   rtol: float) -> dict[str, Any]:
-    """Each runtime's file beside the ONNX one (OUT.pte, OUT.ncnn.param/.bin), checked against PyTorch."""
+                   rtol: float, calibration: Any = None) -> dict[str, Any]:
+    """Each runtime's file beside the ONNX one (OUT.pte, OUT.ncnn.param/.bin), checked against PyTorch;
+    with ``calibration`` images, also OUT.int8.pte where the runtime has INT8 (its distance recorded)."""
     import torch
 
     from edgeprune.runtimes import check_runtime
@@ -99,27 +106,41 @@ def _runtime_files(runtimes: list[Any], net: Any, input_shape: tuple[int, ...], 
         exported = runtime.export(net, torch.randn(input_shape), onnx_path.with_suffix(runtime.suffix))
         diff = check_runtime(net, exported, atol=atol, rtol=rtol)
         found[runtime.name] = {"files": [str(p) for p in exported.files], "max_abs": diff.max_abs, "max_rel": diff.max_rel}
+        if calibration is not None and runtime.int8_missing:
+            found[runtime.name]["int8"] = {"error": runtime.int8_missing}
+        elif calibration is not None:
+            quantised = runtime.export(net, torch.randn(input_shape), onnx_path.with_suffix(".int8" + runtime.suffix),
+                                       calibration)
+            distance = check_runtime(net, quantised, atol=float("inf"), rtol=0.0)
+            found[runtime.name]["int8"] = {"file": str(quantised.path), "max_abs": distance.max_abs}
     return found
 
 
-def _int8(exported: Any, input_shape: tuple[int, ...], calib: str, preprocess: Any, label_output: str | None,
-          limit: int, method: str, per_channel: bool, eval_limit: int) -> dict[str, Any]:
-    """Quantise with images from ``calib``'s train split; compare INT8 with float, output by output,
-    on held-out images (and their accuracies, when labelled)."""
-    from edgeprune.calibration import has_test_split, load_data
+def _calibration_images(calib: str, input_shape: tuple[int, ...], preprocess: Any, limit: int) -> Any:
+    """Images from ``calib``'s train split, preprocessed as the model expects (the INT8 calibration set)."""
+    from edgeprune.calibration import load_data
     from edgeprune.errors import EdgepruneError
+
+    if len(input_shape) != 4:
+        raise EdgepruneError(f"--int8 needs an image model (N x C x H x W input), this one takes {tuple(input_shape)}")
+    return load_data(calib, split="train", limit=limit, channels=input_shape[1], size=tuple(input_shape[2:]),
+                     preprocess=preprocess).x
+
+
+def _int8(exported: Any, input_shape: tuple[int, ...], calib: str, images: Any, preprocess: Any,
+          label_output: str | None, method: str, per_channel: bool, eval_limit: int) -> dict[str, Any]:
+    """Quantise with ``images`` (from ``calib``'s train split); compare INT8 with float, output by
+    output, on held-out images (and their accuracies, when labelled)."""
+    from edgeprune.calibration import has_test_split, load_data
     from edgeprune.export import quantize_int8
     from edgeprune.outputs import describe, pick_label_output
     from edgeprune.quality import accuracy, compare, onnx_outputs
 
-    if len(input_shape) != 4:
-        raise EdgepruneError(f"--int8 needs an image model (N x C x H x W input), this one takes {tuple(input_shape)}")
-    channels, size = input_shape[1], tuple(input_shape[2:])
-    common = dict(channels=channels, size=size, preprocess=preprocess)
-    data = load_data(calib, split="train", limit=limit, **common)
+    size = tuple(input_shape[2:])
+    common = dict(channels=input_shape[1], size=size, preprocess=preprocess)
     onnx_path = Path(exported.path)
     out = onnx_path.with_name(f"{onnx_path.stem}.int8.onnx")
-    info = quantize_int8(onnx_path, out, data.x, per_channel=per_channel, method=method).to_dict()
+    info = quantize_int8(onnx_path, out, images, per_channel=per_channel, method=method).to_dict()
     if eval_limit:
         split = "test" if has_test_split(calib, size, preprocess) else "val"
         held_out = load_data(calib, split=split, limit=eval_limit, **common)

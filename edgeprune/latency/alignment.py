@@ -95,4 +95,4 @@ def preferred_alignment(table: LatencyTable) -> Alignment:
              for a in CANDIDATES}
     best = max(score.values())
     preferred = min(a for a in CANDIDATES if score[a] >= best * (1 - TIE))
-    return Alignment(table.runtime, preferred, score, str(table.path) if table.path else None)
+    return Alignment(table.runtime, preferred, {a: float(s) for a, s in score.items()}, str(table.path) if table.path else None)
