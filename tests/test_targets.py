@@ -14,7 +14,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.targets import OPT_LEVELS, Target, list_targets, load_target, target_aliases
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTIN = ["arm-cortex-a53", "arm-cortex-a72", "arm-cortex-a76", "x86-avx2"]
+BUILTIN = ["arm-cortex-a53", "arm-cortex-a72", "arm-cortex-a76", "x86-avx2", "x86-avx512"]
 GOOD = {"name": "my-board", "description": "a test board", "threads": 2, "inter_op_threads": 1, "round_to": 16,
         "opset": 17, "graph_optimization": "extended", "int8": False, "input_shape": [1, 3, 96, 96],
         "memory_arena": False}
