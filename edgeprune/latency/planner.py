@@ -304,6 +304,7 @@ class LatencyPlanner:
         """Measure the plan aimed at the budget; aim again, corrected by what was measured."""
         tried: dict[tuple, tuple[Step, ConfirmRound]] = {}
         aim = budget_ms
+        known = [(path[0].predicted_ms, path[0].predicted_ms)]  # dense: its prediction is its measurement
         for _ in range(self.confirm_rounds):
             step = _aimed(search, path, aim)
             key = tuple(sorted(step.choice.items()))
@@ -313,7 +314,8 @@ class LatencyPlanner:
             result = tried[key][1]
             if abs(result.error) <= self.tolerance:
                 break
-            aim = step.predicted_ms * result.budget_ms / result.measured_ms
+            known.append((step.predicted_ms, result.measured_ms))
+            aim = _next_aim(known, result.budget_ms)
         return tried
 
     def _plan(self, graph: DependencyGraph, choices: dict[int, _Choices], step: Step, chosen: ConfirmRound,
@@ -344,6 +346,25 @@ class LatencyPlanner:
         by_group = {graph.groups[g].name: losses[g][j] for g, j in choice.items() if j < len(choices[g].counts) - 1}
         return {"allocation": "sensitivity", "criterion": self.sensitivity.criterion,
                 "predicted_loss": float(sum(by_group.values())), "predicted_loss_by_group": by_group}
+
+
+def _next_aim(known: list[tuple[float, float]], budget_ms: float) -> float:
+    """The prediction to aim at so that the measurement meets ``budget_ms``, from the (predicted,
+    measured) pairs known so far (dense among them): interpolated between the two measurements
+    around the budget, else scaled from the nearest one. A table can be off by 2x on a whole model
+    (weights that fit the cache alone, not together): scaling alone then overshoots to dense.
+
+    >>> _next_aim([(10.0, 10.0), (5.0, 2.0)], 4.0)
+    6.25
+    >>> _next_aim([(10.0, 10.0), (5.0, 6.0)], 4.0)
+    3.333...
+    """
+    ordered = sorted(known, key=lambda pair: pair[1])
+    for (p0, m0), (p1, m1) in zip(ordered, ordered[1:]):
+        if m0 <= budget_ms <= m1 and m1 > m0:
+            return p0 + (p1 - p0) * (budget_ms - m0) / (m1 - m0)
+    predicted, measured = ordered[0] if budget_ms < ordered[0][1] else ordered[-1]
+    return predicted * budget_ms / measured
 
 
 def _aimed(search: Search, path: list[Step], aim_ms: float) -> Step:
