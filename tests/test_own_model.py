@@ -75,9 +75,18 @@ def test_compress_ships_and_measures_each_installed_runtime(compressed):
 
     out, report = compressed["out"], compressed["report"]
     assert set(report["runtimes"]) == {n for n, r in RUNTIMES.items() if r.missing() is None}
-    for found in report["runtimes"].values():
+    onnx_pruned = report["variants"][1]
+    for name, found in report["runtimes"].items():
         assert found["speedup"] > 0 and found["pruned"]["max_abs"] < 1e-2  # all three outputs checked
         assert all((out / f).is_file() for f in found["dense"]["files"] + found["pruned"]["files"])
+        # held-out quality per output, as for the ONNX files: the same model gives the same figures
+        assert [r["output"] for r in found["pruned"]["fidelity"]] == OUTPUTS
+        assert found["pruned"]["cosine_min"] == pytest.approx(onnx_pruned["cosine_min"], abs=1e-3)
+        if RUNTIMES[name].int8_missing:  # --int8 was asked: a runtime without INT8 says why
+            assert found["int8"] == {"error": RUNTIMES[name].int8_missing}
+        else:
+            int8 = found["int8"]["pruned"]
+            assert (out / int8["file"]).is_file() and int8["speedup"] > 0 and int8["cosine_min"] > 0.5
     if report["runtimes"]:
         assert "## Other runtimes" in (out / "report.md").read_text() and "pruned files" in compressed["result"].stdout
 

@@ -53,6 +53,7 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         stages.measure_quality(job, variants, staging, progress)
         settings = stages.profile(job, variants, staging, progress)
         runtimes = stages.runtime_files(job, result, staging, progress)
+        stages.runtime_quality(job, runtimes, staging, progress)
         report = stages.build_report(job, result, variants, exports, settings, time.perf_counter() - started, runtimes)
         write_report(report, staging)
         _publish(staging, out_dir)

@@ -259,6 +259,26 @@ def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> d
     return found
 
 
+def runtime_quality(job: Job, runtimes: dict[str, dict], staging: Path, progress: Progress) -> None:
+    """Each runtime's pruned file (and INT8 ones) against the dense ONNX model, output by output, on
+    the held-out images the ONNX variants were compared on."""
+    files = {name: [found["pruned"], *found.get("int8", {}).values()] for name, found in runtimes.items()
+             if "error" not in found}
+    if not files or job.data.evaluation is None or not job.outputs:
+        return
+    from edgeprune.calibration import sample
+    from edgeprune.quality import accuracy, compare, onnx_outputs, runtime_outputs, summary
+
+    held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
+    progress(f"comparing each runtime's files with the dense model on {len(held_out)} held-out images")
+    dense = onnx_outputs(staging / "dense.onnx", held_out.x)
+    labelled = held_out.y is not None and job.label_output is not None
+    for made in (m for group in files.values() for m in group if "file" in m):
+        outputs = runtime_outputs(staging / made["file"], held_out.x)
+        made["fidelity"] = compare(dense, outputs, job.outputs)
+        made.update(summary(made["fidelity"]), accuracy=accuracy(outputs, job.label_output, held_out.y) if labelled else None)
+
+
 def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: Any) -> dict[str, Any]:
     """Dense and pruned files (and their INT8 versions where the job quantises and the runtime can),
     each compared with PyTorch, timed side by side; speedups against dense float."""

@@ -45,21 +45,28 @@ def _int8_cell(found: dict[str, Any]) -> str:
     return "none: " + int8["error"] if "error" in int8 else f"{int8['pruned']['speedup']:.2f}x ({int8['pruned']['file']})"
 
 
+def _cosine_cell(found: dict[str, Any]) -> str:
+    """The worst output's cosine with the dense model on held-out images: pruned, and pruned INT8."""
+    int8 = found.get("int8", {}).get("pruned", {})
+    cells = [f"{m['cosine_min']:.4f}" if m.get("cosine_min") is not None else "-" for m in (found["pruned"], int8)]
+    return " / ".join(cells) if int8 else cells[0]
+
+
 def runtime_lines(runtimes: dict[str, Any], markdown: bool = False) -> list[str]:
     """Dense and pruned latency on each runtime beside onnxruntime, with the files that ship."""
     if not runtimes:
         return []
-    header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned INT8 speedup", "pruned files",
-              "max abs diff vs PyTorch"]
+    header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned INT8 speedup", "cosine pruned / INT8",
+              "pruned files", "max abs diff vs PyTorch"]
     rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", f"{r['speedup']:.2f}x", _int8_cell(r),
-             ", ".join(r["pruned"]["files"]), f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
-            if "error" not in r else [name, "-", "-", "-", "-", "none", r["error"]] for name, r in runtimes.items()]
+             _cosine_cell(r), ", ".join(r["pruned"]["files"]), f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
+            if "error" not in r else [name, "-", "-", "-", "-", "-", "none", r["error"]] for name, r in runtimes.items()]
     if not markdown:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
     threads = next((r["threads"] for r in runtimes.values() if "threads" in r), "-")
     return (["## Other runtimes", "", f"Each float file checked against PyTorch, then dense and pruned timed side by side; INT8 speedup "
-             f"is against dense float "
+             f"is against dense float; cosine is the worst output's against the dense model on the held-out images "
              f"({threads} threads, fresh worker per model, interleaved rounds).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
