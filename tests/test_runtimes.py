@@ -218,3 +218,15 @@ def test_ncnn_says_in_one_line_why_it_has_no_int8(tmp_path):
         get_runtime("ncnn").export(Heads().eval(), torch.randn(Heads.input_shape), tmp_path / "h.ncnn.param",
                                    calibration=torch.rand(4, *Heads.input_shape[1:]).numpy())
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_a_table_of_another_runtime_is_refused_in_one_line(cache, tmp_path):
+    built = CliRunner().invoke(main, ["lut", "build", HEADS, "--target", "x86-avx2", "--runtime", "onnxruntime",
+                                      "--json"])
+    assert built.exit_code == 0, built.output
+    (table,) = json.loads(built.stdout)["tables"]
+    result = CliRunner().invoke(main, ["compress", HEADS, "--target", "x86-avx2", "--runtime", "ncnn", "--speedup", "1.2",
+                                       "--lut", table["table"], "--no-int8", "-o", str(tmp_path / "out")])
+    assert_one_line_error(result, "was measured in onnxruntime, but the plan is for ncnn")
+    assert not (tmp_path / "out").exists()

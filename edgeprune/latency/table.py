@@ -136,7 +136,7 @@ class LatencyTable:
 
     @property
     def runtime(self) -> str:
-        return self.data["settings"].get("runtime", "onnxruntime")
+        return self.data.get("settings", {}).get("runtime", "onnxruntime")
 
     @property
     def axis_points(self) -> int:
@@ -247,6 +247,10 @@ def open_table(target_name: str, settings: dict[str, Any], path: str | Path | No
     this machine's cached one."""
     if path is not None:
         table = LatencyTable.load(path)
+        wanted = settings.get("runtime", "onnxruntime")
+        if table.runtime != wanted:
+            raise EdgepruneError(f"latency table {path} was measured in {table.runtime}, but the plan is for {wanted} "
+                                 f"(build one with `edgeprune lut build --runtime {wanted}`)")
         if table.data.get("settings") not in (settings, board_settings):
             raise EdgepruneError(f"latency table {path} was measured with {table.data.get('settings')}, "
                                  f"but target {target_name} runs with {board_settings or settings}")
