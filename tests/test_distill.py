@@ -117,7 +117,6 @@ def test_distillation_with_labels_adds_cross_entropy():
 
 
 def test_distillation_brings_a_student_to_its_teacher():
-    from edgeprune.calibration import load_data, make_loader
     from edgeprune.quality import torch_outputs
     from edgeprune.train import FinetuneConfig, finetune
 
