@@ -27,6 +27,7 @@ from edgeprune.latency.table import LatencyTable, cache_dir
 CANDIDATES = (2, 4, 8, 16)
 WIDTHS = tuple(range(34, 65, 2))
 TIE = 0.03  # scores within 3 % are alike (timing noise)
+RUNS, MIN_TIME = 50, 0.1  # per probe point: more than a table's, since few widths decide
 _CONV = {"stride": [1, 1], "dilation": [1, 1], "in_hw": [16, 16]}
 PROBE_LAYERS = (
     {"key": "probe/conv3x3", "kernel": [3, 3], "padding": [1, 1, 1, 1], "depthwise": False, **_CONV},
@@ -61,7 +62,8 @@ def probe_table(settings: dict[str, Any], progress: Callable[[int, int], None] |
     from edgeprune.latency.by_runtime import measure_with_runtime
     from edgeprune.latency.measure import measure_spec
 
-    identity = json.dumps({"machine": machine_info(), "settings": settings, "widths": WIDTHS, "layers": PROBE_LAYERS},
+    identity = json.dumps({"machine": machine_info(), "settings": settings, "widths": WIDTHS, "layers": PROBE_LAYERS,
+                           "runs": [RUNS, MIN_TIME]},
                           sort_keys=True)
     path = cache_dir() / f"alignment-{settings.get('runtime', 'onnxruntime')}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
     if path.exists():
@@ -74,8 +76,8 @@ def probe_table(settings: dict[str, Any], progress: Callable[[int, int], None] |
 
     spec = probe_spec(settings)
     runtime = settings.get("runtime", "onnxruntime")
-    measured = (measure_spec(spec, runs=20, min_time=0.05, progress=progress) if runtime == "onnxruntime" else
-                measure_with_runtime(spec, runtime, runs=20, min_time=0.05, progress=progress))
+    measured = (measure_spec(spec, runs=RUNS, min_time=MIN_TIME, progress=progress) if runtime == "onnxruntime" else
+                measure_with_runtime(spec, runtime, runs=RUNS, min_time=MIN_TIME, progress=progress))
     table = LatencyTable(measured)
     table.save(path)
     return table
