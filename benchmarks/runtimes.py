@@ -85,16 +85,15 @@ def export_files(runtime: str, chosen: list[Variant], shape: tuple, images: Any,
     import numpy as np
 
     from edgeprune.export import export_onnx, quantize_int8
-    from edgeprune.runtimes import check_runtime, get_runtime
+    from edgeprune.runtimes import export_checked, get_runtime
 
     files = {}
     for i, v in enumerate(chosen):
         if runtime == "onnxruntime":
             files[v.label] = str(export_onnx(v.model, shape, folder / f"v{i}.onnx").path)
         else:
-            exported = get_runtime(runtime).export(v.model, torch.randn(shape), folder / f"v{i}{get_runtime(runtime).suffix}")
-            check_runtime(v.model, exported)
-            files[v.label] = str(exported.path)
+            made = get_runtime(runtime)
+            files[v.label] = str(export_checked(made, v.model, shape, folder / f"v{i}{made.suffix}")[0].path)
     if runtime != "onnxruntime" and get_runtime(runtime).int8_missing:
         return files
     for i, v in enumerate(chosen):

@@ -97,21 +97,18 @@ def _runtime_files(runtimes: list[Any], net: Any, input_shape: tuple[int, ...], 
                    rtol: float, calibration: Any = None) -> dict[str, Any]:
     """Each runtime's file beside the ONNX one (OUT.pte, OUT.ncnn.param/.bin), checked against PyTorch;
     with ``calibration`` images, also OUT.int8.pte where the runtime has INT8 (its distance recorded)."""
-    import torch
-
-    from edgeprune.runtimes import check_runtime
+    from edgeprune.runtimes import export_checked
 
     found = {}
     for runtime in runtimes:
-        exported = runtime.export(net, torch.randn(input_shape), onnx_path.with_suffix(runtime.suffix))
-        diff = check_runtime(net, exported, atol=atol, rtol=rtol)
+        exported, diff = export_checked(runtime, net, input_shape, onnx_path.with_suffix(runtime.suffix), atol=atol,
+                                        rtol=rtol)
         found[runtime.name] = {"files": [str(p) for p in exported.files], "max_abs": diff.max_abs, "max_rel": diff.max_rel}
         if calibration is not None and runtime.int8_missing:
             found[runtime.name]["int8"] = {"error": runtime.int8_missing}
         elif calibration is not None:
-            quantised = runtime.export(net, torch.randn(input_shape), onnx_path.with_suffix(".int8" + runtime.suffix),
-                                       calibration)
-            distance = check_runtime(net, quantised, atol=float("inf"), rtol=0.0)
+            quantised, distance = export_checked(runtime, net, input_shape,
+                                                 onnx_path.with_suffix(".int8" + runtime.suffix), calibration)
             found[runtime.name]["int8"] = {"file": str(quantised.path), "max_abs": distance.max_abs}
     return found
 

@@ -13,16 +13,14 @@ accuracy). Widths are even, so 2 (which allows every width, score 1) is the fine
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.latency.measure import SPEC_FORMAT, machine_info
-from edgeprune.latency.table import LatencyTable, cache_dir
+from edgeprune.latency.measure import SPEC_FORMAT
+from edgeprune.latency.table import LatencyTable, cached_table_path, measure_here
 
 CANDIDATES = (2, 4, 8, 16)
 WIDTHS = tuple(range(34, 65, 2))
@@ -59,13 +57,8 @@ def probe_spec(settings: dict[str, Any]) -> dict[str, Any]:
 
 def probe_table(settings: dict[str, Any], progress: Callable[[int, int], None] | None = None) -> LatencyTable:
     """The probe layers timed with ``settings`` (see :func:`~edgeprune.latency.table.settings_of`), cached."""
-    from edgeprune.latency.by_runtime import measure_with_runtime
-    from edgeprune.latency.measure import measure_spec
-
-    identity = json.dumps({"machine": machine_info(), "settings": settings, "widths": WIDTHS, "layers": PROBE_LAYERS,
-                           "runs": [RUNS, MIN_TIME]},
-                          sort_keys=True)
-    path = cache_dir() / f"alignment-{settings.get('runtime', 'onnxruntime')}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}.json"
+    probe = {"widths": WIDTHS, "layers": PROBE_LAYERS, "runs": [RUNS, MIN_TIME]}
+    path = cached_table_path("alignment", {**settings, "probe": probe})
     if path.exists():
         try:
             cached = LatencyTable.load(path)
@@ -73,12 +66,7 @@ def probe_table(settings: dict[str, Any], progress: Callable[[int, int], None] |
                 return cached
         except EdgepruneError:
             pass  # a damaged cache is measured again
-
-    spec = probe_spec(settings)
-    runtime = settings.get("runtime", "onnxruntime")
-    measured = (measure_spec(spec, runs=RUNS, min_time=MIN_TIME, progress=progress) if runtime == "onnxruntime" else
-                measure_with_runtime(spec, runtime, runs=RUNS, min_time=MIN_TIME, progress=progress))
-    table = LatencyTable(measured)
+    table = LatencyTable(measure_here(probe_spec(settings), RUNS, MIN_TIME, progress))
     table.save(path)
     return table
 

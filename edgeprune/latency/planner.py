@@ -285,10 +285,11 @@ class LatencyPlanner:
                                  f"{path[-1].predicted_ms:.3f} ms at best (dense {dense_ms:.3f} ms)")
         if self.measure is None:
             step = _aimed(search, path, budget_ms)
-            return self._plan(graph, choices, step, ConfirmRound(step.predicted_ms, None, dense_ms, budget_ms, 0), [])
+            return self._plan(graph, choices, step, ConfirmRound(step.predicted_ms, None, dense_ms, budget_ms, 0), [],
+                              losses)
         tried = self._confirm_rounds(graph, choices, search, path, budget_ms)
         step, chosen = min(tried.values(), key=lambda t: (t[1].error > self.tolerance, abs(t[1].error)))
-        return self._plan(graph, choices, step, chosen, [r for _, r in tried.values()])
+        return self._plan(graph, choices, step, chosen, [r for _, r in tried.values()], losses)
 
     def _losses(self, graph: DependencyGraph, choices: dict[int, _Choices]) -> dict[int, list[float]]:
         from edgeprune.allocation import curves_for
@@ -319,7 +320,7 @@ class LatencyPlanner:
         return tried
 
     def _plan(self, graph: DependencyGraph, choices: dict[int, _Choices], step: Step, chosen: ConfirmRound,
-              rounds: list[ConfirmRound]) -> Plan:
+              rounds: list[ConfirmRound], losses: dict[int, list[float]] | None) -> Plan:
         removed = _removed(choices, step.choice)
         keep = graph.keep_mask(removed)
         details = {"budget": {"ms": self.budget.ms, "speedup": self.budget.speedup}, "budget_ms": chosen.budget_ms,
@@ -327,8 +328,8 @@ class LatencyPlanner:
                    "measured_ms": chosen.measured_ms, "error": chosen.error if rounds else None,
                    "confirmed": bool(rounds), "rounds": [vars(r) for r in rounds], "table": str(self.table.path or ""),
                    "widths": _widths(graph, choices, step.choice)}
-        if self.sensitivity is not None:
-            details.update(self._predicted_loss(graph, choices, step.choice))
+        if losses is not None:
+            details.update(self._predicted_loss(graph, choices, step.choice, losses))
         return Plan(removed, keep, count(graph), count(graph, keep), None, details)
 
     def _confirm(self, graph: DependencyGraph, step: Step, choices: dict[int, _Choices]) -> ConfirmRound:
@@ -340,9 +341,8 @@ class LatencyPlanner:
                       f"(budget {result.budget_ms:.3f} ms, {result.error:+.1%})")
         return result
 
-
-    def _predicted_loss(self, graph: DependencyGraph, choices: dict[int, _Choices], choice: dict[int, int]) -> dict[str, Any]:
-        losses = self._losses(graph, choices)
+    def _predicted_loss(self, graph: DependencyGraph, choices: dict[int, _Choices], choice: dict[int, int],
+                        losses: dict[int, list[float]]) -> dict[str, Any]:
         by_group = {graph.groups[g].name: losses[g][j] for g, j in choice.items() if j < len(choices[g].counts) - 1}
         return {"allocation": "sensitivity", "criterion": self.sensitivity.criterion,
                 "predicted_loss": float(sum(by_group.values())), "predicted_loss_by_group": by_group}

@@ -279,11 +279,17 @@ def complete(table: LatencyTable, shapes: list[ConvShape], progress: Callable[[i
     if not table.measured_here:
         raise EdgepruneError(f"latency table {table.path} was measured on another machine and lacks {total} points "
                              "for this model: write them with `edgeprune lut build --spec-only SPEC` and measure there")
-    if table.runtime == "onnxruntime":
-        table.merge(measure_spec(spec, progress=progress))
-    else:
-        from edgeprune.latency.by_runtime import measure_with_runtime
-
-        table.merge(measure_with_runtime(spec, table.runtime, progress=progress))
+    table.merge(measure_here(spec, progress=progress))
     table.save()
     return total
+
+
+def measure_here(spec: dict[str, Any], runs: int = 10, min_time: float = 0.02,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The table of ``spec``'s points, timed on this machine by the runtime its settings name."""
+    runtime = spec["settings"].get("runtime", "onnxruntime")
+    if runtime == "onnxruntime":
+        return measure_spec(spec, runs, min_time, progress)
+    from edgeprune.latency.by_runtime import measure_with_runtime
+
+    return measure_with_runtime(spec, runtime, runs, min_time, progress)

@@ -26,7 +26,12 @@ class Data:
     train: Any = None
     evaluation: Any = None
     eval_split: str | None = None
-    quality_images: int | None = None  # held-out images the quality figures were measured on
+    reference: Any = None  # (held-out images, the dense ONNX model's outputs on them), once the quality stage made it
+
+    @property
+    def quality_images(self) -> int | None:
+        """Held-out images the quality figures were measured on."""
+        return None if self.reference is None else len(self.reference[0])
 
     @property
     def labelled(self) -> bool:

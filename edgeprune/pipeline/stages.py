@@ -206,20 +206,37 @@ def measure_quality(job: Job, variants: list[dict], staging: Path, progress: Pro
     """Each shipped ONNX file against the dense one, output by output, on held-out images."""
     if job.data.evaluation is None or not job.outputs:
         return
-    from edgeprune.calibration import sample
-    from edgeprune.quality import accuracy, compare, onnx_outputs, summary
+    from edgeprune.quality import onnx_outputs
 
-    held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
+    held_out, dense = _reference(job, staging)
     progress(f"comparing every variant's outputs with the dense model's on {len(held_out)} held-out images "
              f"({job.data.spec} [{job.data.eval_split}])")
-    dense = onnx_outputs(staging / variants[0]["onnx"], held_out.x)
     for variant in variants:
         outputs = dense if variant is variants[0] else onnx_outputs(staging / variant["onnx"], held_out.x)
-        variant["fidelity"] = compare(dense, outputs, job.outputs)
-        variant.update(summary(variant["fidelity"]))
-        labelled = held_out.y is not None and job.label_output is not None
-        variant["accuracy"] = accuracy(outputs, job.label_output, held_out.y) if labelled else None
-    job.data.quality_images = len(held_out)
+        variant.update(_against_dense(job, outputs))
+
+
+def _reference(job: Job, staging: Path) -> tuple[Any, list]:
+    """The held-out images and the dense ONNX model's outputs on them, made once per run."""
+    if job.data.reference is None:
+        from edgeprune.calibration import sample
+        from edgeprune.quality import onnx_outputs
+
+        held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
+        job.data.reference = (held_out, onnx_outputs(staging / "dense.onnx", held_out.x))
+    return job.data.reference
+
+
+def _against_dense(job: Job, outputs: list) -> dict[str, Any]:
+    """A variant's outputs on the held-out images against the dense model's: per output, the worst
+    output, and top-1 accuracy when the images are labelled."""
+    from edgeprune.quality import accuracy, compare, summary
+
+    held_out, dense = job.data.reference
+    fidelity = compare(dense, outputs, job.outputs)
+    labelled = held_out.y is not None and job.label_output is not None
+    return {"fidelity": fidelity, **summary(fidelity),
+            "accuracy": accuracy(outputs, job.label_output, held_out.y) if labelled else None}
 
 
 def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -> dict:
@@ -266,17 +283,12 @@ def runtime_quality(job: Job, runtimes: dict[str, dict], staging: Path, progress
              if "error" not in found}
     if not files or job.data.evaluation is None or not job.outputs:
         return
-    from edgeprune.calibration import sample
-    from edgeprune.quality import accuracy, compare, onnx_outputs, runtime_outputs, summary
+    from edgeprune.quality import runtime_outputs
 
-    held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
+    held_out, _ = _reference(job, staging)
     progress(f"comparing each runtime's files with the dense model on {len(held_out)} held-out images")
-    dense = onnx_outputs(staging / "dense.onnx", held_out.x)
-    labelled = held_out.y is not None and job.label_output is not None
     for made in (m for group in files.values() for m in group if "file" in m):
-        outputs = runtime_outputs(staging / made["file"], held_out.x)
-        made["fidelity"] = compare(dense, outputs, job.outputs)
-        made.update(summary(made["fidelity"]), accuracy=accuracy(outputs, job.label_output, held_out.y) if labelled else None)
+        made.update(_against_dense(job, runtime_outputs(staging / made["file"], held_out.x)))
 
 
 def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: Any) -> dict[str, Any]:
@@ -305,17 +317,12 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
 
 
 def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None) -> dict[str, Any]:
-    """One runtime file, compared with PyTorch: float files must match (a one-line error past the
-    tolerance); INT8 files record how far they are."""
-    import torch
+    """One runtime file, compared with PyTorch (see :func:`~edgeprune.runtimes.export_checked`)."""
+    from edgeprune.runtimes import export_checked
 
-    from edgeprune.runtimes import check_runtime
-
-    exported = runtime.export(model, torch.randn(shape), path, calibration)
-    int8 = calibration is not None
-    diff = check_runtime(model, exported, **({"atol": float("inf"), "rtol": 0.0} if int8 else {}))
+    exported, diff = export_checked(runtime, model, shape, path, calibration)
     return {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
-            "max_rel": None if int8 else diff.max_rel}
+            "max_rel": None if calibration is not None else diff.max_rel}
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class Worker:
         self.memory = _Memory()
         start = time.perf_counter_ns()
         rng = np.random.default_rng(msg["seed"])
-        if msg.get("runtime", "onnxruntime") == "onnxruntime":
+        if runtime is None:
             options = _session_options(msg)
             session = ort.InferenceSession(msg["model"], options, providers=["CPUExecutionProvider"])
             feeds = {i.name: _random_input(rng, i.type, msg["shapes"][i.name]) for i in session.get_inputs()}

@@ -6,9 +6,9 @@ here, or None), ``export(model, example, path)`` (in the parent, with torch) and
 threads)`` (in a benchmark worker). Each exported file has a sidecar ``FILE.io.json`` with its
 runtime, input shapes and output names, so a worker needs neither torch nor the model to run it.
 """
-from edgeprune.runtimes.base import (RUNTIMES, Runtime, RuntimeFile, check_runtime, get_runtime, read_sidecar,
-                                     register_runtime, resolve_runtimes, runtime_names, runtime_of)
+from edgeprune.runtimes.base import (RUNTIMES, Runtime, RuntimeFile, check_runtime, export_checked, get_runtime,
+                                     read_sidecar, register_runtime, resolve_runtimes, runtime_names, runtime_of)
 from edgeprune.runtimes import executorch_xnnpack, ncnn_pnnx  # noqa: F401  (registers them)
 
-__all__ = ["RUNTIMES", "Runtime", "RuntimeFile", "check_runtime", "get_runtime", "read_sidecar", "register_runtime",
-           "resolve_runtimes", "runtime_names", "runtime_of"]
+__all__ = ["RUNTIMES", "Runtime", "RuntimeFile", "check_runtime", "export_checked", "get_runtime", "read_sidecar",
+           "register_runtime", "resolve_runtimes", "runtime_names", "runtime_of"]

@@ -180,6 +180,18 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
     return diff
 
 
+def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str | Path,
+                   calibration: np.ndarray | None = None, atol: float = 1e-4, rtol: float = 1e-3) -> tuple[RuntimeFile, Any]:
+    """Export ``model`` for ``runtime`` at ``path`` and compare it with PyTorch: a float file must
+    match within ``atol``/``rtol`` (else a one-line error); an INT8 one (``calibration`` given) only
+    records how far it is. Returns the file and the :class:`~edgeprune.export.checks.Diff`."""
+    import torch
+
+    exported = runtime.export(model, torch.randn(tuple(shape)), path, calibration)
+    tolerance = {"atol": atol, "rtol": rtol} if calibration is None else {"atol": float("inf"), "rtol": 0.0}
+    return exported, check_runtime(model, exported, **tolerance)
+
+
 def _like(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """``actual`` in ``expected``'s shape where only the layout differs (ncnn drops the batch axis)."""
     return actual.reshape(expected.shape) if actual.size == expected.size else actual
