@@ -16,6 +16,7 @@ from edgeprune.models import build
 from edgeprune.runtimes import RUNTIMES, check_runtime, get_runtime, read_sidecar
 from edgeprune.runtimes import base as runtime_base
 from edgeprune.train import recalibrate_batchnorm
+from models.faces import faces
 from models.heads import Heads
 from test_profile import assert_one_line_error as assert_one_line_process_error
 from test_profile import run_cli, torch_blocker
@@ -34,6 +35,7 @@ CASES = {
     "vgg16-cifar": lambda: (build("vgg16-cifar").model, (1, 3, 32, 32)),
     "mobilenetv1-cifar": lambda: (build("mobilenetv1-cifar").model, (1, 3, 32, 32)),
     "heads (3 outputs)": lambda: (Heads(), Heads.input_shape),
+    "faces (ONet-shaped, 3 outputs)": lambda: (faces(), (1, 3, 24, 24)),
 }
 
 
@@ -50,7 +52,17 @@ def test_runtime_file_matches_pytorch(runtime, case, tmp_path):
     assert diff.ok and diff.max_abs < 1e-2
     sidecar = read_sidecar(exported.path)
     assert sidecar["runtime"] == runtime and sidecar["inputs"]["input"] == list(shape)
-    assert len(sidecar["outputs"]) == (3 if case.startswith("heads") else 1)
+    assert len(sidecar["outputs"]) == (3 if "3 outputs" in case else 1)
+
+
+@pytest.mark.skipif("executorch" not in INSTALLED, reason="executorch is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None, reason="facenet-pytorch is not installed")
+def test_executorch_takes_the_pretrained_onet(tmp_path):
+    from facenet_pytorch.models.mtcnn import ONet
+
+    model = ONet(pretrained=True).eval()
+    exported = get_runtime("executorch").export(model, torch.randn(1, 3, 48, 48), tmp_path / "onet.pte")
+    assert check_runtime(model, exported).max_abs < 1e-4
 
 
 @pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
