@@ -71,7 +71,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
-    from edgeprune.report import format_table, runtime_lines
+    from edgeprune.report import format_table, runtime_lines, shipped_files
 
     latency = latency_budget is not None or speedup is not None
     if latency and (flops_cut is not None or ratio is not None):
@@ -104,4 +104,4 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                    + confirmed + (f", {final:.3f} ms {where}" if final is not None else ""))
     if report.get("runtimes"):
         click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
-    click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")
+    click.echo(f"\nwrote {output}/: {', '.join(shipped_files(report))}")
