@@ -205,7 +205,10 @@ def _build_from_file(spec: str, kwargs: dict[str, Any]) -> BuiltModel:
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise EdgepruneError(f"{path} has no callable '{factory_name}'")
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # the user's own code (e.g. loading their weights): one line that names it
+        raise EdgepruneError(f"{spec}: {factory_name}() raised {describe(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise EdgepruneError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     shape = tuple(getattr(model, "input_shape", (1, 3, 224, 224)))
