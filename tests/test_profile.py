@@ -163,7 +163,26 @@ def test_config_validation_and_target_settings():
     with pytest.raises(EdgepruneError, match="graph_optimization must be one of"):
         BenchConfig(graph_optimization="max")
     config = BenchConfig.from_target(load_target("arm-cortex-a53"), min_runs=7, warmup=None)
-    assert (config.intra_threads, config.memory_arena, config.min_runs, config.warmup) == (4, False, 7, 5)
+    here = min(4, os.cpu_count() or 1)  # the target's 4 threads, capped to this machine's cores
+    assert (config.intra_threads, config.memory_arena, config.min_runs, config.warmup) == (here, False, 7, 5)
+
+
+def test_a_targets_threads_are_capped_to_the_cores_here_everywhere(monkeypatch, caplog):
+    from edgeprune.latency import settings_of
+    from edgeprune.targets import loader
+
+    monkeypatch.setattr(loader.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(loader, "_CAPPED", set())
+    target = load_target("x86-avx512")  # 4 threads
+    assert BenchConfig.from_target(target).intra_threads == 2  # bench --target, compress, the latency planner
+    assert settings_of(target)["threads"] == 2 and settings_of(target, runtime="ncnn")["threads"] == 2  # lut tables
+    assert settings_of(target, host=False)["threads"] == 4  # a spec measured on the board itself
+    assert BenchConfig.from_target(target, intra_threads=4).intra_threads == 4  # --threads 4: as asked
+    warnings = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
+    assert warnings == ["target x86-avx512's 4 threads capped to the 2 cores of this machine (on the device itself "
+                        "they run as the target says; --threads N sets them)"]
+    assert load_target("arm-cortex-a53").host_threads() == 2
+    assert sum("capped" in r.getMessage() for r in caplog.records) == 2  # one warning per target
 
 
 def test_cli_bench_table_json_and_output_file(models, tmp_path):
@@ -194,7 +213,8 @@ def test_cli_bench_works_with_torch_blocked(models, tmp_path):
     result = run_cli("bench", str(models["small"]), "--runs", "3", "--min-time", "0", "--target", "arm",
                      pythonpath=str(blocker))
     assert result.returncode == 0, result.stderr
-    assert "intra-op threads 4" in result.stdout
+    assert f"intra-op threads {min(4, os.cpu_count() or 1)}" in result.stdout
+    assert ("capped to the" in result.stderr) == ((os.cpu_count() or 1) < 4)
     assert not marker.exists(), f"torch was imported by: {marker.read_text()}"
 
 

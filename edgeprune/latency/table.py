@@ -87,9 +87,7 @@ def settings_of(target: Any, threads: int | None = None, host: bool = True,
     cores (``host``) or as the target gives them (for the board itself). For onnxruntime, its
     session settings; for another runtime, its name, version, threads and grid."""
     if threads is None:
-        threads = target.threads or 1
-        if host:
-            threads = min(threads, os.cpu_count() or 1)
+        threads = (target.host_threads() if host else target.threads) or 1
     if runtime != "onnxruntime":
         from edgeprune.runtimes import get_runtime
 

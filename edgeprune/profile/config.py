@@ -44,14 +44,16 @@ class BenchConfig:
 
     @classmethod
     def from_target(cls, target: Target, **overrides: Any) -> BenchConfig:
-        """The target's session settings, then ``overrides`` (``None`` values are ignored).
+        """The target's session settings (its threads capped to this machine's cores, see
+        :meth:`Target.host_threads`), then ``overrides`` (``None`` values are ignored).
 
         >>> from edgeprune.targets import load_target
         >>> BenchConfig.from_target(load_target("arm-cortex-a53"), min_runs=5).memory_arena
         False
         """
+        threads = overrides.get("intra_threads")
         base = cls(
-            intra_threads=target.threads,
+            intra_threads=target.host_threads() if threads is None else threads,
             inter_threads=target.inter_op_threads,
             graph_optimization=target.graph_optimization,
             memory_arena=target.memory_arena,

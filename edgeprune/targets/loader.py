@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -57,6 +58,22 @@ class Target:
         8
         """
         return self.round_to_by_runtime.get(runtime, self.round_to)
+
+    def host_threads(self) -> int:
+        """The target's threads, capped to this machine's cores: more threads than cores time the
+        contention between them, not the device. Says so once (a warning) when it caps them; 0
+        (the runtime chooses) stays 0."""
+        cores = os.cpu_count() or 1
+        if self.threads <= cores:
+            return self.threads
+        if self.name not in _CAPPED:
+            _CAPPED.add(self.name)
+            log.warning("target %s's %d threads capped to the %d cores of this machine (on the device itself "
+                        "they run as the target says; --threads N sets them)", self.name, self.threads, cores)
+        return cores
+
+
+_CAPPED: set[str] = set()  # targets whose threads were capped here already (one warning each)
 
 
 def _int_in(low: int, high: int):
