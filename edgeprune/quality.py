@@ -18,7 +18,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.outputs import OutputInfo
+
+# A correct INT8 file kept a worst-output cosine of 0.77 or more to float even on random-weight
+# networks calibrated on 64 random images (benchmarks/results/runtimes.json); a broken one (wrong
+# scales, wrong weights) lands near 0 or below.
+INT8_MIN_COSINE = 0.5
+INT8_CHECK_IMAGES = 32  # calibration images an INT8 file is judged on
 
 
 def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
@@ -47,6 +54,32 @@ def _cosine(dense: np.ndarray, variant: np.ndarray) -> float:
     both_zero = (norms == 0) & (np.abs(dense).sum(axis=1) == np.abs(variant).sum(axis=1))
     cos = np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
     return float(np.round(cos.mean(), 6))
+
+
+def worst_cosine(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
+    """The lowest, over the outputs, of the mean per-image cosine of ``candidate`` to ``reference``.
+
+    >>> worst_cosine([np.ones((2, 3)), np.ones((2, 2))], [np.ones((2, 3)), -np.ones((2, 2))])
+    -1.0
+    """
+    return min(_cosine(r.reshape(len(r), -1).astype(np.float64), c.reshape(len(c), -1).astype(np.float64))
+               for r, c in zip(reference, candidate))
+
+
+def judge_int8(reference: Sequence[np.ndarray], quantised: Sequence[np.ndarray], name: str,
+               bound: float = INT8_MIN_COSINE) -> float:
+    """The worst-output cosine of an INT8 file's outputs to the float model's on calibration
+    images; below ``bound`` (or NaN) a one-line error: the quantisation is broken.
+
+    >>> judge_int8([np.eye(2)], [np.eye(2) * 0.9], "m.int8.onnx")
+    1.0
+    """
+    cosine = worst_cosine(reference, quantised)
+    if not cosine >= bound:
+        raise EdgepruneError(f"{name}: the INT8 file is broken: its worst output has cosine {cosine:.3f} to the "
+                             f"float model on {len(reference[0])} calibration images (a correct one stays above "
+                             f"{bound}); not written")
+    return cosine
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:

@@ -95,6 +95,7 @@ def test_report_has_the_measured_figures(runs, which):
         assert v["macs_ratio"] == pytest.approx(dense["macs"] / v["macs"])
     assert dense["speedup"] == 1.0
     assert report["target"]["name"] == "x86-avx2" and report["bench_settings"]["intra_threads"] >= 1
+    assert {e["checked_on"] for e in report["export"].values()} == {"8 images"}  # the model's own inputs, not noise
     if which == "first":
         assert report["pruning"]["finetune"]["epochs"] == 1
         assert variants["pruned-int8"]["size_bytes"] < 0.5 * pruned["size_bytes"]
@@ -220,7 +221,7 @@ def test_interrupted_run_removes_its_staging_folder(tmp_path, monkeypatch):
 
     staged = []
 
-    def interrupt(model, shape, path, target):
+    def interrupt(model, shape, path, target, inputs=None):
         staged.append((path.parent.name, sorted(p.name for p in path.parent.iterdir())))
         raise KeyboardInterrupt
 

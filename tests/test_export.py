@@ -55,6 +55,32 @@ def test_resnet20_with_channel_select_exports_and_matches(resnet20):
     np.testing.assert_allclose(out, _torch_out(built.model, x), atol=1e-4, rtol=1e-3)
 
 
+def test_batchnorm_from_0_1_images_exports_and_passes_the_check(tmp_path):
+    """What LRASPP met: a file that matches on the model's own inputs, and only misses an element-wise
+    tolerance on N(0, 1) noise (outputs in the hundreds, some near 0): it is checked on its images."""
+    from edgeprune.export.checks import Diff
+    from models.segmenter import segmenter_bn_from_pixels
+
+    model = segmenter_bn_from_pixels()
+    images = np.random.default_rng(1).random((8, 3, 64, 64), dtype=np.float32)  # pixels / 255, as the model saw
+    # the torchscript exporter is quicker here; the check is the same for both exporters
+    result = export_onnx(model, (1, 3, 64, 64), tmp_path / "seg.onnx", exporter="torchscript", check_inputs=images)
+    assert result.checked_on == "8 images" and result.max_rel_diff < 1e-4 and result.path.is_file()
+    session = make_session(result.path)
+    noise = _inputs(1, (3, 64, 64))
+    got, want = session.run(None, {"input": noise})[0], _torch_out(model, noise)
+    assert np.abs(want).max() > 100  # noise far outside what BatchNorm was estimated on
+    assert not np.all(np.abs(got - want) <= 1e-4 + 1e-3 * np.abs(want))  # the element-wise check refused this
+    assert Diff.between([got], [want], 1e-4, 1e-3).ok  # against the output's scale it is float32 rounding
+
+
+def test_check_inputs_that_do_not_fit_are_one_line(tmp_path):
+    with pytest.raises(EdgepruneError, match=r"check inputs of shape \(4, 1, 32, 32\) do not fit the model's input"):
+        export_onnx(build("resnet20-cifar").model, (1, 3, 32, 32), tmp_path / "m.onnx",
+                    check_inputs=np.zeros((4, 1, 32, 32), np.float32))
+    assert not list(tmp_path.iterdir())
+
+
 def test_mobilenet_exports_and_simplifies(zoo_model, tmp_path):
     built = zoo_model("mobilenetv1-cifar")
     built.model.train()
@@ -137,6 +163,35 @@ def test_int8_qdq_smaller_runs_and_stays_close(resnet20, tmp_path):
     assert np.isfinite(int8_out).all()
     assert np.linalg.norm(int8_out - float_out) < 0.3 * np.linalg.norm(float_out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r20.int8.onnx"]
+
+
+def _negated_fc(quantize_static):
+    """``quantize_static`` that writes a broken file: the classifier's INT8 weights negated."""
+    import onnx
+    from onnx import numpy_helper
+
+    def broken(model_input, model_output, *args, **kwargs):
+        quantize_static(model_input, model_output, *args, **kwargs)
+        model = onnx.load(str(model_output))
+        for tensor in model.graph.initializer:
+            values = numpy_helper.to_array(tensor)
+            if values.dtype == np.int8 and values.ndim == 2:  # the Linear layer's weights
+                tensor.CopyFrom(numpy_helper.from_array(-np.maximum(values, -127), tensor.name))
+        onnx.save(model, str(model_output))
+    return broken
+
+
+def test_int8_files_are_judged_and_a_broken_one_is_refused(resnet20, tmp_path, monkeypatch):
+    import onnxruntime.quantization as ortq
+
+    _, fp32 = resnet20
+    calibration = _inputs(16, seed=1)
+    good = quantize_int8(fp32.path, tmp_path / "good.int8.onnx", calibration)
+    assert good.cosine_min > 0.9  # worst output's cosine to float on the calibration images
+    monkeypatch.setattr(ortq, "quantize_static", _negated_fc(ortq.quantize_static))
+    with pytest.raises(EdgepruneError, match=r"bad.int8.onnx: the INT8 file is broken: its worst output has cosine -0\.9"):
+        quantize_int8(fp32.path, tmp_path / "bad.int8.onnx", calibration)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.int8.onnx"]
 
 
 def test_int8_takes_a_get_next_reader(tmp_path):

@@ -91,6 +91,34 @@ def test_compress_ships_and_measures_each_installed_runtime(compressed):
         assert "## Other runtimes" in (out / "report.md").read_text() and "pruned files" in compressed["result"].stdout
 
 
+def test_a_broken_int8_file_is_dropped_and_the_work_ships(tmp_path, monkeypatch):
+    """compress keeps the pruned float files when a quantisation comes out broken, and says why."""
+    import onnx
+    import onnxruntime.quantization as ortq
+    from onnx import numpy_helper
+
+    real = ortq.quantize_static
+
+    def broken(model_input, model_output, *args, **kwargs):  # the scores head's INT8 weights negated
+        real(model_input, model_output, *args, **kwargs)
+        model = onnx.load(str(model_output))
+        for tensor in model.graph.initializer:
+            values = numpy_helper.to_array(tensor)
+            if values.dtype == np.int8 and values.ndim == 2:
+                tensor.CopyFrom(numpy_helper.from_array(-np.maximum(values, -127), tensor.name))
+        onnx.save(model, str(model_output))
+
+    monkeypatch.setattr(ortq, "quantize_static", broken)
+    out = tmp_path / "out"
+    result = run("compress", HEADS, "--calib", write_pixels(tmp_path / "p.npz", 96), *FAST, "--int8",
+                 "--finetune-epochs", "0", "--eval-images", "16", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["dense", "pruned"]
+    assert all("the INT8 file is broken" in v["int8_error"] for v in report["variants"])
+    assert "the float files ship" in result.stderr and not list(out.glob("*int8*"))
+
+
 def test_onnx_files_have_one_named_output_per_tensor(compressed):
     for name in ("dense.onnx", "pruned.onnx", "pruned_int8.onnx"):
         assert [o.name for o in make_session(compressed["out"] / name).get_outputs()] == OUTPUTS

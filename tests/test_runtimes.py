@@ -2,6 +2,7 @@
 like the ONNX files; a runtime that is missing is one line."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -268,6 +269,30 @@ def test_export_int8_writes_an_int8_pte_beside_the_float_one(tmp_path):
     assert found["int8"]["file"] == str(tmp_path / "m.int8.pte") and (tmp_path / "m.int8.pte").is_file()
     assert read_sidecar(tmp_path / "m.int8.pte")["int8"] is True and read_sidecar(tmp_path / "m.pte")["int8"] is False
     assert found["int8"]["max_abs"] > found["max_abs"]  # quantised: further from float than the float file
+    assert found["int8"]["cosine"] > 0.9  # judged: its worst output's cosine to float on calibration images
+
+
+@pytest.mark.skipif("executorch" not in INSTALLED, reason="executorch is not installed")
+def test_a_broken_int8_pte_is_refused(tmp_path, monkeypatch):
+    from edgeprune.runtimes import export_checked
+    from edgeprune.runtimes.executorch_xnnpack import ExecuTorchRuntime
+
+    model, runtime = faces(), get_runtime("executorch")
+    calibration = torch.rand(16, 3, 24, 24).numpy()
+    good, _ = export_checked(runtime, model, (1, 3, 24, 24), tmp_path / "good.pte", calibration)
+    assert good.int8_cosine > 0.9
+    real = ExecuTorchRuntime._quantised
+
+    def broken(self, model, example, images):  # a quantisation that gets the numbers wrong
+        wrong = copy.deepcopy(model)
+        for name in ("box", "landmarks", "face"):
+            getattr(wrong, name).weight.data.neg_()
+        return real(self, wrong, example, images)
+
+    monkeypatch.setattr(ExecuTorchRuntime, "_quantised", broken)
+    with pytest.raises(EdgepruneError, match="bad.pte: the INT8 file is broken: its worst output has cosine"):
+        export_checked(runtime, model, (1, 3, 24, 24), tmp_path / "bad.pte", calibration)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.pte", "good.pte.io.json"]  # nothing of the broken one
 
 
 @pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")

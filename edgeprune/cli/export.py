@@ -35,7 +35,8 @@ from edgeprune.cli.options import (
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto", show_default=True,
               help="auto: dynamo, falling back to TorchScript if it fails.")
 @click.option("--int8", is_flag=True, help="Also write OUT.int8.onnx (static INT8, QDQ); needs --calib.")
-@click.option("--calib", metavar="SOURCE", help="Calibration images for --int8 (cifar10:DIR, folder:DIR, X.npz, mnist5k).")
+@click.option("--calib", metavar="SOURCE", help="The model's own images (cifar10:DIR, folder:DIR, X.npz, mnist5k): every "
+              "file is checked against PyTorch on them instead of on noise, and --int8 calibrates on them.")
 @click.option("--calib-limit", type=click.IntRange(min=1), default=256, show_default=True, help="Calibration images to use.")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile", "distribution"]), default="minmax", show_default=True)
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
@@ -51,13 +52,14 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
 
     A model with several outputs gets one named ONNX output per tensor it returns.
     """
-    if int8 != bool(calib):
-        raise click.UsageError("--int8 needs --calib SOURCE" if int8 else "--calib is only used with --int8")
+    if int8 and not calib:
+        raise click.UsageError("--int8 needs --calib SOURCE")
     if int8 and bake_preprocess:
         raise click.UsageError("--bake-preprocess takes raw pixels, --int8 calibrates on preprocessed inputs: "
                                "export one of them at a time")
     from edgeprune.checkpoint import load_model
     from edgeprune.export import export_onnx, to_ort_format, with_preprocessing
+    from edgeprune.export.checks import CHECK_IMAGES
     from edgeprune.paths import check_writable
     from edgeprune.runtimes import resolve_runtimes
 
@@ -67,18 +69,22 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
     loaded = load_model(model, weights, input_shape)
     preprocess = choice.resolve(loaded.preprocess, calib, loaded.input_shape)
     net = with_preprocessing(loaded.model, preprocess, loaded.input_shape[1]) if bake_preprocess else loaded.model
+    images = _calibration_images(calib, loaded.input_shape, preprocess, calib_limit) if calib else None
+    checked = None if images is None else images[:CHECK_IMAGES]  # every file is checked on these
+    if checked is not None and bake_preprocess:
+        checked = net.pixels_of(checked)
     result = export_onnx(net, loaded.input_shape, output, opset=opset, dynamic_batch=dynamic_batch,
-                         simplify=not no_simplify, atol=atol, rtol=rtol, exporter=exporter)
+                         simplify=not no_simplify, atol=atol, rtol=rtol, exporter=exporter, check_inputs=checked)
     summary: dict[str, Any] = {"model": loaded.spec, "onnx": result.to_dict(), "preprocess": preprocess.to_dict(),
                                "input": "raw 0-255 RGB pixels" if bake_preprocess else "preprocessed"}
-    images = _calibration_images(calib, loaded.input_shape, preprocess, calib_limit) if int8 else None
     if int8:
         summary["int8"] = _int8(result, loaded.input_shape, calib, images, preprocess, label_output, calib_method,
                                 not per_tensor, eval_limit)
     if ort_format:
         summary["ort"] = [str(to_ort_format(p)) for p in [result.path, summary.get("int8", {}).get("path")] if p]
     if chosen:
-        summary["runtimes"] = _runtime_files(chosen, net, loaded.input_shape, Path(output), atol, rtol, images)
+        summary["runtimes"] = _runtime_files(chosen, net, loaded.input_shape, Path(output), atol, rtol,
+                                             images if int8 else None, checked)
     if as_json:
         emit_json(summary)
         return
@@ -89,27 +95,29 @@ def export(model, weights, input_shape, output, bake_preprocess, label_output, d
         quantised = r.get("int8")
         if quantised:
             click.echo(f"{name}: no INT8 file: {quantised['error']}" if "error" in quantised else
-                       f"{name}: wrote {quantised['file']} (INT8); max abs difference from float PyTorch "
-                       f"{quantised['max_abs']:.3g}")
+                       f"{name}: wrote {quantised['file']} (INT8); against float PyTorch on calibration images: "
+                       f"worst output cosine {quantised['cosine']:.4f}, max abs difference {quantised['max_abs']:.3g}")
 
 
 def _runtime_files(runtimes: list[Any], net: Any, input_shape: tuple[int, ...], onnx_path: Path, atol: float,
-                   rtol: float, calibration: Any = None) -> dict[str, Any]:
-    """Each runtime's file beside the ONNX one (OUT.pte, OUT.ncnn.param/.bin), checked against PyTorch;
-    with ``calibration`` images, also OUT.int8.pte where the runtime has INT8 (its distance recorded)."""
+                   rtol: float, calibration: Any = None, checked: Any = None) -> dict[str, Any]:
+    """Each runtime's file beside the ONNX one (OUT.pte, OUT.ncnn.param/.bin), checked against PyTorch
+    (on ``checked`` images when given); with ``calibration`` images, also OUT.int8.pte where the
+    runtime has INT8 (its distance recorded)."""
     from edgeprune.runtimes import export_checked
 
     found = {}
     for runtime in runtimes:
         exported, diff = export_checked(runtime, net, input_shape, onnx_path.with_suffix(runtime.suffix), atol=atol,
-                                        rtol=rtol)
+                                        rtol=rtol, check_inputs=checked)
         found[runtime.name] = {"files": [str(p) for p in exported.files], "max_abs": diff.max_abs, "max_rel": diff.max_rel}
         if calibration is not None and runtime.int8_missing:
             found[runtime.name]["int8"] = {"error": runtime.int8_missing}
         elif calibration is not None:
             quantised, distance = export_checked(runtime, net, input_shape,
                                                  onnx_path.with_suffix(".int8" + runtime.suffix), calibration)
-            found[runtime.name]["int8"] = {"file": str(quantised.path), "max_abs": distance.max_abs}
+            found[runtime.name]["int8"] = {"file": str(quantised.path), "max_abs": distance.max_abs,
+                                           "cosine": quantised.int8_cosine}
     return found
 
 
@@ -119,7 +127,7 @@ def _calibration_images(calib: str, input_shape: tuple[int, ...], preprocess: An
     from edgeprune.errors import EdgepruneError
 
     if len(input_shape) != 4:
-        raise EdgepruneError(f"--int8 needs an image model (N x C x H x W input), this one takes {tuple(input_shape)}")
+        raise EdgepruneError(f"--calib needs an image model (N x C x H x W input), this one takes {tuple(input_shape)}")
     return load_data(calib, split="train", limit=limit, channels=input_shape[1], size=tuple(input_shape[2:]),
                      preprocess=preprocess).x
 
@@ -167,8 +175,8 @@ def _print_summary(s: dict[str, Any], atol: float, rtol: float) -> None:
         click.echo(f"{op:<{width}}  {r['ops_before'].get(op, 0):>10}  {r['ops_after'].get(op, 0):>10}")
     click.echo(f"{'nodes':<{width}}  {r['nodes_before']:>10}  {r['nodes_after']:>10}")
     click.echo(f"{'size':<{width}}  {_size(r['size_before_bytes']):>10}  {_size(r['size_bytes']):>10}")
-    click.echo(f"check      max abs diff {r['max_abs_diff']:.3g}, max rel diff {r['max_rel_diff']:.3g}"
-               f"   (atol {atol:g}, rtol {rtol:g})")
+    click.echo(f"check      max abs diff {r['max_abs_diff']:.3g}, {r['max_rel_diff']:.3g} of the output's scale"
+               f"   (atol {atol:g}, rtol {rtol:g}; on {r['checked_on']})")
     click.echo(f"exporter   {r['exporter']}, opset {r['opset']}, input {r['input_names'][0]} {r['input_shape']}"
                f"{'' if r['simplified'] else ', not simplified'}")
     click.echo(f"wrote      {r['path']}")
@@ -183,6 +191,8 @@ def _print_int8(q: dict[str, Any]) -> None:
     click.echo(f"int8       {q['path']}  {_size(q['size_bytes'])} ({q['size_bytes'] / q['float_size_bytes'] - 1:+.0%}),"
                f" {q['quantize_nodes']} QuantizeLinear, {q['calibration_images']} calibration images"
                f" ({q['method']}, {granularity})")
+    if q.get("cosine_min") is not None:
+        click.echo(f"int8 check worst output cosine {q['cosine_min']:.4f} to float on calibration images")
     for r in q.get("fidelity", {}).get("outputs", []):
         click.echo(f"fidelity   {r['output']}: cosine {r['cosine']:.4f}, relative L2 error {r['rel_l2']:.4f} against float"
                    f" ({q['fidelity']['images']} {q['fidelity']['split']} images)")

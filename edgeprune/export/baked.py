@@ -1,6 +1,7 @@
 """A model with its preprocessing in front, so its ONNX graph takes raw 0-255 pixels."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,11 @@ class WithPreprocessing(nn.Module):
         if self.bgr:
             pixels = pixels.flip(1)
         return self.model(pixels * self.scale + self.shift)
+
+    def pixels_of(self, inputs: np.ndarray) -> np.ndarray:
+        """The raw pixels that preprocess to ``inputs`` (the inner model's inputs): what this one takes."""
+        pixels = (inputs - self.shift.numpy()) / self.scale.numpy()
+        return np.ascontiguousarray(pixels[:, ::-1] if self.bgr else pixels, dtype=np.float32)
 
 
 def with_preprocessing(model: nn.Module, preprocess: Preprocess, channels: int) -> nn.Module:

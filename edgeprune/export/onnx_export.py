@@ -18,7 +18,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.export._io import file_size, first_line, log, quiet_loggers, staged_output, stdout_to_log
-from edgeprune.export.checks import Diff, op_counts
+from edgeprune.export.checks import Diff, check_batches, op_counts
 from edgeprune.export.runtime import make_session
 from edgeprune.outputs import flatten, output_names
 
@@ -51,6 +51,7 @@ class ExportResult:
     size_bytes: int
     external_data: bool
     seconds: dict[str, float]
+    checked_on: str = "noise"  # what the numerical check ran on: "noise" or "N images" of the model's own
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the path as a string)."""
@@ -71,6 +72,7 @@ def export_onnx(
     n_checks: int = 3,
     seed: int = 0,
     exporter: str = "auto",
+    check_inputs: np.ndarray | None = None,
 ) -> ExportResult:
     """Export ``model`` for inputs of ``input_shape`` (N x C x H x W) to the ONNX file ``path``.
 
@@ -78,9 +80,12 @@ def export_onnx(
     opset 18 and up). ``exporter="auto"`` uses ``torch.onnx.export(dynamo=True)`` and falls back
     to the TorchScript exporter, with a logged warning, if that fails; the result records which one
     ran. ``dynamic_batch`` makes the first dimension free (checked with batches of 1 and 3).
-    Unless ``verify=False``, onnxruntime's outputs on ``n_checks`` random inputs must meet
-    ``|ort - torch| <= atol + rtol * |torch|`` everywhere, or EdgepruneError names the differences
-    and nothing is written. The model is run in eval mode; its training flag is restored after.
+    Unless ``verify=False``, onnxruntime's outputs must meet ``max |ort - torch| <= atol + rtol *
+    scale`` for every output (``scale``: the output's largest magnitude, see
+    :class:`~edgeprune.export.checks.Diff`), or EdgepruneError names the differences and nothing is
+    written. The check runs on ``check_inputs`` (the model's own inputs, e.g. preprocessed
+    calibration images: give them whenever there are any) or else on ``n_checks`` batches of N(0, 1)
+    noise; onnxsim's own check runs on the same inputs. The model is run in eval mode; its training flag is restored after.
 
     >>> import tempfile
     >>> from edgeprune.models import build
@@ -91,6 +96,8 @@ def export_onnx(
     """
     shape = _checked_shape(input_shape)
     _check_options(atol, rtol, n_checks, exporter)
+    batches = check_batches(shape, max(n_checks, 2) if dynamic_batch else n_checks, check_inputs, seed,
+                            CHECK_BATCHES if dynamic_batch else None)
     example = torch.zeros((max(2, shape[0]) if dynamic_batch else shape[0], *shape[1:]), device=_device(model))
     seconds: dict[str, float] = {}
     with _eval_mode(model), staged_output(path) as tmp:
@@ -100,16 +107,18 @@ def export_onnx(
         raw = _load(tmp)
         size_before = file_size(tmp)
         with _timed(seconds, "simplify"):
-            simplified = simplify and _simplify(tmp, raw, list(example.shape), dynamic_batch, n_checks, atol, rtol)
+            simplified = simplify and _simplify(tmp, raw, list(example.shape), dynamic_batch, n_checks, atol, rtol,
+                                                None if check_inputs is None else batches[0])
         final = _load(tmp) if simplified else raw
         diff = None
         if verify:
             with _timed(seconds, "verify"):
-                diff = _verify(model, tmp, shape, dynamic_batch, n_checks, seed, atol, rtol)
+                diff = _verify(model, tmp, batches, atol, rtol)
             if not diff.ok:
+                on = "the model's own inputs" if check_inputs is not None else "N(0, 1) noise"
                 raise EdgepruneError(
-                    f"onnxruntime disagrees with PyTorch: max abs diff {diff.max_abs:.3g}, max rel diff "
-                    f"{diff.max_rel:.3g} (allowed atol={atol:g}, rtol={rtol:g}); {path} was not written")
+                    f"onnxruntime disagrees with PyTorch on {on}: max abs diff {diff.max_abs:.3g}, {diff.max_rel:.3g} "
+                    f"of the output's scale (allowed atol={atol:g}, rtol={rtol:g}); {path} was not written")
         size = file_size(tmp)
     result = ExportResult(
         path=Path(path), opset=_opset(final), exporter=used, input_names=_input_names(final),
@@ -118,7 +127,8 @@ def export_onnx(
         max_rel_diff=None if diff is None else diff.max_rel,
         simplified=simplified, ops_before=op_counts(raw), ops_after=op_counts(final),
         nodes_before=len(raw.graph.node), nodes_after=len(final.graph.node), size_before_bytes=size_before,
-        size_bytes=size, external_data=_has_external_data(final), seconds=seconds)
+        size_bytes=size, external_data=_has_external_data(final), seconds=seconds,
+        checked_on="noise" if check_inputs is None else f"{sum(len(b) for b in batches)} images")
     log.info("wrote %s (%s exporter, opset %d, %d -> %d nodes)", path, used, result.opset,
              result.nodes_before, result.nodes_after)
     return result
@@ -173,8 +183,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, ops
 
 
 def _simplify(path: Path, model: Any, example_shape: list[int], dynamic: bool, n_checks: int,
-              atol: float, rtol: float) -> bool:
-    """Replace ``path`` by onnxsim's simplification if onnxsim's own check passes."""
+              atol: float, rtol: float, inputs: np.ndarray | None = None) -> bool:
+    """Replace ``path`` by onnxsim's simplification if onnxsim's own check passes (on ``inputs``
+    when given, else on its random ones)."""
     import onnx
     import onnxsim
 
@@ -184,8 +195,10 @@ def _simplify(path: Path, model: Any, example_shape: list[int], dynamic: bool, n
     test_shapes = {_input_names(model)[0]: example_shape} if dynamic else None
     try:
         with stdout_to_log():
-            simplified, ok = onnxsim.simplify(model, check_n=n_checks, test_input_shapes=test_shapes,
-                                              check_atol=atol, check_rtol=rtol)
+            simplified, ok = onnxsim.simplify(
+                model, check_n=n_checks, test_input_shapes=None if inputs is not None else test_shapes,
+                check_atol=atol, check_rtol=rtol,
+                input_data=None if inputs is None else {_input_names(model)[0]: inputs})
     except Exception as exc:
         log.warning("onnxsim failed (%s); keeping the exporter's graph", first_line(exc))
         return False
@@ -196,20 +209,16 @@ def _simplify(path: Path, model: Any, example_shape: list[int], dynamic: bool, n
     return True
 
 
-def _verify(model: nn.Module, path: Path, shape: tuple[int, ...], dynamic: bool, n_checks: int, seed: int,
-            atol: float, rtol: float) -> Diff:
-    """Compare onnxruntime with PyTorch on random normal inputs."""
+def _verify(model: nn.Module, path: Path, batches: list[np.ndarray], atol: float, rtol: float) -> Diff:
+    """Compare onnxruntime with PyTorch on ``batches``."""
     session = make_session(path)
     name = session.get_inputs()[0].name
-    rng = np.random.default_rng(seed)
-    batches = [CHECK_BATCHES[i % 2] for i in range(max(n_checks, 2))] if dynamic else [shape[0]] * n_checks
     diff = Diff(0.0, 0.0, True)
-    for batch in batches:
-        x = rng.standard_normal((batch, *shape[1:]), dtype=np.float32)
+    for x in batches:
         with torch.no_grad():
             expected = _numpy_outputs(model(torch.from_numpy(x).to(_device(model))))
         diff = diff.combine(Diff.between(session.run(None, {name: x}), expected, atol, rtol))
-    log.debug("numerical check over batches %s: %s", batches, diff)
+    log.debug("numerical check over batches %s: %s", [len(x) for x in batches], diff)
     return diff
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from edgeprune.errors import EdgepruneError
 from edgeprune.export._io import file_size, first_line, log, quiet_loggers, staged_output
 from edgeprune.export.checks import load_onnx_checked, op_counts
-from edgeprune.export.runtime import fixed_batch, make_session
+from edgeprune.export.runtime import fixed_batch, make_session, run_all
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
 
@@ -30,6 +30,7 @@ class QuantResult:
     calibration_images: int
     quantize_nodes: int
     seconds: dict[str, float]
+    cosine_min: float | None = None  # worst output's cosine to the float model on calibration images (judged)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (the path as a string)."""
@@ -65,7 +66,10 @@ def quantize_int8(
     with onnxruntime's ``get_next()`` protocol (e.g. :class:`edgeprune.calibration.OrtCalibrationReader`).
     Batches are cut to the model's batch size when it is fixed. The model first goes through
     onnxruntime's ``quant_pre_process`` (shape inference and graph clean-up). ``method`` is one of
-    minmax, entropy, percentile, distribution. A failure leaves no file at ``out_path``.
+    minmax, entropy, percentile, distribution. When ``calibration`` is an array, the INT8 file is
+    judged on its first images like every runtime's INT8 file: its worst output's cosine to the float
+    model must stay above :data:`~edgeprune.quality.INT8_MIN_COSINE` (a broken quantisation is
+    refused). A failure leaves no file at ``out_path``.
 
     >>> import tempfile, torch
     >>> from edgeprune.export import export_onnx
@@ -94,13 +98,25 @@ def quantize_int8(
              per_channel=per_channel, calibrate_method=getattr(CalibrationMethod, METHODS[method]))
         seconds["calibrate_quantize"] = round(time.perf_counter() - start - seconds["preprocess"], 4)
         prepared.unlink()
-        make_session(tmp)
+        cosine = _judged(onnx_path, tmp, calibration, Path(out_path).name)
         counts = op_counts(load_onnx_checked(tmp))
         size = file_size(tmp)
     log.info("wrote %s: %d QuantizeLinear nodes, calibrated on %d images", out_path,
              counts.get("QuantizeLinear", 0), reader.images)
     return QuantResult(Path(out_path), size, file_size(Path(onnx_path)), method, per_channel, reader.images,
-                       counts.get("QuantizeLinear", 0), seconds)
+                       counts.get("QuantizeLinear", 0), seconds, cosine)
+
+
+def _judged(float_path: str | Path, int8_path: Path, calibration: Any, name: str) -> float | None:
+    """The INT8 file's worst-output cosine to the float file on the first calibration images (one
+    line and no file when it is broken); None when the calibration is a reader that cannot be re-read."""
+    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8
+
+    session = make_session(int8_path)
+    if not isinstance(calibration, np.ndarray):
+        return None
+    images = np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32)
+    return judge_int8(run_all(make_session(float_path), images), run_all(session, images), name)
 
 
 def _run(stage: str, function: Any, *args: Any, **kwargs: Any) -> None:

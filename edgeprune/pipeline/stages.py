@@ -156,11 +156,13 @@ def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> t
     save_checkpoint(result.model, staging / "pruned.pt", spec=job.loaded.spec, input_shape=job.shape,
                     kwargs=job.loaded.kwargs, preprocess=job.preprocess,
                     metadata={"pruned": result.summary(), "target": job.target.name})
-    progress("exporting to ONNX, simplifying, checking against PyTorch")
-    exports = {"dense": export_onnx(job.loaded.model, job.shape, staging / "dense.onnx", job.target),
-               "pruned": export_onnx(result.model, job.shape, staging / "pruned.onnx", job.target)}
+    inputs = check_inputs(job)
+    progress("exporting to ONNX, simplifying, checking against PyTorch"
+             + (f" on {len(inputs)} of the model's own inputs" if inputs is not None else ""))
+    exports = {"dense": export_onnx(job.loaded.model, job.shape, staging / "dense.onnx", job.target, inputs),
+               "pruned": export_onnx(result.model, job.shape, staging / "pruned.onnx", job.target, inputs)}
     if job.options.bake_preprocess:
-        exports["pruned_pixels"] = bake_preprocessing(job, result.model, staging)
+        exports["pruned_pixels"] = bake_preprocessing(job, result.model, staging, inputs)
     variants = [{"name": "dense", "onnx": "dense.onnx", **result.before.to_dict()},
                 {"name": "pruned", "onnx": "pruned.onnx", **result.after.to_dict()}]
     if job.options.ort:
@@ -170,19 +172,32 @@ def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> t
     return variants, exports
 
 
-def export_onnx(model: Any, shape: tuple[int, ...], path: Path, target: Any) -> dict:
-    """Export, simplify and check one model; the report names the file, not the staging folder."""
+def check_inputs(job: Job) -> Any:
+    """The model's own inputs the exported files are checked on (None without data: noise then).
+    Noise can drive a model whose BatchNorm statistics come from real images far outside its range."""
+    if job.data.train is None:
+        return None
+    from edgeprune.calibration import sample
+    from edgeprune.export.checks import CHECK_IMAGES
+
+    return sample(job.data.train, CHECK_IMAGES, seed=job.options.seed).x
+
+
+def export_onnx(model: Any, shape: tuple[int, ...], path: Path, target: Any, inputs: Any = None) -> dict:
+    """Export, simplify and check one model (on ``inputs`` when given); the report names the file,
+    not the staging folder."""
     from edgeprune.export import export_onnx as export
 
-    return {**export(model, shape, path, opset=target.opset).to_dict(), "path": path.name}
+    return {**export(model, shape, path, opset=target.opset, check_inputs=inputs).to_dict(), "path": path.name}
 
 
-def bake_preprocessing(job: Job, model: Any, staging: Path) -> dict:
+def bake_preprocessing(job: Job, model: Any, staging: Path, inputs: Any = None) -> dict:
     """``pruned.pixels.onnx``: the pruned model behind its preprocessing, fed raw 0-255 RGB pixels."""
     from edgeprune.export import with_preprocessing
 
     baked = with_preprocessing(model, job.preprocess, job.shape[1])
-    return export_onnx(baked, job.shape, staging / "pruned.pixels.onnx", job.target)
+    pixels = None if inputs is None else baked.pixels_of(inputs)
+    return export_onnx(baked, job.shape, staging / "pruned.pixels.onnx", job.target, pixels)
 
 
 def quantize(job: Job, variants: list[dict], staging: Path, progress: Progress) -> None:
@@ -196,8 +211,14 @@ def quantize(job: Job, variants: list[dict], staging: Path, progress: Progress) 
     calibration = sample(job.data.train, min(256, len(job.data.train.x)), seed=job.options.seed).x
     for base in list(variants):
         path = staging / (Path(base["onnx"]).stem + "_int8.onnx")
-        quantize_int8(staging / base["onnx"], path, calibration)
-        variants.append({**base, "name": base["name"] + "-int8", "onnx": path.name})
+        try:
+            quantised = quantize_int8(staging / base["onnx"], path, calibration)
+        except EdgepruneError as exc:  # a broken INT8 file: the float files and the work before stand
+            progress(f"INT8: {exc}; the float files ship")
+            base["int8_error"] = str(exc)
+            continue
+        variants.append({**base, "name": base["name"] + "-int8", "onnx": path.name,
+                         "int8_check_cosine": quantised.cosine_min})
 
 
 # --- quality, latency ---------------------------------------------------------------------------
@@ -244,7 +265,7 @@ def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -
     from edgeprune.profile import BenchConfig, profile_models
 
     options, target = job.options, job.target
-    threads = min(target.threads, os.cpu_count() or 1)
+    threads = target.host_threads()
     config = BenchConfig.from_target(target, intra_threads=threads, min_runs=options.runs, min_time=options.min_time)
     progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes)")
     profiles = profile_models([staging / v["onnx"] for v in variants], config)
@@ -264,7 +285,7 @@ def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> d
     from edgeprune.profile import BenchConfig
 
     found: dict[str, dict] = {}
-    threads = min(job.target.threads, os.cpu_count() or 1)
+    threads = job.target.host_threads()
     config = BenchConfig(intra_threads=threads, min_runs=job.options.runs, min_time=job.options.min_time)
     for runtime in resolve_runtimes(job.options.other_runtimes(job.target)):
         progress(f"{runtime.name}: exporting, checking against PyTorch and measuring dense and pruned")
@@ -297,7 +318,8 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
     from edgeprune.profile import profile_models
 
     models = {"dense": job.loaded.model, "pruned": result.model}
-    made = {name: _runtime_file(runtime, model, job.shape, staging / f"{name}{runtime.suffix}")
+    inputs = check_inputs(job)
+    made = {name: _runtime_file(runtime, model, job.shape, staging / f"{name}{runtime.suffix}", inputs=inputs)
             for name, model in models.items()}
     found: dict[str, Any] = {}
     if job.int8 and runtime.int8_missing:
@@ -306,8 +328,14 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
         from edgeprune.calibration import sample
 
         calibration = sample(job.data.train, min(256, len(job.data.train.x)), seed=job.options.seed).x
-        made.update({f"{name}_int8": _runtime_file(runtime, model, job.shape, staging / f"{name}_int8{runtime.suffix}",
-                                                   calibration) for name, model in models.items()})
+        try:
+            made.update({f"{name}_int8": _runtime_file(runtime, model, job.shape,
+                                                       staging / f"{name}_int8{runtime.suffix}", calibration)
+                         for name, model in models.items()})
+        except EdgepruneError as exc:  # a broken INT8 file: the float files stand
+            for written in (f for name in models for f in staging.glob(f"{name}_int8.*")):
+                written.unlink()
+            found["int8"] = {"error": str(exc)}
     times = {name: p.p50_ms for name, p in zip(made, profile_models([staging / m["file"] for m in made.values()], config))}
     if "pruned_int8" in made:
         found["int8"] = {name: {**made.pop(f"{name}_int8"), "p50_ms": times[f"{name}_int8"],
@@ -316,13 +344,15 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
             "pruned_p50_ms": times["pruned"], "speedup": times["dense"] / times["pruned"], "version": runtime.version()}
 
 
-def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None) -> dict[str, Any]:
+def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None,
+                  inputs: Any = None) -> dict[str, Any]:
     """One runtime file, compared with PyTorch (see :func:`~edgeprune.runtimes.export_checked`)."""
     from edgeprune.runtimes import export_checked
 
-    exported, diff = export_checked(runtime, model, shape, path, calibration)
-    return {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
-            "max_rel": None if calibration is not None else diff.max_rel}
+    exported, diff = export_checked(runtime, model, shape, path, calibration, check_inputs=inputs)
+    found = {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
+             "max_rel": None if calibration is not None else diff.max_rel}
+    return found if calibration is None else {**found, "int8_check_cosine": exported.int8_cosine}
 
 
 # --- report -------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ class RuntimeFile:
     files: list[Path]
     inputs: dict[str, list[int]]
     outputs: list[str]
+    int8_cosine: float | None = None  # an INT8 file: its worst output's cosine to float PyTorch (judged)
 
 
 RUNTIMES: dict[str, Runtime] = {}
@@ -148,48 +149,82 @@ def runtime_of(path: str | Path) -> str:
 
 
 def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed: int = 0, atol: float = 1e-4,
-                  rtol: float = 1e-3) -> Any:
-    """Run the runtime's file on ``n_checks`` random inputs and compare with PyTorch (like the ONNX check).
+                  rtol: float = 1e-3, inputs: np.ndarray | None = None) -> Any:
+    """Run the runtime's file and PyTorch on the same inputs and compare them like the ONNX check:
+    on ``inputs`` (the model's own, e.g. preprocessed calibration images) when given, else on
+    ``n_checks`` batches of N(0, 1) noise (see :func:`~edgeprune.export.checks.check_batches`).
 
     Returns the :class:`~edgeprune.export.checks.Diff`; past the tolerance, a one-line error.
     """
-    import torch
-
-    from edgeprune.export.checks import Diff
-    from edgeprune.outputs import flatten
+    from edgeprune.export.checks import Diff, check_batches
 
     runtime = get_runtime(exported.runtime)
     session = runtime.open(exported.path, threads=1)
-    shape = exported.inputs["input"]
-    generator = torch.Generator().manual_seed(seed)
     diff = Diff(0.0, 0.0, True)
-    was_training = model.training
-    model.eval()
-    try:
-        for _ in range(n_checks):
-            x = torch.randn(shape, generator=generator)
-            with torch.no_grad():
-                expected = [t.detach().numpy() for t in flatten(model(x))]
-            actual = [_like(np.asarray(a), e) for a, e in zip(session.run([x.numpy()]), expected)]
-            diff = diff.combine(Diff.between(actual, expected, atol, rtol, runtime=runtime.name))
-    finally:
-        model.train(was_training)
+    for x in check_batches(exported.inputs["input"], n_checks, inputs, seed):
+        expected = _torch_outputs(model, x)
+        actual = [_like(np.asarray(a), e) for a, e in zip(session.run([x]), expected)]
+        diff = diff.combine(Diff.between(actual, expected, atol, rtol, runtime=runtime.name))
     if not diff.ok:
-        raise EdgepruneError(f"{exported.path.name}: {runtime.name} differs from PyTorch by up to {diff.max_abs:.3g} "
-                             f"(relative {diff.max_rel:.3g}; allowed atol={atol:g}, rtol={rtol:g})")
+        on = "the model's own inputs" if inputs is not None else "N(0, 1) noise"
+        raise EdgepruneError(f"{exported.path.name}: {runtime.name} differs from PyTorch on {on} by up to "
+                             f"{diff.max_abs:.3g} ({diff.max_rel:.3g} of the output's scale; allowed atol={atol:g}, "
+                             f"rtol={rtol:g})")
     return diff
 
 
+def _torch_outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
+    """``model``'s outputs on ``x`` in eval mode (its mode restored after), flattened, as NumPy."""
+    import torch
+
+    from edgeprune.outputs import flatten
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return [t.detach().numpy() for t in flatten(model(torch.from_numpy(x)))]
+    finally:
+        model.train(was_training)
+
+
 def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str | Path,
-                   calibration: np.ndarray | None = None, atol: float = 1e-4, rtol: float = 1e-3) -> tuple[RuntimeFile, Any]:
-    """Export ``model`` for ``runtime`` at ``path`` and compare it with PyTorch: a float file must
-    match within ``atol``/``rtol`` (else a one-line error); an INT8 one (``calibration`` given) only
-    records how far it is. Returns the file and the :class:`~edgeprune.export.checks.Diff`."""
+                   calibration: np.ndarray | None = None, atol: float = 1e-4, rtol: float = 1e-3,
+                   check_inputs: np.ndarray | None = None) -> tuple[RuntimeFile, Any]:
+    """Export ``model`` for ``runtime`` at ``path`` and compare it with PyTorch. A float file must
+    match within ``atol``/``rtol`` (on ``check_inputs`` when given); an INT8 one (``calibration``
+    given) is judged as the ONNX INT8 file is: its worst output's cosine to float PyTorch on the
+    first calibration images (``file.int8_cosine``) must stay above
+    :data:`~edgeprune.quality.INT8_MIN_COSINE`. A file that fails is removed, and a one-line error
+    says why. Returns the file and the :class:`~edgeprune.export.checks.Diff`."""
     import torch
 
     exported = runtime.export(model, torch.randn(tuple(shape)), path, calibration)
-    tolerance = {"atol": atol, "rtol": rtol} if calibration is None else {"atol": float("inf"), "rtol": 0.0}
-    return exported, check_runtime(model, exported, **tolerance)
+    try:
+        if calibration is None:
+            return exported, check_runtime(model, exported, atol=atol, rtol=rtol, inputs=check_inputs)
+        return exported, _judge_int8(model, exported, calibration)
+    except BaseException:
+        for written in [*exported.files, sidecar_path(exported.path)]:
+            Path(written).unlink(missing_ok=True)
+        raise
+
+
+def _judge_int8(model: Any, exported: RuntimeFile, calibration: np.ndarray) -> Any:
+    """How far an INT8 file is from float PyTorch (the Diff, for the record) and its judgement."""
+    from edgeprune.export.checks import Diff
+    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8
+
+    session = get_runtime(exported.runtime).open(exported.path, threads=1)
+    expected, actual = [], []
+    for image in np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32):
+        x = np.ascontiguousarray(image[None])
+        reference = _torch_outputs(model, x)
+        expected.append(reference)
+        actual.append([_like(np.asarray(a), e) for a, e in zip(session.run([x]), reference)])
+    columns = [[np.concatenate(c) for c in zip(*rows)] for rows in (expected, actual)]
+    exported.int8_cosine = judge_int8(columns[0], columns[1], exported.path.name)
+    return Diff.between(columns[1], columns[0], float("inf"), 0.0, runtime=exported.runtime)
 
 
 def _like(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
