@@ -626,3 +626,36 @@ def test_tcfp_stops_maximising_once_the_clusters_settle():
     assert TCFP(**TCFP.FULL).maximise["steps"] == 200
     with pytest.raises(EdgepruneError, match="image scale"):
         TCFP(image_scale=0)
+
+
+def test_tcfp_maximises_layers_side_by_side_with_the_same_results(monkeypatch):
+    """One layer per worker, one intra-op thread each (two threads per operator stall on a busy
+    2-core machine), torch's threads restored; the clusters the last check made are not made twice."""
+    import contextlib
+
+    import edgeprune.criteria.tcfp as tcfp_module
+    from edgeprune.criteria.tcfp import TCFP
+
+    model, shape = _grouped()
+    graph = build_graph(model, shape)
+    threads = torch.get_num_threads()
+    calls = []
+    real_cluster = tcfp_module.cluster_functions
+    monkeypatch.setattr(tcfp_module, "cluster_functions", lambda r, **kw: calls.append(1) or real_cluster(r, **kw))
+    real_maximise, seen = tcfp_module.maximise_activations, []
+    monkeypatch.setattr(tcfp_module, "maximise_activations",
+                        lambda *a, **kw: seen.append(torch.get_num_threads()) or real_maximise(*a, **kw))
+    side_by_side = TCFP(steps=20, image_size=8, check_every=5, stop_ari=2.0)  # never settles: checks at 5..20
+    side_by_side.prepare(graph)
+    assert set(seen) == {1} and torch.get_num_threads() == threads
+    layers = len(side_by_side.per_space)
+    assert layers > 1 and len(calls) == 4 * layers  # the checks only: the final clusters are the last check's
+
+    @contextlib.contextmanager
+    def one_at_a_time():  # the layers in turn, with torch's own threads
+        yield 1
+
+    monkeypatch.setattr(tcfp_module, "_one_thread_per_layer", one_at_a_time)
+    serial = TCFP(steps=20, image_size=8, check_every=5, stop_ari=2.0)
+    serial.prepare(graph)
+    assert all(torch.equal(side_by_side.per_space[k], serial.per_space[k]) for k in serial.per_space)
