@@ -85,8 +85,7 @@ class _Shortcuts(torch.nn.Module):
         return self.pad(y), self.pick(y)
 
 
-OPTION_A = {
-    "default model": lambda: load_model(None).model,
+OPTION_A = {  # the default model dense ships in ncnn in test_compress (--runtime all)
     "default model pruned": lambda: prune(load_model(None).model, (1, 1, 32, 32), ratio=0.4).model,
     "resnet56-cifar": lambda: _trained_like(build("resnet56-cifar").model, (1, 3, 32, 32)),
     "shortcut layers": lambda: _Shortcuts().eval(),
