@@ -135,7 +135,8 @@ def _group_key(group) -> str | None:
 
 def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Criterion = "l2",
                       ratio: float | None = None, flops_cut: float | None = None, steps: int = 4,
-                      finetune_fn: Callable[[nn.Module, int], None] | None = None, data: Any = None,
+                      finetune_fn: Callable[[nn.Module, int], None] | None = None,
+                      after_round: Callable[[nn.Module, PruneResult], None] | None = None, data: Any = None,
                       round_to: int = 1, layer_ratios: dict[str, float] | None = None, global_ranking: bool = False,
                       max_group_ratio: float = 0.9, inplace: bool = False,
                       criterion_options: dict[str, Any] | None = None) -> IterativeResult:
@@ -145,7 +146,9 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
     ``round(N (1 - p t / steps))`` of its original N units after round t (so the end matches a
     one-shot cut); with ``flops_cut`` c, or with ``global_ranking``, round t aims at a cut of
     ``c t / steps`` of the original MACs. ``finetune_fn(model, t)`` runs between rounds (after
-    rounds 1 .. steps-1); the final, longer fine-tune is the caller's. Other arguments as :func:`prune`.
+    rounds 1 .. steps-1); the final, longer fine-tune is the caller's. ``after_round(model, result)``
+    runs right after every round's cut (e.g. reconstruction), before ``finetune_fn``. Other
+    arguments as :func:`prune`.
 
     >>> from edgeprune.models import build
     >>> built = build("resnet20-cifar")
@@ -193,6 +196,8 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
                 result = prune(model, input_shape, ratio=1 - (1 - goal) / (1 - previous), **options)
         rounds.append(result)
         log.info("round %d/%d: MACs %.2fM", t, steps, result.after.macs / 1e6)
+        if after_round is not None:
+            after_round(model, result)
         if finetune_fn is not None and t < steps:
             finetune_fn(model, t)
     return IterativeResult(model, rounds, criterion.name)

@@ -37,7 +37,8 @@ def compress(*args: str):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One run with a fine-tune epoch and INT8, then one without either into the same folder."""
+    """One run with a fine-tune epoch and INT8 (and reconstruction, the default), then one with none of
+    them and no BatchNorm re-estimation into the same folder."""
     real_load_data = calibration.load_data
 
     def small_train_split(spec, *, split="train", **kw):
@@ -53,7 +54,8 @@ def runs(tmp_path_factory):
         assert first.exception is None
         files_first = {p.name for p in out.iterdir()}
         report_first = json.loads((out / "report.json").read_text())
-        second = compress(*FAST, "--finetune-epochs", "0", "--no-int8", "--no-bn-recalibrate", "-o", str(out))
+        second = compress(*FAST, "--finetune-epochs", "0", "--no-int8", "--no-bn-recalibrate", "--no-reconstruct",
+                          "-o", str(out))
         assert second.exit_code == 0, second.output
     return {"out": out, "first": (first, files_first, report_first),
             "second": (second, {p.name for p in out.iterdir()}, json.loads((out / "report.json").read_text()))}
@@ -100,18 +102,23 @@ def test_report_has_the_measured_figures(runs, which):
         assert report["pruning"]["finetune"] is None and report["options"]["int8"] is False
 
 
-def test_batchnorm_recalibration_restores_accuracy_right_after_the_cut(runs):
-    recalibrated = runs["first"][2]["pruning"]["accuracy_before_finetune"]
+def test_reconstruction_restores_accuracy_right_after_the_cut(runs):
+    report = runs["first"][2]
+    reconstructed = report["pruning"]["accuracy_before_finetune"]
     left_alone = runs["second"][2]["pruning"]["accuracy_before_finetune"]
-    assert left_alone < 0.2 and recalibrated > left_alone + 0.3  # about 0.9 against chance
+    assert left_alone < 0.2 and reconstructed > 0.95  # chance -> about 0.98 with no gradient step
+    [found] = report["pruning"]["reconstruction"]
+    assert found["images"] == TRAIN_IMAGES and len(found["layers"]) == 18 and found["seconds"] > 0
+    assert all(layer["error_after"] <= layer["error_before"] for layer in found["layers"])
+    assert "reconstruction" not in runs["second"][2]["pruning"]
+    assert "[edgeprune] reconstructed 18 of 18 layers" in runs["first"][0].stderr
 
 
-def test_one_distillation_epoch_recovers_accuracy(runs):
+def test_recovered_model_keeps_its_accuracy(runs):
     report = runs["first"][2]
     tuned = _variants(report)["pruned"]["accuracy"]
     untuned = _variants(runs["second"][2])["pruned"]["accuracy"]
-    after_cut = report["pruning"]["accuracy_before_finetune"]
-    assert tuned > untuned + 0.5 and tuned >= after_cut - 0.01  # 6 steps on 768 images, from about 0.9
+    assert tuned > untuned + 0.5 and tuned >= 0.95
     [epoch] = report["pruning"]["finetune"]["history"]
     assert epoch["distill"] > 0 and epoch["ce"] > 0 and 0 < epoch["held_out"]["cosine_min"] <= 1
 
@@ -204,7 +211,7 @@ def test_interrupted_run_removes_its_staging_folder(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stages, "export_onnx", interrupt)
-    result = compress(*FAST, "--finetune-epochs", "0", "-o", str(tmp_path / "out"))
+    result = compress(*FAST, "--finetune-epochs", "0", "--no-reconstruct", "-o", str(tmp_path / "out"))
     assert result.exit_code == 130 and result.stderr.endswith("edgeprune: interrupted\n"), result.output
     [(name, files)] = staged
     assert name.startswith(".out.partial-") and files == ["pruned.pt"]

@@ -47,6 +47,9 @@ from edgeprune.cli.options import (
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--bn-recalibrate/--no-bn-recalibrate", default=True, show_default=True,
               help="Re-estimate BatchNorm statistics on the calibration images right after the cut and after fine-tuning.")
+@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+              help="Right after the cut, refit each layer by least squares so the pruned model reproduces the dense "
+                   "model's outputs on calibration images (no labels needed).")
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
 @click.option("--bake-preprocess", is_flag=True,
@@ -61,7 +64,7 @@ from edgeprune.cli.options import (
               help="Folder for the checkpoint, ONNX files and reports.")
 def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to,
              allocate, sensitivity_file,
-             calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort, bake_preprocess, eval_images, runtimes, runs,
+             calib, finetune_epochs, steps, lr, bn_recalibrate, reconstruct, int8, ort, bake_preprocess, eval_images, runtimes, runs,
              min_time, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
@@ -82,7 +85,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
                               latency_budget=latency_budget, speedup=speedup, lut=lut,
                               calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr,
-                              recalibrate_bn=bn_recalibrate, int8=int8, ort=ort, runs=runs, min_time=min_time,
+                              recalibrate_bn=bn_recalibrate, reconstruct=reconstruct, int8=int8, ort=ort, runs=runs, min_time=min_time,
                               weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
                               distill=distill_config(kwargs), label_output=label_output,
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,

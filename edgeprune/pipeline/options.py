@@ -20,6 +20,7 @@ class CompressOptions:
     finetune_epochs: int | None = None  # None: 3 epochs when data is at hand (distillation needs no labels)
     steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on calibration images after the cut
+    reconstruct: bool = True  # refit the layers after the cut to the dense model's outputs (no labels needed)
     lr: float = 0.01
     batch_size: int = 128
     int8: bool | None = None
