@@ -54,8 +54,8 @@ def sensitivity(model, weights, input_shape, criterion, calib, ratios, round_to,
                 output, **kwargs):
     """Cut each coupled group of MODEL alone to each ratio and compare its outputs with the dense model's.
 
-    BatchNorm is re-estimated after each cut; the figure is the mean cosine of the outputs on
-    held-out images (and top-1 where the data has labels).
+    BatchNorm is re-estimated after each cut; the figure is the cosine of the worst output on
+    held-out images (every output's is in the JSON; top-1 too where the data has labels).
     """
     from edgeprune import sensitivity as sens
     from edgeprune.checkpoint import load_model

@@ -185,11 +185,11 @@ def _allocation_section(pruning: dict[str, Any]) -> list[str]:
     if plan.get("allocation") != "sensitivity":
         return []
     after = (pruning.get("after_cut") or {}).get("cosine_min")
-    measured = (f"; measured right after the cut (BatchNorm re-estimated): one minus the output cosine {1 - after:.4f} "
-                "(the lowest output's)" if after is not None else "")
+    measured = (f"; measured right after the cut (before fine-tuning): one minus the worst output's cosine "
+                f"{1 - after:.4f}" if after is not None else "")
     lines = ["## Allocation by sensitivity", "",
              f"Each group's width was chosen from its own measured sensitivity ({plan['criterion']} order): predicted "
-             f"loss (sum over groups of one minus the mean output cosine, each measured alone) "
+             f"loss (sum over groups of one minus the worst output's cosine, each measured alone) "
              f"{plan['predicted_loss']:.4f}{measured}.", "", "| group | units before | units after | predicted loss |",
              "|---|---|---|---|"]
     losses = plan.get("predicted_loss_by_group", {})
