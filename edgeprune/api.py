@@ -144,8 +144,11 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
 
     Round t removes 1/steps of the target: with ``ratio`` p each group keeps
     ``round(N (1 - p t / steps))`` of its original N units after round t (so the end matches a
-    one-shot cut); with ``flops_cut`` c, or with ``global_ranking``, round t aims at a cut of
-    ``c t / steps`` of the original MACs. ``finetune_fn(model, t)`` runs between rounds (after
+    one-shot cut); with ``flops_cut`` c, the rounds before the last take each group ``t / steps``
+    of the way to its width in the one-shot plan for c (scored on the dense model; a round may
+    cut nothing from a group whose share is under one aligned step), and the last round searches
+    c itself from there, as a one-shot cut would; with ``global_ranking``, round t aims at a cut
+    of ``c t / steps`` (or of the ratio). ``finetune_fn(model, t)`` runs between rounds (after
     rounds 1 .. steps-1); the final, longer fine-tune is the caller's. ``after_round(model, result)``
     runs right after every round's cut (e.g. reconstruction), before ``finetune_fn``. Other
     arguments as :func:`prune`.
@@ -171,12 +174,15 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
     for g in original.prunable_groups():
         named = [s.module for s in g.spaces if s.module in (layer_ratios or {})]
         shares[_group_key(g)] = layer_ratios[named[0]] if named else (ratio or 0.0)
-    exact = flops_cut is None and not global_ranking
+    if flops_cut is not None and not global_ranking:
+        shares = _final_shares(original, criterion, data, PlanConfig(None, flops_cut, dict(layer_ratios or {}), False,
+                                                                     max_group_ratio, round_to))
     rounds: list[PruneResult] = []
     for t in range(1, steps + 1):
         options = dict(criterion=criterion, round_to=round_to, global_ranking=global_ranking,
                        max_group_ratio=max_group_ratio, data=data, inplace=True)
-        if exact:
+        landing = flops_cut is not None and t == steps  # the last round searches the MACs target itself
+        if not global_ranking and not landing:
             current = {_group_key(g): g.n_units for g in build_graph(model, input_shape).prunable_groups()}
             layer = {}
             for key, n in current.items():
@@ -201,6 +207,12 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
         if finetune_fn is not None and t < steps:
             finetune_fn(model, t)
     return IterativeResult(model, rounds, criterion.name)
+
+
+def _final_shares(graph: DependencyGraph, criterion: Criterion, data: Any, config: PlanConfig) -> dict[str, float]:
+    """Each group's share of units removed by the one-shot plan that meets ``config``'s MACs target."""
+    plan = make_plan(graph, score_groups(graph, criterion, data), config)
+    return {_group_key(g): len(plan.removed.get(g.index, ())) / g.n_units for g in graph.prunable_groups()}
 
 
 def criterion_data(criterion: str, calib: str | None, loaded: Any, preprocess: Any = None) -> Any:
