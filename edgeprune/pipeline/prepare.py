@@ -85,9 +85,15 @@ def check_choices(options: CompressOptions) -> Any:
 
         Budget(options.latency_budget, options.speedup)
         check_one_shot(options.criterion, options.steps)
-    else:
+    elif not (options.floor_given and options.flops_cut is None and options.ratio is None):
         PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
                    round_to=options.round_to or target.round_to).validate()
+    if options.floor_given or options.curve:
+        from edgeprune.pipeline.search import Floor
+
+        Floor(options.min_cosine, options.max_drop)
+        if options.search_trials < 1:
+            raise EdgepruneError(f"--search-trials must be at least 1, got {options.search_trials}")
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
     from edgeprune.runtimes import resolve_runtimes
@@ -132,6 +138,10 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     job = Job(options, target, loaded, shape, preprocess, round_to, data,
               finetune_epochs(data, options), int8, latency=latency)
     describe_outputs(job)
+    if options.floor_given:
+        from edgeprune.pipeline.search import Floor
+
+        Floor(options.min_cosine, options.max_drop).check(job)
     guessed = loaded.preprocess is None and preprocess.source.startswith("default")
     if guessed and data.train is not None and data.train.preprocess is not None:
         progress(f"no preprocessing known for {loaded.spec}: its images become pixels / 255 "

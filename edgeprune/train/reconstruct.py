@@ -128,7 +128,8 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
 
     ``maps``: :func:`kept_layers` (dict order = graph order); ``images``: N x C x H x W inputs
     (array, tensor or anything with ``.x``). Layers that do not feed one another are refitted
-    from the same pass over the images (a wave). Returns each layer's error before and after.
+    from the same pass over the images (a wave). ``progress(line)`` gets one line per layer (they
+    are also logged at debug level). Returns each layer's error before and after.
     """
     from edgeprune.criteria.activations import as_batches
 
@@ -156,11 +157,13 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
             began = time.perf_counter()
             fits = _refit_wave([kept[name] for name in wave], modules, pruned, targets, batches, norms, config)
             result.layers += fits
-            if progress is not None:
-                for fit in fits:
-                    progress(f"reconstruct {len(result.layers) - len(fits) + fits.index(fit) + 1}/{len(layers)} "
-                             f"{fit.module}: output error {fit.error_before:.4f} -> {fit.error_after:.4f}"
-                             f"{'' if fit.refit else ' (kept as it was)'} ({time.perf_counter() - began:.1f} s)")
+            for fit in fits:
+                line = (f"reconstruct {result.layers.index(fit) + 1}/{len(layers)} {fit.module}: output error "
+                        f"{fit.error_before:.4f} -> {fit.error_after:.4f}{'' if fit.refit else ' (kept as it was)'} "
+                        f"(ridge {fit.ridge:g}, wave of {len(fits)}, {time.perf_counter() - began:.1f} s)")
+                log.debug(line)
+                if progress is not None:
+                    progress(line)
     finally:
         pruned.train(was[0])
         dense.train(was[1])
