@@ -72,6 +72,7 @@ class RecipeConfig:
     distill: DistillConfig | None = None  # recover by distillation from data.teacher (None: cross-entropy)
     max_grad_norm: float | None = 5.0  # gradient clipping while fine-tuning (see FinetuneConfig)
     reconstruct: ReconstructConfig | None = None  # refit the layers to the dense model's outputs after each cut
+    device: str = "cpu"  # where fine-tuning runs (the result comes back to the CPU)
 
 
 @dataclass
@@ -167,7 +168,8 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
     arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
     loader = make_loader(arrays, config.batch_size, shuffle=True, augment="crop", seed=config.seed)
     start = time.perf_counter()
-    tuning = FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed, max_grad_norm=config.max_grad_norm)
+    tuning = FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed, max_grad_norm=config.max_grad_norm,
+                            device=config.device)
     result = finetune(model, loader, None, tuning,
                       epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
                       on_epoch=data.watch.on_epoch)
@@ -372,6 +374,7 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     if config.planner is not None:
         check_one_shot(config.criterion, config.steps)
     result = recipe(model, tuple(input_shape), config, data, evaluate)
+    result.model.cpu()  # trained on config.device; export and measuring happen here
     result.epochs, result.lr = config.epochs, config.lr
     return result
 

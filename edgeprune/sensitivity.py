@@ -110,12 +110,13 @@ def group_key(group: Any) -> str:
 def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, calib: np.ndarray,
             held_out: np.ndarray, *, outputs: Sequence[Any] | None = None, labels: np.ndarray | None = None,
             label_output: int | None = None, ratios: Sequence[float] = DEFAULT_RATIOS, round_to: int = 1,
-            criterion_data: Any = None, progress: Progress | None = None) -> Sensitivity:
+            criterion_data: Any = None, progress: Progress | None = None, device: str = "cpu") -> Sensitivity:
     """Cut each prunable group of ``model`` alone to each ratio; measure the outputs against dense.
 
     ``calib`` (N x C x H x W) re-estimates BatchNorm after each cut and, unless
     ``criterion_data`` is given, feeds a data-driven criterion; ``held_out`` images are compared;
     ``outputs`` are the outputs' kinds (:func:`edgeprune.outputs.describe`; guessed if None).
+    Each cut copy is measured on ``device``.
     """
     from edgeprune.criteria import create_criterion, score_groups
     from edgeprune.graph import build_graph
@@ -140,7 +141,7 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, cali
         points = []
         for removed in plan[group.index]:
             units = pick_units(group, scores[group.index], removed, round_to)
-            cut = _cut_copy(model, graph, graph.keep_mask({group.index: units}), calib)
+            cut = _cut_copy(model, graph, graph.keep_mask({group.index: units}), calib, device)
             found = torch_outputs(cut, held_out)
             point = {"removed": int(len(units)), "ratio": len(units) / group.n_units,
                      **point_figures(compare(dense, found, outputs))}
@@ -168,12 +169,13 @@ def point_figures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "rel_l2": float(max(r["rel_l2"] for r in rows)), "outputs": cosines, "loss": 1.0 - worst}
 
 
-def _cut_copy(model: nn.Module, graph: Any, keep: np.ndarray, calib: np.ndarray) -> nn.Module:
+def _cut_copy(model: nn.Module, graph: Any, keep: np.ndarray, calib: np.ndarray, device: str = "cpu") -> nn.Module:
     from edgeprune.surgery import apply_keep_mask
     from edgeprune.train import recalibrate_batchnorm
 
     cut = copy.deepcopy(model)
     apply_keep_mask(cut, graph, keep)
+    cut.to(device)
     recalibrate_batchnorm(cut, calib)
     return cut.eval()
 

@@ -5,6 +5,7 @@ import click
 
 from edgeprune.cli import main
 from edgeprune.cli.options import (
+    device_option,
     distill_config,
     distill_options,
     emit_json,
@@ -65,6 +66,7 @@ from edgeprune.cli.options import (
 @click.option("--eval-images", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out images the quality figures are measured on.")
 @runtime_option
+@device_option
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="Seconds of timed runs per model, at least.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
@@ -74,7 +76,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
              curve, search_trials, lut, round_to,
              allocate, sensitivity_file,
              calib, finetune_epochs, steps, lr, bn_recalibrate, reconstruct, int8, ort, bake_preprocess, eval_images, runtimes, runs,
-             min_time, as_json, output, label_output, output_kind, **kwargs):
+             min_time, device, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
     With no MODEL it runs on the built-in default (ResNet-20 trained on the bundled MNIST-5k).
@@ -102,8 +104,10 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,
                               eval_images=eval_images, allocate=allocate, sensitivity=sensitivity_file,
                               runtimes=tuple(runtimes), min_cosine=min_cosine, max_drop=max_drop, curve=curve,
-                              search_trials=search_trials)
+                              search_trials=search_trials, device=device)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
+    if not report:  # a torchrun rank other than 0: it helped recover; rank 0 writes and prints
+        return
     if as_json:
         emit_json(report)
         return

@@ -37,6 +37,11 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     options = options or CompressOptions()
     progress = progress or (lambda message: log.info(message))
     target = check_choices(options)
+    from edgeprune.train import is_main_process
+
+    if not is_main_process():  # another torchrun rank: recover alongside rank 0, which writes everything
+        _prune_and_recover(prepare(model, options, target, lambda message: None), lambda message: None)
+        return {}
     out_dir = Path(out_dir)
     staging = _stage(out_dir)
     started = time.perf_counter()

@@ -46,6 +46,7 @@ class CompressOptions:
     max_drop: float | None = None  # quality floor: top-1 points lost against dense (labelled data)
     curve: bool = False  # measure the speed / fidelity trade-off at several cuts (always with a floor)
     search_trials: int = 5  # trials a floor's search may spend on bisecting MACs cuts
+    device: str = "auto"  # where recovery computes: auto (CUDA when present), cpu, cuda, cuda:N
 
     def plan_runtime(self, target) -> str:
         """The runtime a latency budget plans for and the alignment follows: the first ``--runtime``

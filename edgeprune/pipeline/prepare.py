@@ -64,6 +64,7 @@ class Job:
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
     latency: LatencyTable | None = None
+    device: str = "cpu"  # resolved from options.device
 
     @property
     def runtime(self) -> str:
@@ -99,6 +100,12 @@ def check_choices(options: CompressOptions) -> Any:
     from edgeprune.runtimes import resolve_runtimes
 
     resolve_runtimes(options.other_runtimes(target))  # a missing runtime fails now, before any work
+    from edgeprune.train import launched_distributed, resolve_device
+
+    resolve_device(options.device)
+    if launched_distributed() and (options.latency_driven or options.floor_given or options.curve):
+        raise EdgepruneError("under torchrun, compress recovers a MACs cut (--flops-cut / --ratio) on every rank; "
+                             "a latency budget, a quality floor or a curve measures speed: run it as one process")
     if options.allocate not in ("uniform", "sensitivity"):
         raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
     if options.allocate == "sensitivity":
@@ -135,8 +142,10 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     if int8 and data.train is None:
         raise EdgepruneError(f"INT8 for target {target.name} needs calibration data: give --calib SOURCE or --no-int8")
     round_to = options.round_to or target.round_to_for(options.plan_runtime(target))
+    from edgeprune.train import resolve_device
+
     job = Job(options, target, loaded, shape, preprocess, round_to, data,
-              finetune_epochs(data, options), int8, latency=latency)
+              finetune_epochs(data, options), int8, latency=latency, device=resolve_device(options.device))
     describe_outputs(job)
     if options.floor_given:
         from edgeprune.pipeline.search import Floor

@@ -132,7 +132,8 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
                           ratio=options.ratio, round_to=job.round_to, epochs=job.epochs, steps=options.steps,
                           lr=options.lr, batch_size=options.batch_size, seed=options.seed,
                           recalibrate_bn=options.recalibrate_bn, planner=planner, distill=options.distill,
-                          reconstruct=ReconstructConfig(seed=options.seed) if options.reconstruct and job.outputs else None)
+                          reconstruct=ReconstructConfig(seed=options.seed, device=job.device)
+                          if options.reconstruct and job.outputs else None, device=job.device)
     held_out = HeldOut(job, options.eval_images) if data.evaluation is not None and job.outputs else None
     watch = Watch(progress=progress)
     if held_out is not None:

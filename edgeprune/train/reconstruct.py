@@ -141,6 +141,7 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
     modules = dict(pruned.named_modules())
     layers = [m for m in _from_first_cut(maps, dict(dense.named_modules())) if _supported(modules.get(m.module))]
     was = pruned.training, dense.training
+    homes = [next(m.parameters()).device for m in (pruned, dense)]
     pruned.eval().to(device)
     dense.eval().to(device)
     result = ReconstructResult(images=len(x))
@@ -165,8 +166,8 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
                 if progress is not None:
                     progress(line)
     finally:
-        pruned.train(was[0])
-        dense.train(was[1])
+        pruned.train(was[0]).to(homes[0])
+        dense.train(was[1]).to(homes[1])
         result.seconds = time.perf_counter() - start
     return result
 
