@@ -239,3 +239,37 @@ def test_real_process_prints_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("edgeprune: error: target wrong's input shape")
     assert_nothing_left(tmp_path, "big.json")
+
+
+TORCHRUN_SCRIPT = """
+import sys
+import edgeprune.calibration as calibration
+from edgeprune.cli import main
+
+real = calibration.load_data
+
+
+def small(spec, *, split="train", **kw):
+    if split == "train":
+        kw.setdefault("limit", 256)
+    return real(spec, split=split, **kw)
+
+
+calibration.load_data = small
+main(["compress", "--target", "x86-avx2", "--runs", "3", "--min-time", "0.05", "--finetune-epochs", "1", "--no-int8",
+      "--eval-images", "100", "-o", sys.argv[1]])
+"""
+
+
+def test_compress_recovers_under_torchrun_with_two_processes(tmp_path):
+    script = tmp_path / "compress_ddp.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["pruning"]["finetune"]["epochs"] == 1 and _variants(report)["pruned"]["accuracy"] > 0.9
+    assert done.stdout.count("wrote ") == 1 and len(list(tmp_path.glob(".out.partial*"))) == 0  # rank 0 alone writes
