@@ -73,7 +73,7 @@ def prepare(spec: str, cuts: list[float], round_to: int, opset: int, folder: Pat
     from edgeprune.models import build
 
     torch.manual_seed(0)
-    built = build(spec)
+    built = build(spec, pretrained=False)  # random weights: latency does not depend on them
     shape = tuple(built.input_shape)
     slug = _slug(spec)
     start = time.perf_counter()

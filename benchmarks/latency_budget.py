@@ -99,7 +99,7 @@ def run_model(spec: str, args, folder: Path) -> dict:
     from edgeprune.profile import profile_models
 
     target, settings, planning, final = _setup(args)
-    built = build(spec)
+    built = build(spec, pretrained=False)  # random weights: latency does not depend on them
     model, shape = built.model.eval(), tuple(built.input_shape)
     _say(f"== {spec}: latency table")
     table, table_info = _table(model, shape, target, settings)

@@ -58,7 +58,7 @@ def worker(tool: str, spec: str, repeats: int) -> dict:
     logging.disable(logging.WARNING)
     from edgeprune.models import build
 
-    built = build(spec)
+    built = build(spec, pretrained=False)  # random weights: latency does not depend on them
     copies = [copy.deepcopy(built.model) for _ in range(repeats)]
     run = _edgeprune if tool == "edgeprune" else _torch_pruning
     _reset_peak()

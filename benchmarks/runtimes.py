@@ -68,7 +68,7 @@ def variants(name: str, shape: Any, cuts: list[float], alignments: set[int]) -> 
     from edgeprune.models import build
     from edgeprune.train import recalibrate_batchnorm
 
-    built = build(name)
+    built = build(name, pretrained=False)  # random weights: latency does not depend on them
     shape = tuple(shape or built.input_shape)
     images = torch.rand((64,) + shape[1:]).numpy()
     recalibrate_batchnorm(built.model, images[:32])  # outputs that are not all zero

@@ -1,8 +1,11 @@
-"""The Python API: each pipeline stage as one call. The CLI is a thin layer over these.
+"""The Python API: each pipeline stage as one call. The CLI is a thin layer over these, and the
+package root offers them as ``edgeprune.load``, ``edgeprune.prune`` and ``edgeprune.compress``.
 
->>> from edgeprune.models import build
->>> built = build("resnet20-cifar")
->>> result = prune(built.model, built.input_shape, criterion="l1", ratio=0.5)
+A model may be given as the CLI takes it (a zoo name, ``torchvision:NAME``, ``FILE.py:factory``, a
+checkpoint, ``None`` for the built-in default), as what :func:`edgeprune.load` returned, or as a
+plain ``nn.Module`` with its input shape.
+
+>>> result = prune("resnet20-cifar", criterion="l1", ratio=0.5)
 >>> result.after.macs < result.before.macs
 True
 """
@@ -12,6 +15,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -26,14 +30,35 @@ log = logging.getLogger(__name__)
 Planner = Callable[[DependencyGraph, "dict[int, Any]"], Plan]
 
 
+class _Saved:
+    """``save(path)``: the pruned model as a checkpoint that ``edgeprune.load`` rebuilds."""
+
+    model: nn.Module
+    source: Any
+
+    def save(self, path: str | Path, preprocess: Any = None) -> Path:
+        """Write the checkpoint (``preprocess`` defaults to the loaded model's own)."""
+        from edgeprune.checkpoint import save_checkpoint
+        from edgeprune.errors import EdgepruneError
+
+        if self.source is None:
+            raise EdgepruneError("saving a checkpoint needs the model by name or as edgeprune.load returned it "
+                                 "(a plain nn.Module cannot be rebuilt from a file)")
+        return save_checkpoint(self.model, path, spec=self.source.spec, input_shape=self.input_shape,
+                               kwargs=self.source.kwargs, preprocess=preprocess or self.source.preprocess,
+                               metadata={**getattr(self.source, "metadata", {}), "pruned": self.summary()})
+
+
 @dataclass
-class PruneResult:
+class PruneResult(_Saved):
     model: nn.Module
     graph: DependencyGraph
     plan: Plan
     criterion: str
     seconds: dict[str, float]
     warnings: list[str] = field(default_factory=list)
+    input_shape: tuple[int, ...] = ()
+    source: Any = None  # the loaded model (spec, build arguments, preprocessing) when given by name
 
     @property
     def before(self) -> Counts:
@@ -64,21 +89,53 @@ class PruneResult:
         }
 
 
-def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Criterion = "l2",
+def resolve_model(model: Any, input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, tuple[int, ...], Any]:
+    """``(module, input shape, loaded)`` for any model form (``loaded`` is None for a plain module)."""
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.models.registry import BuiltModel
+
+    if model is None or isinstance(model, (str, Path)):
+        from edgeprune.checkpoint import load_model
+
+        model = load_model(None if model is None else str(model), input_shape=input_shape)
+    if isinstance(model, BuiltModel):
+        return model.model, tuple(input_shape or model.input_shape), model
+    shape = input_shape or getattr(model, "input_shape", None)
+    if not isinstance(model, nn.Module) or shape is None:
+        raise EdgepruneError("give a model name, what edgeprune.load returned, or an nn.Module with input_shape=(1, C, H, W)")
+    return model, tuple(shape), None
+
+
+def _criterion(criterion: str | Criterion, options: dict[str, Any] | None) -> Criterion:
+    return create_criterion(criterion, **(options or {})) if isinstance(criterion, str) else criterion
+
+
+def _data(data: Any, criterion: Criterion, loaded: Any, shape: tuple[int, ...]) -> Any:
+    """Arrays as given; a SOURCE string read as ``--calib`` reads it, with the model's preprocessing."""
+    if not isinstance(data, str):
+        return data
+    return criterion_data(criterion, data, loaded, shape=shape)
+
+
+def prune(model: Any, input_shape: tuple[int, ...] | None = None, *, criterion: str | Criterion = "l2",
           ratio: float | None = None, flops_cut: float | None = None, round_to: int = 1,
           layer_ratios: dict[str, float] | None = None, global_ranking: bool = False,
           max_group_ratio: float = 0.9, data: Any = None, inplace: bool = False,
           criterion_options: dict[str, Any] | None = None, planner: Planner | None = None) -> PruneResult:
-    """Remove whole filters from ``model``: trace, score, plan, cut. Returns the pruned model.
+    """Remove whole filters from ``model``: trace, score, plan, cut. Returns the pruned model
+    (``result.model``; ``result.save(PATH)`` writes the checkpoint ``edgeprune prune -o`` writes).
 
+    ``model`` is any form :func:`resolve_model` takes; ``data`` the calibration images a data-driven
+    criterion needs, as arrays or a SOURCE (``folder:DIR``, ``X.npz``, ``mnist5k``...).
     ``planner(graph, scores) -> Plan`` replaces the ratio/MACs planning (whose arguments it then
     ignores), e.g. :class:`edgeprune.latency.LatencyPlanner` for a latency budget.
     """
     config = PlanConfig(ratio, flops_cut, dict(layer_ratios or {}), global_ranking, max_group_ratio, round_to)
     if planner is None:
         config.validate()
-    if isinstance(criterion, str):
-        criterion = create_criterion(criterion, **(criterion_options or {}))
+    criterion = _criterion(criterion, criterion_options)
+    model, input_shape, loaded = resolve_model(model, input_shape)
+    data = _data(data, criterion, loaded, input_shape)
     model = model if inplace else copy.deepcopy(model)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -93,16 +150,18 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Cr
     seconds["plan_and_surgery"] = time.perf_counter() - start
     log.info("pruned %d groups: MACs %.2fM -> %.2fM", sum(1 for u in plan.removed.values() if len(u)),
              plan.before.macs / 1e6, plan.after.macs / 1e6)
-    return PruneResult(model, graph, plan, criterion.name, seconds, list(graph.warnings))
+    return PruneResult(model, graph, plan, criterion.name, seconds, list(graph.warnings), input_shape, loaded)
 
 
 @dataclass
-class IterativeResult:
+class IterativeResult(_Saved):
     """The rounds of :func:`prune_iteratively`; ``model`` is the final pruned model."""
 
     model: nn.Module
     rounds: list[PruneResult]
     criterion: str
+    input_shape: tuple[int, ...] = ()
+    source: Any = None
 
     @property
     def before(self) -> Counts:
@@ -133,7 +192,7 @@ def _group_key(group) -> str | None:
     return next((s.module for s in group.spaces if s.module), None)
 
 
-def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Criterion = "l2",
+def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *, criterion: str | Criterion = "l2",
                       ratio: float | None = None, flops_cut: float | None = None, steps: int = 4,
                       finetune_fn: Callable[[nn.Module, int], None] | None = None,
                       after_round: Callable[[nn.Module, PruneResult], None] | None = None, data: Any = None,
@@ -164,8 +223,9 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
     if steps < 1:
         raise EdgepruneError(f"--steps must be a positive integer, got {steps}")
     PlanConfig(ratio, flops_cut, dict(layer_ratios or {}), global_ranking, max_group_ratio, round_to).validate()
-    if isinstance(criterion, str):
-        criterion = create_criterion(criterion, **(criterion_options or {}))
+    criterion = _criterion(criterion, criterion_options)
+    model, input_shape, loaded = resolve_model(model, input_shape)
+    data = _data(data, criterion, loaded, input_shape)
     model = model if inplace else copy.deepcopy(model)
     original = build_graph(model, input_shape)
     original_macs = count(original).macs
@@ -206,7 +266,7 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
             after_round(model, result)
         if finetune_fn is not None and t < steps:
             finetune_fn(model, t)
-    return IterativeResult(model, rounds, criterion.name)
+    return IterativeResult(model, rounds, criterion.name, input_shape, loaded)
 
 
 def _final_shares(graph: DependencyGraph, criterion: Criterion, data: Any, config: PlanConfig) -> dict[str, float]:
@@ -215,23 +275,48 @@ def _final_shares(graph: DependencyGraph, criterion: Criterion, data: Any, confi
     return {_group_key(g): len(plan.removed.get(g.index, ())) / g.n_units for g in graph.prunable_groups()}
 
 
-def criterion_data(criterion: str, calib: str | None, loaded: Any, preprocess: Any = None) -> Any:
+def criterion_data(criterion: str | Criterion, calib: str | None, loaded: Any, preprocess: Any = None,
+                   shape: tuple[int, ...] | None = None) -> Any:
     """The calibration data a data-driven criterion needs, or None for a data-free one.
 
-    Images go through ``preprocess`` (default: the model's own, ``loaded.preprocess``).
+    Images go through ``preprocess`` (default: the model's own, ``loaded.preprocess``), at ``shape``
+    (default: the model's input shape).
     """
     from edgeprune.errors import EdgepruneError
 
-    if not create_criterion(criterion).needs_data:
+    if not (create_criterion(criterion) if isinstance(criterion, str) else criterion).needs_data:
         return None
+    name = criterion if isinstance(criterion, str) else criterion.name
     if calib is None:
-        if not loaded.metadata.get("default"):
-            raise EdgepruneError(f"criterion '{criterion}' needs data: give --calib SOURCE (cifar10:DIR, folder:DIR, X.npz, mnist5k)")
+        if not getattr(loaded, "metadata", {}).get("default"):
+            raise EdgepruneError(f"criterion '{name}' needs data: give --calib SOURCE (cifar10:DIR, folder:DIR, X.npz, mnist5k)")
         from edgeprune.models.default import DEFAULT_DATA
 
         calib = DEFAULT_DATA
     from edgeprune.calibration import load_data
 
-    _, channels, *size = loaded.input_shape
+    _, channels, *size = shape or loaded.input_shape
     return load_data(calib, split="train", channels=channels, size=tuple(size), limit=640,
-                     preprocess=preprocess or loaded.preprocess)
+                     preprocess=preprocess or getattr(loaded, "preprocess", None))
+
+
+def compress(model: str | None = None, output: str | Path = "edgeprune-out", *, progress: Callable[[str], None] | None = None,
+             **options: Any) -> dict[str, Any]:
+    """``edgeprune compress MODEL -o OUTPUT``: prune for a target, recover, export, check, quantise,
+    measure; returns the report (also written to ``OUTPUT/report.json``). ``options`` are the
+    fields of :class:`edgeprune.pipeline.CompressOptions` (``target``, ``flops_cut``, ``calib``...).
+
+    >>> report = compress("resnet20-cifar", "/tmp/ep-doc", target="x86-avx2", runs=5)  # doctest: +SKIP
+    """
+    from dataclasses import fields
+
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.pipeline import CompressOptions, compress as run
+
+    known = {f.name for f in fields(CompressOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EdgepruneError(f"unknown compress option(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    if isinstance(options.get("runtimes"), str):
+        options["runtimes"] = (options["runtimes"],)
+    return run(model, output, CompressOptions(**options), progress)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from edgeprune.calibration.preprocess import Preprocess
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, describe
 from edgeprune.models import build
 from edgeprune.models.registry import BuiltModel
 from edgeprune.surgery import resize_to
@@ -83,15 +83,6 @@ def with_metadata(state_dict: dict[str, torch.Tensor], metadata: dict[str, dict[
     return restored
 
 
-def _reason(exc: BaseException) -> str:
-    """An exception's message on one line: its first line (and the next one when the first only introduces it)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    reason = lines[0] if len(lines) == 1 or not lines[0].endswith(":") else f"{lines[0]} {lines[1]}"
-    return f"{type(exc).__name__}: {reason}"[:300]
-
-
 def _read(path: Path) -> Any:
     if not path.is_file():
         raise EdgepruneError(f"file not found: {path}")
@@ -124,7 +115,7 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     elif is_checkpoint_path(source):
         loaded = _load_checkpoint(Path(source))
     else:
-        built = build(source)
+        built = build(source, pretrained=weights is None)  # --weights replaces them: no hub file needed
         loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess)
     if weights is not None:
         load_weights(loaded.model, _state_dict_of(_read(Path(weights)), Path(weights)), Path(weights))
@@ -157,7 +148,7 @@ def _load_checkpoint(path: Path) -> LoadedModel:
     except EdgepruneError:
         raise
     except Exception as exc:  # a damaged or foreign file: builder, surgery or load_state_dict errors, in one line
-        raise EdgepruneError(f"cannot rebuild the model in {path}: {_reason(exc)}") from exc
+        raise EdgepruneError(f"cannot rebuild the model in {path}: {describe(exc)}") from exc
 
 
 def _rebuild(payload: dict[str, Any], path: Path) -> LoadedModel:
@@ -166,7 +157,7 @@ def _rebuild(payload: dict[str, Any], path: Path) -> LoadedModel:
 
         built = build_default()
     else:
-        built = build(payload["spec"], **payload["kwargs"])
+        built = build(payload["spec"], pretrained=False, **payload["kwargs"])  # the state_dict replaces the weights
     metadata = payload.get("state_dict_metadata")
     if metadata is None:  # written before the metadata was kept: the freshly built model's own versions
         metadata = _plain_metadata(built.model.state_dict())
@@ -196,7 +187,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], path: Pa
         resize_to(model, state_dict)
         result = model.load_state_dict(state_dict, strict=False)
     except Exception as exc:
-        raise EdgepruneError(f"cannot load {path} into {type(model).__name__}: {_reason(exc)}") from exc
+        raise EdgepruneError(f"cannot load {path} into {type(model).__name__}: {describe(exc)}") from exc
     problems = list(result.missing_keys) + list(result.unexpected_keys)
     if problems:
         raise EdgepruneError(f"{path} does not fit this model: {len(problems)} mismatched keys, e.g. {problems[0]}")

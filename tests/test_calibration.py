@@ -185,6 +185,8 @@ def test_npz_uint8_and_float_with_and_without_labels(tmp_path: Path) -> None:
     ({"x": np.zeros((4, 8, 8, 3), np.uint8)}, "channels-last"),
     ({"images": np.zeros((4, 1, 8, 8), np.uint8)}, "no array 'x'"),
     ({"x": np.zeros((0, 1, 8, 8), np.uint8)}, "holds no images"),
+    ({"x": np.full((4, 1, 8, 8), 200, np.int64)}, r"'x' is int64 \(values 200 to 200\); store pixels as uint8"),
+    ({"x": np.zeros((4, 1, 8, 8), np.bool_)}, "'x' is bool; store pixels as uint8 .* or the model's inputs as float32"),
 ])
 def test_npz_shape_errors(tmp_path: Path, arrays: dict, match: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)

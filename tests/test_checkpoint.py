@@ -16,9 +16,10 @@ SHAPE = (1, 3, 224, 224)
 def mnasnet(tmp_path_factory):
     """torchvision's MNASNet refuses to load a state_dict without its version: pruned 30 %, saved once."""
     torch.manual_seed(0)
-    built = build("torchvision:mnasnet0_5")
+    built = build("torchvision:mnasnet0_5?weights=none")
     result = prune(randomize_norms(built.model), built.input_shape, criterion="l2", ratio=0.3)
-    path = save_checkpoint(result.model, tmp_path_factory.mktemp("ckpt") / "mnasnet.pt", spec=built.spec,
+    # saved as the pretrained model's checkpoint: reloading it reads no hub file (its state_dict replaces them)
+    path = save_checkpoint(result.model, tmp_path_factory.mktemp("ckpt") / "mnasnet.pt", spec="torchvision:mnasnet0_5",
                            input_shape=built.input_shape, kwargs=built.kwargs)
     return result, path
 

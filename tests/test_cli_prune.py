@@ -23,6 +23,11 @@ class Branchy(nn.Module):
 
 def branchy():
     return Branchy()
+
+def broken():
+    model = small()
+    model.load_state_dict({"0.weight": torch.zeros(1)})  # the user's own weight loading fails
+    return model
 '''
 
 
@@ -92,6 +97,32 @@ def test_pickled_class_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": "edgeprune-checkpoint/1", "obj": Evil()}, path)
     assert_one_line_error(run("info", str(path)), "weights-only")
+
+
+def test_an_exception_in_the_users_factory_is_one_line_naming_it(tmp_path):
+    from click.testing import CliRunner
+
+    from conftest import assert_one_line_error as assert_one_line_cli_error
+    from edgeprune.cli import main
+
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    result = CliRunner().invoke(main, ["info", f"{tmp_path}/mine.py:broken"])
+    assert_one_line_cli_error(result, f"{tmp_path}/mine.py:broken: broken() raised RuntimeError: Error(s) in loading "
+                                      "state_dict for Sequential:")
+
+
+def test_an_integer_npz_is_refused_in_one_line(tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from conftest import assert_one_line_error as assert_one_line_cli_error
+    from edgeprune.cli import main
+
+    np.savez(tmp_path / "ints.npz", x=np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32)))  # int64 pixels
+    result = CliRunner().invoke(main, ["prune", "resnet20-cifar", "--criterion", "hrank", "--ratio", "0.3", "--calib",
+                                       str(tmp_path / "ints.npz"), "-o", str(tmp_path / "p.pt")])
+    assert_one_line_cli_error(result, "'x' is int64 (values 0 to 255); store pixels as uint8")
+    assert not (tmp_path / "p.pt").exists()
 
 
 def test_untraceable_user_model(tmp_path):

@@ -55,6 +55,7 @@ def runs(tmp_path_factory):
         files_first = {p.name for p in out.iterdir()}
         report_first = json.loads((out / "report.json").read_text())
         second = compress(*FAST, "--finetune-epochs", "0", "--no-int8", "--no-bn-recalibrate", "--no-reconstruct",
+                          "--runtime", "all",
                           "-o", str(out))
         assert second.exit_code == 0, second.output
     return {"out": out, "first": (first, files_first, report_first),
@@ -68,8 +69,10 @@ def _variants(report):
 def test_folder_holds_every_output(runs):
     _, files_first, _ = runs["first"]
     _, files_second, _ = runs["second"]
+    _, _, report_second = runs["second"]
+    shipped = {f for found in report_second["runtimes"].values() for m in ("dense", "pruned") for f in found[m]["files"]}
     assert files_first == FILES | INT8_FILES
-    assert files_second == FILES  # the earlier output was replaced, not merged
+    assert files_second - {f for f in files_second if f.endswith(".io.json")} == FILES | shipped  # replaced, not merged
     assert not list(runs["out"].parent.glob(".*partial*"))
     assert (runs["out"] / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -100,6 +103,21 @@ def test_report_has_the_measured_figures(runs, which):
         assert variants["pruned-int8"]["macs"] == pruned["macs"]
     else:
         assert report["pruning"]["finetune"] is None and report["options"]["int8"] is False
+
+
+def test_runtime_all_ships_checked_files_for_every_runtime(runs):
+    """The default model (option-A shortcuts) in every runtime installed: .pte, ncnn, each checked."""
+    from edgeprune.runtimes import RUNTIMES
+
+    _, files, report = runs["second"]
+    assert set(report["runtimes"]) == {name for name, r in RUNTIMES.items() if r.missing() is None}
+    for name, found in report["runtimes"].items():
+        assert "error" not in found, found
+        for variant in ("dense", "pruned"):
+            made = found[variant]
+            assert made["file"].endswith(RUNTIMES[name].suffix) and set(made["files"]) <= files
+            assert made["max_abs"] < 1e-3  # matched PyTorch within the check's tolerance
+        assert found["pruned"]["cosine_min"] == pytest.approx(_variants(report)["pruned"]["cosine_min"], abs=1e-4)
 
 
 def test_reconstruction_restores_accuracy_right_after_the_cut(runs):
@@ -140,10 +158,13 @@ def test_checkpoint_reloads_and_matches_the_onnx_file(runs):
 
 @pytest.mark.parametrize("which", ["first", "second"])
 def test_console_ends_with_the_table(runs, which):
+    from edgeprune.runtimes import RUNTIMES
+
     result, _, report = runs[which]
     out = runs["out"]
-    assert result.stdout.rstrip("\n").endswith(
-        format_table(report) + f"\n\nwrote {out}/: pruned.pt, *.onnx, report.json, report.md, report.png")
+    shipped = "".join(f", *{RUNTIMES[name].suffix}" for name, found in report["runtimes"].items() if "error" not in found)
+    assert f"\n\nwrote {out}/: pruned.pt, *.onnx{shipped}, report.json, report.md, report.png" in result.stdout
+    assert format_table(report) in result.stdout
     assert f"resnet20-cifar for x86-avx2: {report['pruning']['macs_cut']:.1%} of MACs removed" in result.stdout
     assert "[edgeprune] measuring latency" in result.stderr and "[edgeprune]" not in result.stdout
     assert "| dense | " in (out / "report.md").read_text()

@@ -10,12 +10,15 @@ import torch
 from click.testing import CliRunner
 
 from conftest import assert_one_line_error
+from edgeprune.api import prune
+from edgeprune.checkpoint import load_model
 from edgeprune.cli import main
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import build
 from edgeprune.runtimes import RUNTIMES, check_runtime, get_runtime, read_sidecar
 from edgeprune.runtimes import base as runtime_base
 from edgeprune.train import recalibrate_batchnorm
+from models.faces import faces
 from models.heads import Heads
 from test_profile import assert_one_line_error as assert_one_line_process_error
 from test_profile import run_cli, torch_blocker
@@ -34,6 +37,7 @@ CASES = {
     "vgg16-cifar": lambda: (build("vgg16-cifar").model, (1, 3, 32, 32)),
     "mobilenetv1-cifar": lambda: (build("mobilenetv1-cifar").model, (1, 3, 32, 32)),
     "heads (3 outputs)": lambda: (Heads(), Heads.input_shape),
+    "faces (ONet-shaped, 3 outputs)": lambda: (faces(), (1, 3, 24, 24)),
 }
 
 
@@ -50,14 +54,68 @@ def test_runtime_file_matches_pytorch(runtime, case, tmp_path):
     assert diff.ok and diff.max_abs < 1e-2
     sidecar = read_sidecar(exported.path)
     assert sidecar["runtime"] == runtime and sidecar["inputs"]["input"] == list(shape)
-    assert len(sidecar["outputs"]) == (3 if case.startswith("heads") else 1)
+    assert len(sidecar["outputs"]) == (3 if "3 outputs" in case else 1)
+
+
+@pytest.mark.skipif("executorch" not in INSTALLED, reason="executorch is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("facenet_pytorch") is None, reason="facenet-pytorch is not installed")
+def test_executorch_takes_the_pretrained_onet(tmp_path):
+    from facenet_pytorch.models.mtcnn import ONet
+
+    model = ONet(pretrained=True).eval()
+    exported = get_runtime("executorch").export(model, torch.randn(1, 3, 48, 48), tmp_path / "onet.pte")
+    assert check_runtime(model, exported).max_abs < 1e-4
+
+
+class _Shortcuts(torch.nn.Module):
+    """Option-A shortcut layers in the forms pruning leaves them: a plain zero pad, and a selection
+    that reorders channels and drops one (written as a one-hot 1x1 convolution for ncnn)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from edgeprune.layers import ChannelSelect, SpatialSubsample
+
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.pad = torch.nn.Sequential(SpatialSubsample(2), ChannelSelect.zero_pad(6, 1, 3))
+        self.pick = ChannelSelect(torch.tensor([4, -1, 0, 1, -1, 2, 3]))
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.pad(y), self.pick(y)
+
+
+OPTION_A = {
+    "default model": lambda: load_model(None).model,
+    "default model pruned": lambda: prune(load_model(None).model, (1, 1, 32, 32), ratio=0.4).model,
+    "resnet56-cifar": lambda: _trained_like(build("resnet56-cifar").model, (1, 3, 32, 32)),
+    "shortcut layers": lambda: _Shortcuts().eval(),
+}
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+@pytest.mark.parametrize("case", list(OPTION_A))
+def test_ncnn_runs_option_a_shortcuts(case, tmp_path):
+    from edgeprune.layers import ChannelSelect
+
+    model = OPTION_A[case]()
+    shape = (1, 1 if case.startswith("default") else 3, 32, 33 if case == "shortcut layers" else 32)  # odd: ::2 rounds up
+    selects = [m.index.clone() for m in model.modules() if isinstance(m, ChannelSelect)]
+    exported = get_runtime("ncnn").export(model, torch.randn(shape), tmp_path / "m.ncnn.param")
+    assert check_runtime(model, exported, atol=1e-5, rtol=1e-4).ok
+    param = exported.path.read_text()
+    assert "Padding" in param and "Tensor.slice" not in param and "torch.index_select" not in param
+    after = [m.index for m in model.modules() if isinstance(m, ChannelSelect)]
+    assert len(after) == len(selects) and all(torch.equal(a, b) for a, b in zip(after, selects))  # a copy was changed
 
 
 @pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
 def test_ncnn_refuses_what_it_cannot_run_in_one_line(tmp_path):
-    model = build("resnet20-cifar").model.eval()  # its option-A shortcut slices channels: no ncnn layer for that
+    class Strided(torch.nn.Module):  # a user's own strided slice: ncnn has no layer for it
+        def forward(self, x):
+            return x[:, :, ::2, ::2] * 2
+
     with pytest.raises(EdgepruneError, match="ncnn cannot run this model: .*Tensor.slice"):
-        get_runtime("ncnn").export(model, torch.randn(1, 3, 32, 32), tmp_path / "m.ncnn.param")
+        get_runtime("ncnn").export(Strided(), torch.randn(1, 3, 8, 8), tmp_path / "m.ncnn.param")
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 

@@ -19,7 +19,7 @@ EXPECTED_WARNINGS = {
 
 @pytest.mark.parametrize("name", SWEEP)
 def test_torchvision_model_prunes_and_runs(name):
-    built = build(f"torchvision:{name}")
+    built = build(f"torchvision:{name}?weights=none")
     result = prune(built.model, built.input_shape, criterion="l2", ratio=0.3, inplace=True)
     with torch.no_grad():
         out = result.model(torch.randn(1, 3, 224, 224))

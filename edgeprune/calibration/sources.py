@@ -251,8 +251,11 @@ def _npz_images(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarr
         raise EdgepruneError(f"{path}: '{key}' must be 4-D N x C x H x W, found shape {x.shape}")
     if x.shape[1] not in (1, 3) and x.shape[3] in (1, 3):
         raise EdgepruneError(f"{path}: '{key}' looks channels-last {x.shape}; store it as N x C x H x W")
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
-        raise EdgepruneError(f"{path}: '{key}' must be uint8 or float, found {x.dtype}")
+    if not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)):
+        # an integer array is either pixels or already the model's inputs: a guess would be silently wrong for one
+        values = f" (values {x.min()} to {x.max()})" if x.size and np.issubdtype(x.dtype, np.integer) else ""
+        raise EdgepruneError(f"{path}: '{key}' is {x.dtype}{values}; store pixels as uint8 (0-255, preprocessed "
+                             f"as the model says: x.astype(np.uint8)) or the model's inputs as float32")
     if len(x) == 0:
         raise EdgepruneError(f"{path}: '{key}' holds no images")
     return x if x.dtype == np.uint8 else x.astype(np.float32)

@@ -85,7 +85,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
-    from edgeprune.report import curve_lines, format_table, runtime_lines
+    from edgeprune.report import curve_lines, format_table, runtime_lines, shipped_files
 
     latency = latency_budget is not None or speedup is not None
     if latency and (flops_cut is not None or ratio is not None):
@@ -125,4 +125,4 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
         click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
     if report.get("curve"):
         click.echo("\n" + "\n".join(curve_lines(report)))
-    click.echo(f"\nwrote {output}/: pruned.pt, *.onnx, report.json, report.md, report.png")
+    click.echo(f"\nwrote {output}/: {', '.join(shipped_files(report))}")

@@ -44,7 +44,7 @@ def prune(model, weights, input_shape, criterion, ratio, flops_cut, round_to, gl
     The checkpoint keeps the input shape and the preprocessing, so later commands need neither.
     """
     from edgeprune import api
-    from edgeprune.checkpoint import load_model, save_checkpoint
+    from edgeprune.checkpoint import load_model
     from edgeprune.errors import EdgepruneError
     from edgeprune.paths import check_writable
 
@@ -66,11 +66,10 @@ def prune(model, weights, input_shape, criterion, ratio, flops_cut, round_to, gl
     if planner is not None:
         options["planner"] = planner
     if steps > 1:
-        result = api.prune_iteratively(loaded.model, loaded.input_shape, steps=steps, **options)
+        result = api.prune_iteratively(loaded, steps=steps, **options)
     else:
-        result = api.prune(loaded.model, loaded.input_shape, **options)
-    save_checkpoint(result.model, output, spec=loaded.spec, input_shape=loaded.input_shape, kwargs=loaded.kwargs,
-                    metadata={**loaded.metadata, "pruned": result.summary()}, preprocess=preprocess)
+        result = api.prune(loaded, **options)
+    result.save(output, preprocess=preprocess)
     summary = {**result.summary(), "output": str(output), "model": loaded.spec}
     if as_json:
         emit_json(summary)
@@ -153,7 +152,7 @@ def zoo(as_json):
         return
     for e in entries:
         click.echo(f"{e['name']:<20} {e['description']}")
-    click.echo("torchvision:NAME     any torchvision classification model (random init; --weights FILE to load)")
+    click.echo("torchvision:NAME     any torchvision classification model, pretrained (torchvision:NAME?weights=none: random)")
     click.echo("FILE.py:factory      your own model: factory() returns an nn.Module")
 
 

@@ -52,6 +52,13 @@ def _cosine_cell(found: dict[str, Any]) -> str:
     return " / ".join(cells) if int8 else cells[0]
 
 
+def shipped_files(report: dict[str, Any]) -> list[str]:
+    """What a compress run wrote, as patterns: ``pruned.pt``, ``*.onnx``, each runtime's files, the reports."""
+    runtimes = [found["pruned"]["file"] for found in report.get("runtimes", {}).values() if "error" not in found]
+    return ["pruned.pt", "*.onnx", *("*" + name[len("pruned"):] for name in runtimes),
+            "report.json", "report.md", "report.png"]
+
+
 def runtime_lines(runtimes: dict[str, Any], markdown: bool = False) -> list[str]:
     """Dense and pruned latency on each runtime beside onnxruntime, with the files that ship."""
     if not runtimes:

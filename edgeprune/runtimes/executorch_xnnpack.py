@@ -39,7 +39,7 @@ class ExecuTorchRuntime(Runtime):
             # a quantised module is an exported graph, which refuses eval()
             model = model.eval() if calibration is None else self._quantised(model, example, calibration)
             program = torch.export.export(model, (example,))
-        write_atomic(path, _lowered({"forward": program}))
+        write_atomic(path, _lowered({"forward": _xnnpack_ready(program)}))
         return [path]
 
     def _quantised(self, model: Any, example: Any, calibration: np.ndarray) -> Any:
@@ -85,6 +85,29 @@ class ExecuTorchRuntime(Runtime):
                     if done:
                         done()
         return found
+
+
+def _prelu_off_4d(x: Any, weight: Any) -> Any:
+    """PReLU on a tensor that is not N x C x H x W (e.g. after a Linear) as ``relu(x) + w * (x - relu(x))``:
+    the same numbers (``x - relu(x)`` is ``min(x, 0)`` exactly) in operators XNNPACK lays out freely.
+    XNNPACK's own PReLU is channels-last only: its layout pass stops on any other rank."""
+    import torch
+
+    if x.dim() == 4:
+        return NotImplemented  # keep XNNPACK's PReLU
+    if weight.numel() > 1 and x.dim() > 2:  # the weight runs along dim 1
+        weight = weight.reshape(-1, *[1] * (x.dim() - 2))
+    positive = torch.relu(x)
+    return positive + weight * (x - positive)
+
+
+def _xnnpack_ready(program: Any) -> Any:
+    """``program`` with the operators XNNPACK's lowering refuses rewritten into ones it takes, exactly."""
+    import torch
+
+    rewrites = {torch.ops.aten.prelu.default: _prelu_off_4d}
+    used = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    return program.run_decompositions({op: f for op, f in rewrites.items() if op in used}) if used & set(rewrites) else program
 
 
 def _conv(layer: dict[str, Any], cin: int, cout: int) -> Any:

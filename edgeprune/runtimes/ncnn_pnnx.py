@@ -63,6 +63,7 @@ class NcnnRuntime(Runtime):
         import pnnx
 
         from edgeprune.runtimes._flat import FlatOutputs
+        from edgeprune.runtimes._ncnn_layers import ncnn_ready
 
         if not str(path).endswith(".param"):
             raise EdgepruneError(f"{path}: an ncnn file name ends in .param (e.g. model.ncnn.param)")
@@ -73,7 +74,8 @@ class NcnnRuntime(Runtime):
             failure = "no ncnn files written"
             try:
                 with native_output_captured():
-                    pnnx.export(FlatOutputs(model).eval(), str(traced), (example,), fp16=False)
+                    pnnx.export(FlatOutputs(ncnn_ready(model, example)).eval(), str(traced), (example,), fp16=False,
+                                check_trace=False)  # the file is checked against PyTorch after
             except Exception as exc:  # pnnx re-imports a generated Python file last; the ncnn files exist by then
                 failure = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             param, weights = Path(work) / "model.ncnn.param", Path(work) / "model.ncnn.bin"
