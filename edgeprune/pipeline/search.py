@@ -142,11 +142,13 @@ class _Trials:
         label = self._label(options)
         number = len(self.points) + 1
         self.progress(f"trial {number}: {label}, then recovery")
-        quiet = lambda message: None  # noqa: E731  (a trial's own lines would bury the search's)
-        planner = (stages.latency_planner(job, quiet) if options.latency_driven else
-                   stages.sensitivity_planner(job, quiet) if options.allocate == "sensitivity" else None)
+        def inner(message: str) -> None:
+            self.progress(f"trial {number}: {message}")
+
+        planner = (stages.latency_planner(job, inner) if options.latency_driven else
+                   stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
         try:
-            result = stages.prune_and_recover(job, quiet, planner)
+            result = stages.prune_and_recover(job, inner, planner)
         except EdgepruneError as exc:
             if depth is None:
                 raise
