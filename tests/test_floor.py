@@ -47,13 +47,13 @@ def test_a_floor_alone_delivers_the_deepest_cut_that_meets_it(tmp_path, pixels):
 
 
 def test_a_target_that_misses_the_floor_is_refused_with_the_nearest_point(tmp_path, pixels):
-    result = compress(HEADS, "--calib", pixels, *FAST, "--flops-cut", "0.4", "--min-cosine", "0.9",
-                      "--search-trials", "2", "-o", str(tmp_path / "out"))
+    result = compress(HEADS, "--calib", pixels, *FAST, "--ratio", "0.3", "--min-cosine", "0.9",
+                      "--search-trials", "3", "-o", str(tmp_path / "out"))
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit) and "Traceback" not in result.output
     *trials, last = result.stderr.strip().splitlines()
     assert all(line.startswith("[edgeprune] ") for line in trials)  # the search's progress, then one line
     assert last.startswith("edgeprune: error: worst output cosine >= 0.9 is not met: reached ")
-    assert "the nearest point measured that meets it: " in last
+    assert "the nearest point measured that meets it: " in last and "channel ratio 0.07" in last  # 0.15 misses
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 

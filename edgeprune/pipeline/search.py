@@ -6,10 +6,11 @@ reconstruction, then distillation), after which the recovered model's fidelity i
 the held-out images and its speed against the dense model's in the runtime planned for. Every
 trial is one point of the trade-off curve.
 
-- With a speed target (``--speedup`` / ``--latency-budget``) or a ``--flops-cut``: that plan is
-  the first trial; if it meets the floor it is delivered, else MACs cuts shallower than it are
-  searched and the run stops with one line: what was reached, and the fastest point measured that
-  meets the floor.
+- With a speed target (``--speedup`` / ``--latency-budget``), a ``--flops-cut`` or a ``--ratio``:
+  that plan is the first trial; if it meets the floor it is delivered (and two shallower targets
+  of the same kind are measured for the curve), else targets of the same kind part of the way
+  from dense to it are bisected and the run stops with one line: what was reached, and the
+  fastest point measured that meets the floor.
 - With a floor alone: cuts are bisected for the deepest one that meets the floor.
 
 A trial's depth d is a uniform channel ratio (every group loses d of its channels, aligned; about
@@ -30,8 +31,8 @@ from typing import Any
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prepare import Job, Progress
 
-RESOLUTION = 0.04  # the bisection of depths stops when the pass / fail bounds are this close
-CURVE_DEPTHS = (0.2, 0.3, 0.45)  # extra points of a curve that the search itself did not measure
+RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
+CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
 
 
@@ -128,8 +129,10 @@ class _Trials:
         self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
         self.points: list[tuple[Point, Any]] = []
 
-    def run(self, depth: float | None) -> Point | None:
-        """One trial: the cut of ``depth`` (see the module's docstring), or (None) the options' own target."""
+    def run(self, depth: float | None = None, toward: tuple[Point, float] | None = None) -> Point | None:
+        """One trial: the cut of ``depth`` (see the module's docstring); or, with ``toward`` (the
+        target's point, f), the options' own kind of target taken the fraction f of the way from
+        dense to it; or, with neither, the options' own target."""
         from edgeprune.pipeline import stages
 
         start = time.perf_counter()
@@ -138,6 +141,8 @@ class _Trials:
             allocated = options.allocate == "sensitivity"
             options = replace(options, flops_cut=1 - (1 - depth) ** 2 if allocated else None,
                               ratio=None if allocated else depth, latency_budget=None, speedup=None)
+        elif toward is not None:
+            options = _part_of_the_way(options, *toward)
         job = replace(self.job, options=options)
         label = self._label(options)
         number = len(self.points) + 1
@@ -150,7 +155,7 @@ class _Trials:
         try:
             result = stages.prune_and_recover(job, inner, planner)
         except EdgepruneError as exc:
-            if depth is None:
+            if depth is None and toward is None:
                 raise
             self.progress(f"trial {number}: {exc}")
             return None
@@ -210,6 +215,18 @@ def search(job: Job, progress: Progress) -> Search:
     return found
 
 
+def _part_of_the_way(options: Any, target: Point, fraction: float) -> Any:
+    """The options' target taken ``fraction`` of the way from the dense model to it."""
+    if options.speedup is not None:
+        return replace(options, speedup=1 + fraction * (options.speedup - 1))
+    if options.latency_budget is not None:
+        slack = max(target.dense_ms - options.latency_budget, 0.0)
+        return replace(options, latency_budget=options.latency_budget + (1 - fraction) * slack)
+    if options.ratio is not None:
+        return replace(options, ratio=fraction * options.ratio)
+    return replace(options, flops_cut=fraction * options.flops_cut)
+
+
 def _has_target(job: Job) -> bool:
     return job.options.latency_driven or job.options.flops_cut is not None or job.options.ratio is not None
 
@@ -217,11 +234,12 @@ def _has_target(job: Job) -> bool:
 def _with_target(trials: _Trials) -> Point:
     """The options' own plan, if it meets the floor; else a one-line refusal naming the fastest point
     measured that does."""
-    target = trials.run(None)
+    target = trials.run()
     if target.meets:
-        _fill_curve(trials)
+        for fraction in (0.5, 0.25):  # two shallower points of the same kind, for the curve
+            trials.run(toward=(target, fraction))
         return target
-    nearest = _deepest(trials, below=min(DEEPEST, 1 - (1 - target.macs_cut) ** 0.5))
+    nearest = _bisect(trials, lambda f: trials.run(toward=(target, f)), start=0.5)
     if nearest is None:
         raise EdgepruneError(f"{trials.floor.describe()} is not met at {target.describe()}, nor at any shallower cut "
                              "measured: lower the floor")
@@ -229,32 +247,28 @@ def _with_target(trials: _Trials) -> Point:
                          f"measured that meets it: {nearest.describe()}")
 
 
-def _deepest(trials: _Trials, below: float = DEEPEST) -> Point | None:
-    """Bisect depths in (0, ``below``) for the deepest whose point meets the floor (None if none
-    measured does); the first trial is at a 30 % channel ratio (about half the MACs)."""
-    low, high = 0.0, below
-    cut = 0.3 if below >= DEEPEST else below / 2
+def _deepest(trials: _Trials) -> Point | None:
+    """The deepest uniform channel ratio in (0, 0.9) that meets the floor; the first trial at 0.3
+    (about half the MACs)."""
+    return _bisect(trials, lambda f: trials.run(f * DEEPEST), start=0.3 / DEEPEST)
+
+
+def _bisect(trials: _Trials, run: Any, start: float) -> Point | None:
+    """Bisect f in (0, 1) (0: dense, 1: the deepest asked) with ``run(f) -> Point`` for the deepest
+    point that meets the floor (None if none measured does)."""
+    low, high, f = 0.0, 1.0, start
     best = None
     for _ in range(trials.job.options.search_trials):
-        point = trials.run(cut)
+        point = run(f)
         if point is not None and point.meets:
             best = point if best is None or point.macs_cut > best.macs_cut else best
-            low = cut
+            low = f
         else:
-            high = cut
+            high = f
         if high - low < RESOLUTION:
             break
-        cut = (low + high) / 2
+        f = (low + high) / 2
     return best
-
-
-def _fill_curve(trials: _Trials) -> None:
-    """Measure the curve's usual depths where no trial has come close yet (at least three points)."""
-    for depth in CURVE_DEPTHS:
-        if len(trials.points) >= 3:
-            break
-        if all(abs(p.macs_cut - (1 - (1 - depth) ** 2)) > 0.1 for p, _ in trials.points):
-            trials.run(depth)
 
 
 def curve_only(job: Job, progress: Progress, result: Any) -> Search:
