@@ -138,6 +138,8 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
     device = torch.device(config.device)
     x = torch.as_tensor(getattr(images, "x", images)).float()
     batches = list(as_batches(x, config.batch_size))
+    if not batches:
+        raise EdgepruneError("reconstruction needs calibration images (give --calib SOURCE, or --no-reconstruct)")
     modules = dict(pruned.named_modules())
     layers = [m for m in _from_first_cut(maps, dict(dense.named_modules())) if _supported(modules.get(m.module))]
     was = pruned.training, dense.training
@@ -146,9 +148,9 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
     dense.eval().to(device)
     result = ReconstructResult(images=len(x))
     try:
-        probe = batches[0][:4].to(device) if batches else None
         if not layers:
             return result
+        probe = batches[0][:4].to(device)
         norms = _batchnorm_readers(pruned, [m.module for m in layers], probe)
         waves = _waves(pruned, [m.module for m in layers], probe)
         kept = {m.module: m for m in layers}
