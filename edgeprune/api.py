@@ -194,7 +194,8 @@ def _group_key(group) -> str | None:
 
 def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *, criterion: str | Criterion = "l2",
                       ratio: float | None = None, flops_cut: float | None = None, steps: int = 4,
-                      finetune_fn: Callable[[nn.Module, int], None] | None = None, data: Any = None,
+                      finetune_fn: Callable[[nn.Module, int], None] | None = None,
+                      after_round: Callable[[nn.Module, PruneResult], None] | None = None, data: Any = None,
                       round_to: int = 1, layer_ratios: dict[str, float] | None = None, global_ranking: bool = False,
                       max_group_ratio: float = 0.9, inplace: bool = False,
                       criterion_options: dict[str, Any] | None = None) -> IterativeResult:
@@ -202,9 +203,14 @@ def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *,
 
     Round t removes 1/steps of the target: with ``ratio`` p each group keeps
     ``round(N (1 - p t / steps))`` of its original N units after round t (so the end matches a
-    one-shot cut); with ``flops_cut`` c, or with ``global_ranking``, round t aims at a cut of
-    ``c t / steps`` of the original MACs. ``finetune_fn(model, t)`` runs between rounds (after
-    rounds 1 .. steps-1); the final, longer fine-tune is the caller's. Other arguments as :func:`prune`.
+    one-shot cut); with ``flops_cut`` c, the rounds before the last take each group ``t / steps``
+    of the way to its width in the one-shot plan for c (scored on the dense model; a round may
+    cut nothing from a group whose share is under one aligned step), and the last round searches
+    c itself from there, as a one-shot cut would; with ``global_ranking``, round t aims at a cut
+    of ``c t / steps`` (or of the ratio). ``finetune_fn(model, t)`` runs between rounds (after
+    rounds 1 .. steps-1); the final, longer fine-tune is the caller's. ``after_round(model, result)``
+    runs right after every round's cut (e.g. reconstruction), before ``finetune_fn``. Other
+    arguments as :func:`prune`.
 
     >>> from edgeprune.models import build
     >>> built = build("resnet20-cifar")
@@ -228,12 +234,15 @@ def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *,
     for g in original.prunable_groups():
         named = [s.module for s in g.spaces if s.module in (layer_ratios or {})]
         shares[_group_key(g)] = layer_ratios[named[0]] if named else (ratio or 0.0)
-    exact = flops_cut is None and not global_ranking
+    if flops_cut is not None and not global_ranking:
+        shares = _final_shares(original, criterion, data, PlanConfig(None, flops_cut, dict(layer_ratios or {}), False,
+                                                                     max_group_ratio, round_to))
     rounds: list[PruneResult] = []
     for t in range(1, steps + 1):
         options = dict(criterion=criterion, round_to=round_to, global_ranking=global_ranking,
                        max_group_ratio=max_group_ratio, data=data, inplace=True)
-        if exact:
+        landing = flops_cut is not None and t == steps  # the last round searches the MACs target itself
+        if not global_ranking and not landing:
             current = {_group_key(g): g.n_units for g in build_graph(model, input_shape).prunable_groups()}
             layer = {}
             for key, n in current.items():
@@ -253,9 +262,17 @@ def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *,
                 result = prune(model, input_shape, ratio=1 - (1 - goal) / (1 - previous), **options)
         rounds.append(result)
         log.info("round %d/%d: MACs %.2fM", t, steps, result.after.macs / 1e6)
+        if after_round is not None:
+            after_round(model, result)
         if finetune_fn is not None and t < steps:
             finetune_fn(model, t)
     return IterativeResult(model, rounds, criterion.name, input_shape, loaded)
+
+
+def _final_shares(graph: DependencyGraph, criterion: Criterion, data: Any, config: PlanConfig) -> dict[str, float]:
+    """Each group's share of units removed by the one-shot plan that meets ``config``'s MACs target."""
+    plan = make_plan(graph, score_groups(graph, criterion, data), config)
+    return {_group_key(g): len(plan.removed.get(g.index, ())) / g.n_units for g in graph.prunable_groups()}
 
 
 def criterion_data(criterion: str | Criterion, calib: str | None, loaded: Any, preprocess: Any = None,

@@ -10,7 +10,10 @@ Three shapes, one table keyed by criterion name (:data:`RECIPES`):
 - ``tcfp``: intra-cluster L2 cut for part of the target, then inter-cluster soft pruning judged
   on a held-out split of the training data for the rest (:mod:`edgeprune.criteria.tcfp`).
 
-Every recipe spends the same budget: ``epochs`` passes over the fine-tuning images. Iterative
+Right after each cut the one-shot and iterative recipes recover without a gradient step: with
+``config.reconstruct`` each layer is refitted to reproduce the dense model's outputs
+(:mod:`edgeprune.train.reconstruct`), else BatchNorm statistics are re-estimated
+(``recalibrate_bn``). Every recipe spends the same budget: ``epochs`` passes over the fine-tuning images. Iterative
 recipes take one of those epochs, spread over the rounds, for the short fine-tunes between them.
 Fine-tuning minimises cross-entropy on labels, or (``config.distill`` with ``data.teacher``)
 distillation from the dense model, which works on unlabelled images too.
@@ -39,6 +42,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.graph import build_graph
 from edgeprune.outputs import OutputInfo
 from edgeprune.train.objectives import DistillConfig
+from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[nn.Module], Any]  # top-1, or a dict of figures (e.g. held-out fidelity)
@@ -67,14 +71,18 @@ class RecipeConfig:
     planner: Any = None  # a planner for api.prune (e.g. a latency budget) instead of ratio / flops_cut
     distill: DistillConfig | None = None  # recover by distillation from data.teacher (None: cross-entropy)
     max_grad_norm: float | None = 5.0  # gradient clipping while fine-tuning (see FinetuneConfig)
+    reconstruct: ReconstructConfig | None = None  # refit the layers to the dense model's outputs after each cut
+    device: str = "cpu"  # where fine-tuning runs (the result comes back to the CPU)
 
 
 @dataclass
 class Watch:
-    """Hooks into fine-tuning: ``validate(model) -> figures`` after each epoch, then ``on_epoch(record)``."""
+    """Hooks into recovery: ``validate(model) -> figures`` after each epoch, then ``on_epoch(record)``;
+    ``progress(line)`` for the stages without epochs (reconstruction)."""
 
     validate: Callable[[nn.Module], dict[str, float]] | None = None
     on_epoch: Callable[[Any], None] | None = None
+    progress: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -106,6 +114,7 @@ class RecipeResult:
     epochs: int = 0
     lr: float = 0.0
     plan: dict[str, Any] = field(default_factory=dict)  # what a custom planner reported
+    reconstruction: list[dict[str, Any]] = field(default_factory=list)  # each reconstruction after a cut
 
     @property
     def macs_cut(self) -> float:
@@ -122,7 +131,8 @@ class RecipeResult:
                 "after_cut": self.after_cut if isinstance(self.after_cut, dict) else None,
                 "seconds": self.seconds, "warnings": self.warnings,
                 "finetune": {"epochs": self.epochs, "lr": self.lr, "history": self.history} if self.epochs else None,
-                **({"plan": self.plan} if self.plan else {})}
+                **({"plan": self.plan} if self.plan else {}),
+                **({"reconstruction": self.reconstruction} if self.reconstruction else {})}
 
 
 class _Clock:
@@ -158,7 +168,8 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
     arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
     loader = make_loader(arrays, config.batch_size, shuffle=True, augment="crop", seed=config.seed)
     start = time.perf_counter()
-    tuning = FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed, max_grad_norm=config.max_grad_norm)
+    tuning = FinetuneConfig(epochs=epochs, lr=config.lr, seed=config.seed, max_grad_norm=config.max_grad_norm,
+                            device=config.device)
     result = finetune(model, loader, None, tuning,
                       epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
                       on_epoch=data.watch.on_epoch)
@@ -178,31 +189,76 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
     criterion = _criterion(config)
     target = dict(ratio=config.ratio, flops_cut=config.flops_cut, round_to=config.round_to, data=data.calib, inplace=True)
     history: list[dict[str, Any]] = []
+    recover = _AfterCut(model, config, data, clock)
     start = time.perf_counter()
     plan: dict[str, Any] = {}
     if steps == 1:
         result = prune(model, shape, criterion=criterion, planner=config.planner, **target)
+        clock.add("prune", start)
+        recover(model, result)
         before, after, warnings, plan = result.before, result.after, result.warnings, result.plan.details
     else:
         between = config.epochs >= 2  # one epoch of the budget goes to the rounds, the rest to the end
         n = len(data.train) if data.train is not None else 0
 
-        def between_rounds(m: nn.Module, _round: int) -> None:
+        def after_round(m: nn.Module, result: Any) -> None:
             nonlocal start
             clock.add("prune", start)
+            recover(m, result)
+            start = time.perf_counter()
+
+        def between_rounds(m: nn.Module, _round: int) -> None:
+            nonlocal start
             history.extend(_finetune(m, data, config, 1, clock, limit=max(1, n // (steps - 1))))
             start = time.perf_counter()
 
-        result = prune_iteratively(model, shape, criterion=criterion, steps=steps,
+        result = prune_iteratively(model, shape, criterion=criterion, steps=steps, after_round=after_round,
                                    finetune_fn=between_rounds if between else None, **target)
         before, after, warnings = result.before, result.after, []
         config = replace(config, epochs=config.epochs - 1 if between else config.epochs)
-    clock.add("prune", start)
-    _reestimate_batchnorm(model, config, data)
     accuracy = evaluate(model) if evaluate else None
     history.extend(_finetune(model, data, config, config.epochs, clock))
     return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy,
-                        history, warnings, plan=plan)
+                        history, warnings, plan=plan, reconstruction=recover.found)
+
+
+class _AfterCut:
+    """Recovery right after each cut, before any gradient step: reconstruction against the dense
+    model (the cuts' keep maps composed from it), else BatchNorm re-estimation."""
+
+    def __init__(self, model: nn.Module, config: RecipeConfig, data: RecipeData, clock: _Clock) -> None:
+        self.config, self.data, self.clock = config, data, clock
+        images = data.train if data.train is not None else data.calib
+        self.images = None
+        if config.reconstruct is not None and images is not None:
+            from edgeprune.calibration import sample
+
+            self.images = sample(images, min(config.reconstruct.images, len(images)), seed=config.seed).x
+        self.dense = None if self.images is None else data.teacher if data.teacher is not None else copy.deepcopy(model)
+        self.maps: dict[str, KeptLayer] = {}
+        self.found: list[dict[str, Any]] = []
+
+    def __call__(self, model: nn.Module, result: Any) -> None:
+        if self.images is None:
+            _reestimate_batchnorm(model, self.config, self.data)
+            return
+        from edgeprune.train.reconstruct import reconstruct
+
+        start = time.perf_counter()
+        cut = kept_layers(result.graph, result.plan.keep)
+        self.maps = compose(self.maps, cut) if self.maps else cut
+        progress = self.data.watch.progress
+        if progress is not None:
+            progress(f"reconstructing the layers after the cut from {len(self.images)} calibration images "
+                     "(least squares to the dense model's outputs, no labels)")
+        found = reconstruct(model, self.dense, self.maps, self.images, self.config.reconstruct)
+        self.found.append(found.to_dict())
+        if progress is not None and found.layers:
+            before = max(f.error_before for f in found.layers)
+            after = max(f.error_after for f in found.layers)
+            progress(f"reconstructed {sum(f.refit for f in found.layers)} of {len(found.layers)} layers in "
+                     f"{found.seconds:.1f} s: largest relative output error {before:.3f} -> {after:.3f} (-vv: each layer)")
+        self.clock.add("reconstruct", start)
 
 
 def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
@@ -318,6 +374,7 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     if config.planner is not None:
         check_one_shot(config.criterion, config.steps)
     result = recipe(model, tuple(input_shape), config, data, evaluate)
+    result.model.cpu()  # trained on config.device; export and measuring happen here
     result.epochs, result.lr = config.epochs, config.lr
     return result
 

@@ -3,17 +3,21 @@
 Each prunable group is cut, alone, to several ratios in the criterion's order (lowest scores
 first, aligned to ``round_to``), BatchNorm is re-estimated on calibration images, and the cut
 model's outputs are compared with the dense model's on held-out images (the report's figures:
-cosine, relative L2 error, and top-1 where labels exist). The criterion scores the model once.
+cosine, relative L2 error, and top-1 where labels exist), output by output. The criterion scores
+the model once.
 
-The curves feed :class:`edgeprune.allocation.SensitivityPlanner`, which spends a MACs cut where
-it hurts least; ``loss`` (one minus the mean cosine over the outputs) is the figure it adds up.
+The curves feed :class:`edgeprune.allocation.SensitivityPlanner` and the latency planner, which
+spend a cut where it hurts least; ``loss`` is one minus the *worst* output's cosine, so that no
+plan silently destroys one output of several (a face net's box regression can fall to a cosine
+of 0.25 while the mean over its three outputs says 0.74).
 
 >>> import torch
 >>> from edgeprune.models import build
 >>> built = build("resnet20-cifar")
 >>> x = torch.randn(32, 3, 32, 32).numpy()
 >>> found = analyse(built.model, built.input_shape, "l2", x, x[:16], ratios=(0.5,))
->>> len(found.curves) > 0 and 0 <= found.curves[0].points[-1]["loss"] <= 2
+>>> point = found.curves[0].points[-1]
+>>> 0 <= point["loss"] <= 2 and point["cosine"] == min(point["outputs"].values())
 True
 """
 from __future__ import annotations
@@ -33,7 +37,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.paths import replaced_on_success, write_atomic
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
-FORMAT = "edgeprune-sensitivity/1"
+FORMAT = "edgeprune-sensitivity/2"  # /1 held the mean over outputs only
 Progress = Callable[[int, int, str], None]
 
 
@@ -76,6 +80,9 @@ class Sensitivity:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sensitivity:
+        if data.get("format") == "edgeprune-sensitivity/1":
+            raise EdgepruneError("this sensitivity file has the mean over the outputs only (an older edgeprune); "
+                                 "measure it again with `edgeprune sensitivity ... -o F`")
         if data.get("format") != FORMAT:
             raise EdgepruneError("not an edgeprune sensitivity file (write one with `edgeprune sensitivity ... -o F`)")
         fields = {k: v for k, v in data.items() if k != "format"}
@@ -103,12 +110,13 @@ def group_key(group: Any) -> str:
 def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, calib: np.ndarray,
             held_out: np.ndarray, *, outputs: Sequence[Any] | None = None, labels: np.ndarray | None = None,
             label_output: int | None = None, ratios: Sequence[float] = DEFAULT_RATIOS, round_to: int = 1,
-            criterion_data: Any = None, progress: Progress | None = None) -> Sensitivity:
+            criterion_data: Any = None, progress: Progress | None = None, device: str = "cpu") -> Sensitivity:
     """Cut each prunable group of ``model`` alone to each ratio; measure the outputs against dense.
 
     ``calib`` (N x C x H x W) re-estimates BatchNorm after each cut and, unless
     ``criterion_data`` is given, feeds a data-driven criterion; ``held_out`` images are compared;
     ``outputs`` are the outputs' kinds (:func:`edgeprune.outputs.describe`; guessed if None).
+    Each cut copy is measured on ``device``.
     """
     from edgeprune.criteria import create_criterion, score_groups
     from edgeprune.graph import build_graph
@@ -133,13 +141,10 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, cali
         points = []
         for removed in plan[group.index]:
             units = pick_units(group, scores[group.index], removed, round_to)
-            cut = _cut_copy(model, graph, graph.keep_mask({group.index: units}), calib)
+            cut = _cut_copy(model, graph, graph.keep_mask({group.index: units}), calib, device)
             found = torch_outputs(cut, held_out)
-            rows = compare(dense, found, outputs)
             point = {"removed": int(len(units)), "ratio": len(units) / group.n_units,
-                     "cosine": float(np.mean([r["cosine"] for r in rows])),
-                     "rel_l2": float(np.mean([r["rel_l2"] for r in rows]))}
-            point["loss"] = 1.0 - point["cosine"]
+                     **point_figures(compare(dense, found, outputs))}
             if labels is not None and label_output is not None:
                 point["top1"] = accuracy(found, label_output, labels)
             points.append(point)
@@ -155,18 +160,28 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, cali
                        round(time.perf_counter() - start, 2), dense_figures)
 
 
-def _cut_copy(model: nn.Module, graph: Any, keep: np.ndarray, calib: np.ndarray) -> nn.Module:
+def point_figures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """A cut's figures from :func:`edgeprune.quality.compare`'s rows: the worst output's cosine and
+    relative error, the mean cosine, every output's cosine, and ``loss`` = 1 - the worst cosine."""
+    cosines = {r["output"]: float(r["cosine"]) for r in rows}
+    worst = min(cosines.values())
+    return {"cosine": worst, "cosine_mean": float(np.mean(list(cosines.values()))),
+            "rel_l2": float(max(r["rel_l2"] for r in rows)), "outputs": cosines, "loss": 1.0 - worst}
+
+
+def _cut_copy(model: nn.Module, graph: Any, keep: np.ndarray, calib: np.ndarray, device: str = "cpu") -> nn.Module:
     from edgeprune.surgery import apply_keep_mask
     from edgeprune.train import recalibrate_batchnorm
 
     cut = copy.deepcopy(model)
     apply_keep_mask(cut, graph, keep)
+    cut.to(device)
     recalibrate_batchnorm(cut, calib)
     return cut.eval()
 
 
 def table(found: Sensitivity) -> str:
-    """One row per group: the mean output cosine at each ratio (``-`` where alignment allows no such cut)."""
+    """One row per group: the worst output's cosine at each ratio (``-`` where alignment allows no such cut)."""
     ratios = found.ratios
     width = max([len(c.group) for c in found.curves] + [5])
     lines = [f"{'group':<{width}}  {'units':>5}  " + "  ".join(f"{r:>7.0%}" for r in ratios)]
@@ -181,7 +196,7 @@ def table(found: Sensitivity) -> str:
 
 
 def plot(found: Sensitivity, path: str | Path) -> None:
-    """One curve per group: mean output cosine against the fraction of the group removed."""
+    """One curve per group: the worst output's cosine against the fraction of the group removed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,7 +208,7 @@ def plot(found: Sensitivity, path: str | Path) -> None:
         ys = [1.0] + [p["cosine"] for p in curve.points]
         ax.plot(xs, ys, marker=".", linewidth=1, label=curve.group if len(found.curves) <= 20 else None)
     ax.set(xlabel="fraction of the group's channels removed (this group alone)",
-           ylabel="mean cosine of the outputs to the dense model's",
+           ylabel="cosine to the dense model (worst output)",
            title=f"sensitivity by {found.criterion} ({found.images['held_out']} held-out images)")
     ax.grid(alpha=0.3)
     if len(found.curves) <= 20:

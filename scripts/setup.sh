@@ -12,4 +12,7 @@ PY=${PYTHON:-python3}
 # a later install touches that package's dependencies, never for a --no-deps install itself.
 .venv/bin/python -m pip install -q ncnn pnnx
 .venv/bin/python -m pip install -q flatbuffers ruamel.yaml tabulate
+# MTCNN's pretrained face nets (the README's worked example and a sensitivity test); its metadata pins
+# an old torch, so it goes in without dependencies (it imports torchvision, requests and tqdm).
+.venv/bin/python -m pip install -q --no-deps facenet-pytorch
 .venv/bin/python -m pip install -q --no-deps executorch "torchao>=0.18,<0.19"

@@ -612,6 +612,24 @@ def test_csctfp_iterative_reaches_the_one_shot_channel_counts(model_name):
         assert rounds.after == one_shot.after
 
 
+@pytest.mark.parametrize("cut", [0.1, 0.3, 0.5, 0.7])
+def test_csctfp_rounds_land_every_macs_cut_a_one_shot_lands(cut):
+    """Small cuts included: each round's share can be under one aligned step of a 16-wide group."""
+    model, shape = MODELS["resnet20"]()
+    one_shot = prune(model, shape, criterion="csctfp", flops_cut=cut, round_to=8)
+    rounds = prune_iteratively(model, shape, criterion="csctfp", flops_cut=cut, steps=4, round_to=8)
+    assert abs(rounds.macs_cut - cut) <= 0.01 and abs(one_shot.plan.macs_cut - cut) <= 0.01
+    macs = [r.after.macs for r in rounds.rounds]
+    assert len(macs) == 4 and macs == sorted(macs, reverse=True)
+
+
+def test_csctfp_rounds_on_the_three_output_detector():
+    from models.heads import heads
+
+    rounds = prune_iteratively(heads(), (1, 3, 16, 16), criterion="csctfp", flops_cut=0.4, steps=4)
+    assert abs(rounds.macs_cut - 0.4) <= 0.01  # the first round once had to land 10 % alone, and could not
+
+
 def test_tcfp_stops_maximising_once_the_clusters_settle():
     from edgeprune.criteria.tcfp import TCFP
 

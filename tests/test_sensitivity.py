@@ -114,3 +114,60 @@ def test_cli_sensitivity_then_allocated_prune(tmp_path):
     assert abs(summary["macs_cut"] - 0.5) <= 0.01 and summary["plan"]["allocation"] == "sensitivity"
     refused = CliRunner().invoke(main, ["prune", "--ratio", "0.5", "--allocate", "sensitivity", "-o", str(out)])
     assert_one_line_error(refused, "--allocate sensitivity spreads a MACs cut")
+
+
+def _photo_crops(n: int, seed: int = 0) -> np.ndarray:
+    """Random square crops of scikit-learn's two sample photos, at 48x48, as MTCNN feeds ONet."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        photo = load_sample_images().images[i % 2]
+        side = int(rng.integers(24, 200))
+        top, left = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+        crop = torch.from_numpy(photo[top:top + side, left:left + side].transpose(2, 0, 1).astype(np.float32))
+        crops.append(F.interpolate(crop[None], size=(48, 48), mode="bilinear", antialias=True)[0].numpy())
+    return ((np.stack(crops) - 127.5) / 128).astype(np.float32)
+
+
+def test_the_face_nets_box_output_judges_its_first_layer():
+    """MTCNN's ONet (pretrained, from the facenet-pytorch wheel): cutting conv1 to 4 of its 32
+    filters leaves the mean over its three outputs at about 0.74 but the box regression at about
+    0.26. The curve records every output, its loss is the worst one's, and a plan to a speedup
+    predicts the loss the worst output then shows."""
+    onet = pytest.importorskip("facenet_pytorch.models.mtcnn").ONet(pretrained=True).eval()
+    from edgeprune.latency import Budget, LatencyPlanner, conv_shapes
+    from edgeprune.outputs import describe, output_names
+    from edgeprune.quality import compare, torch_outputs
+    from test_latency import _synthetic_ms, _synthetic_table
+
+    shape = (1, 3, 48, 48)
+    images = _photo_crops(256)
+    calib, held_out = images[:128], images[128:]
+    found = analyse(onet, shape, "l2", calib, held_out, round_to=4)
+    conv1 = found.curve_for("conv1").points[-1]
+    assert conv1["removed"] == 28 and set(conv1["outputs"]) == {"output0", "output1", "output2"}
+    assert conv1["outputs"]["output0"] < 0.45 and conv1["cosine_mean"] > 0.65  # the box output alone collapses
+    assert conv1["loss"] == pytest.approx(1 - conv1["outputs"]["output0"])
+
+    def device(models):
+        return [0.5 + sum(_synthetic_ms(s, s.in_channels, s.out_channels) for s in conv_shapes(m, shape).values())
+                for m in models]
+
+    table = _synthetic_table(list(conv_shapes(onet, shape).values()))
+    planner = LatencyPlanner(table, Budget(speedup=2.0), device, sensitivity=found, round_to=4, progress=lambda m: None)
+    result = prune(onet, shape, criterion="l2", planner=planner)
+    infos = describe(torch_outputs(onet, calib), output_names(onet, torch.zeros(shape)))
+    measured = 1 - min(r["cosine"] for r in compare(torch_outputs(onet, held_out), torch_outputs(result.model, held_out), infos))
+    predicted = result.plan.details["predicted_loss"]
+    assert 0.5 * measured <= predicted <= 2 * measured, (predicted, measured)  # the mean predicted about 0.4x
+
+
+def test_a_file_with_the_mean_over_outputs_only_is_refused(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"format": "edgeprune-sensitivity/1", "criterion": "l2", "ratios": [0.5], "curves": [],
+                               "images": {}}))
+    with pytest.raises(EdgepruneError, match="mean over the outputs only"):
+        Sensitivity.load(old)

@@ -180,3 +180,34 @@ def test_batchnorm_recalibration_after_a_cut() -> None:
     assert before < 0.2 and after > 0.6  # chance -> about 0.9, with no gradient step
     assert not cut.training and all(m.momentum == 0.1 for m in cut.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert all(torch.equal(v, cut.state_dict()[k]) for k, v in weights.items())
+
+
+def test_device_choices_resolve_or_fail_in_one_line(monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from edgeprune.cli import main
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.train import resolve_device
+
+    from conftest import assert_one_line_error
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") == "cpu"
+    with pytest.raises(EdgepruneError, match="no CUDA device here"):
+        resolve_device("cuda:0")
+    with pytest.raises(EdgepruneError, match="unknown device 'tpu'"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda:0" and resolve_device("cuda:1") == "cuda:1"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda") == "cuda:1"  # each torchrun rank on its own GPU
+    with pytest.raises(EdgepruneError, match="has 2 CUDA device"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("WORLD_SIZE")
+    for command in (["compress", "-o", "out"], ["finetune", "resnet20-cifar", "--data", "mnist5k", "--epochs", "1",
+                                                "-o", "x.pt"], ["sensitivity", "resnet20-cifar"]):
+        assert_one_line_error(CliRunner().invoke(main, [*command, "--device", "cuda"]), "no CUDA device here")

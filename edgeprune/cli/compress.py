@@ -5,6 +5,7 @@ import click
 
 from edgeprune.cli import main
 from edgeprune.cli.options import (
+    device_option,
     distill_config,
     distill_options,
     emit_json,
@@ -34,6 +35,14 @@ from edgeprune.cli.options import (
               help="Prune to this latency on the target (ms, as measured here), widths chosen from the latency table.")
 @click.option("--speedup", type=click.FloatRange(min=1, min_open=True), metavar="X",
               help="Prune to X times the dense model's speed, widths chosen from the latency table.")
+@click.option("--min-cosine", type=float, metavar="F",
+              help="Quality floor: the worst output's cosine to the dense model on held-out images, after recovery. "
+                   "With a speed target: deliver both or stop saying the nearest point that meets it; alone: the "
+                   "deepest cut that meets it.")
+@click.option("--max-drop", type=float, metavar="P", help="Quality floor with labels: top-1 points lost against dense.")
+@click.option("--curve", is_flag=True, help="Also measure speed against fidelity at several cuts (always with a floor).")
+@click.option("--search-trials", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Recovered trials a floor's search may spend bisecting MACs cuts.")
 @click.option("--lut", type=click.Path(dir_okay=False), help="A latency table measured on the board (`edgeprune lut`).")
 @click.option("--round-to", type=click.IntRange(min=1), help="Channel alignment (default: the target's).")
 @click.option("--allocate", type=click.Choice(["uniform", "sensitivity"]), default="uniform", show_default=True,
@@ -47,6 +56,9 @@ from edgeprune.cli.options import (
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--bn-recalibrate/--no-bn-recalibrate", default=True, show_default=True,
               help="Re-estimate BatchNorm statistics on the calibration images right after the cut and after fine-tuning.")
+@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+              help="Right after the cut, refit each layer by least squares so the pruned model reproduces the dense "
+                   "model's outputs on calibration images (no labels needed).")
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
 @click.option("--bake-preprocess", is_flag=True,
@@ -54,15 +66,17 @@ from edgeprune.cli.options import (
 @click.option("--eval-images", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out images the quality figures are measured on.")
 @runtime_option
+@device_option
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="Seconds of timed runs per model, at least.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
-def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, lut, round_to,
+def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, min_cosine, max_drop,
+             curve, search_trials, lut, round_to,
              allocate, sensitivity_file,
-             calib, finetune_epochs, steps, lr, bn_recalibrate, int8, ort, bake_preprocess, eval_images, runtimes, runs,
-             min_time, as_json, output, label_output, output_kind, **kwargs):
+             calib, finetune_epochs, steps, lr, bn_recalibrate, reconstruct, int8, ort, bake_preprocess, eval_images, runtimes, runs,
+             min_time, device, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
     With no MODEL it runs on the built-in default (ResNet-20 trained on the bundled MNIST-5k).
@@ -71,24 +85,29 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
-    from edgeprune.report import format_table, runtime_lines, shipped_files
+    from edgeprune.report import curve_lines, format_table, runtime_lines, shipped_files
 
     latency = latency_budget is not None or speedup is not None
     if latency and (flops_cut is not None or ratio is not None):
         raise EdgepruneError("a latency budget decides how much to cut: drop --flops-cut / --ratio")
     if lut and not latency:
         raise EdgepruneError("--lut is used with --latency-budget or --speedup")
-    flops_cut = None if latency or ratio is not None else (0.5 if flops_cut is None else flops_cut)
+    floor = min_cosine is not None or max_drop is not None
+    default_cut = None if floor else 0.5  # a floor alone searches the deepest cut that meets it
+    flops_cut = None if latency or ratio is not None else (default_cut if flops_cut is None else flops_cut)
     options = CompressOptions(target=target, criterion=criterion, flops_cut=flops_cut, ratio=ratio, round_to=round_to,
                               latency_budget=latency_budget, speedup=speedup, lut=lut,
                               calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr,
-                              recalibrate_bn=bn_recalibrate, int8=int8, ort=ort, runs=runs, min_time=min_time,
+                              recalibrate_bn=bn_recalibrate, reconstruct=reconstruct, int8=int8, ort=ort, runs=runs, min_time=min_time,
                               weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
                               distill=distill_config(kwargs), label_output=label_output,
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,
                               eval_images=eval_images, allocate=allocate, sensitivity=sensitivity_file,
-                              runtimes=tuple(runtimes))
+                              runtimes=tuple(runtimes), min_cosine=min_cosine, max_drop=max_drop, curve=curve,
+                              search_trials=search_trials, device=device)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))
+    if not report:  # a torchrun rank other than 0: it helped recover; rank 0 writes and prints
+        return
     if as_json:
         emit_json(report)
         return
@@ -104,4 +123,6 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                    + confirmed + (f", {final:.3f} ms {where}" if final is not None else ""))
     if report.get("runtimes"):
         click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
+    if report.get("curve"):
+        click.echo("\n" + "\n".join(curve_lines(report)))
     click.echo(f"\nwrote {output}/: {', '.join(shipped_files(report))}")

@@ -65,6 +65,12 @@ input_shape_option = click.option(
     help="The model's input, e.g. 1x3x48x48 (default: the model's or its checkpoint's; kept in checkpoints).")
 
 
+device_option = click.option(
+    "--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+    help="Where to compute (training, reconstruction, measuring cuts): auto is CUDA when present; under torchrun, "
+         "cuda is each rank's own GPU.")
+
+
 def preprocess_options(command: Callable) -> Callable:
     """How images become inputs: the model's own preprocessing unless these change it."""
     options = [

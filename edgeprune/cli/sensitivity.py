@@ -8,6 +8,7 @@ import click
 from edgeprune.cli import main
 from edgeprune.cli.options import (
     FloatsType,
+    device_option,
     emit_json,
     input_shape_option,
     model_argument,
@@ -48,25 +49,29 @@ class _Bar:
 @click.option("--label-output", metavar="NAME", help="The output the labels belong to (several outputs).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Also draw one curve per group (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the curves as JSON instead of the table.")
+@device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
               help="Write the curves (JSON) for `prune`/`compress --allocate sensitivity --sensitivity FILE`.")
 def sensitivity(model, weights, input_shape, criterion, calib, ratios, round_to, images, label_output, plot_path, as_json,
-                output, **kwargs):
+                output, device, **kwargs):
     """Cut each coupled group of MODEL alone to each ratio and compare its outputs with the dense model's.
 
-    BatchNorm is re-estimated after each cut; the figure is the mean cosine of the outputs on
-    held-out images (and top-1 where the data has labels).
+    BatchNorm is re-estimated after each cut; the figure is the cosine of the worst output on
+    held-out images (every output's is in the JSON; top-1 too where the data has labels).
     """
     from edgeprune import sensitivity as sens
     from edgeprune.checkpoint import load_model
     from edgeprune.paths import check_writable
 
+    from edgeprune.train import resolve_device
+
+    device = resolve_device(device)
     for path in (output, plot_path):
         if path:
             check_writable(path)
     choice = preprocess_choice(kwargs)
     found = measure(load_model(model, weights, input_shape), choice, criterion, calib, ratios, round_to, images,
-                    label_output, None if as_json else _Bar())
+                    label_output, None if as_json else _Bar(), device)
     if output:
         found.save(output)
     if plot_path:
@@ -81,7 +86,7 @@ def sensitivity(model, weights, input_shape, criterion, calib, ratios, round_to,
 
 
 def measure(loaded, choice, criterion: str, calib: str | None, ratios, round_to: int, images: int,
-            label_output: str | None, progress=None):
+            label_output: str | None, progress=None, device: str = "cpu"):
     """Load the data of a loaded model, then :func:`edgeprune.sensitivity.analyse` it (held-out split compared)."""
     import torch
 
@@ -107,4 +112,4 @@ def measure(loaded, choice, criterion: str, calib: str | None, ratios, round_to:
     outputs = describe(dense, names, label_output=labels)
     return analyse(loaded.model, loaded.input_shape, criterion, sample(train, images).x, held_out.x, outputs=outputs,
                    labels=held_out.y, label_output=labels, ratios=ratios, round_to=round_to, criterion_data=train.x,
-                   progress=progress)
+                   progress=progress, device=device)

@@ -14,6 +14,7 @@ import click
 
 from edgeprune.cli import main
 from edgeprune.cli.options import (
+    device_option,
     distill_config,
     distill_options,
     input_shape_option,
@@ -49,10 +50,11 @@ limit_option = click.option("--limit", type=click.IntRange(1), default=None, hel
               help="Random 4-pixel-padded crop, plus horizontal flip (not for digits).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Shuffling and augmentation seed.")
 @limit_option
+@device_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Checkpoint, rewritten every epoch.")
 def finetune(model: str, data: str, input_shape, teacher: str | None, teacher_weights: str | None, epochs: int,
-             lr: float, batch_size: int, augment: str, seed: int, limit: int | None, output: str, label_output,
-             output_kind, **kwargs) -> None:
+             lr: float, batch_size: int, augment: str, seed: int, limit: int | None, device: str, output: str,
+             label_output, output_kind, **kwargs) -> None:
     """Fine-tune MODEL on the training split of SOURCE; report top-1 (labelled data) and the
     fidelity to --teacher (distillation) on its held-out val split.
 
@@ -62,8 +64,9 @@ def finetune(model: str, data: str, input_shape, teacher: str | None, teacher_we
     from edgeprune.calibration import load_data, make_loader
     from edgeprune.checkpoint import load_model, save_checkpoint
     from edgeprune.paths import check_writable
-    from edgeprune.train import FinetuneConfig, finetune as run_finetune, is_main_process
+    from edgeprune.train import FinetuneConfig, finetune as run_finetune, is_main_process, resolve_device
 
+    device = resolve_device(device)
     check_writable(output)
     choice, distill = preprocess_choice(kwargs), distill_config(kwargs)
     loaded = load_model(model, input_shape=input_shape)
@@ -84,7 +87,7 @@ def finetune(model: str, data: str, input_shape, teacher: str | None, teacher_we
                                                                    "distilled_from": teacher if job.teacher else None}})
 
     with _ProgressBar(is_main_process()) as progress:
-        result = run_finetune(loaded.model, train, val, FinetuneConfig(epochs=epochs, lr=lr, seed=seed),
+        result = run_finetune(loaded.model, train, val, FinetuneConfig(epochs=epochs, lr=lr, seed=seed, device=device),
                               checkpoint_fn=checkpoint, progress=progress, objective=job.objective,
                               validate=job.validate)
     if is_main_process():  # the epochs were logged as they finished

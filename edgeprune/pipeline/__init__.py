@@ -2,8 +2,9 @@
 
 The stages, in order, each a function with one job (:mod:`~edgeprune.pipeline.prepare`,
 :mod:`~edgeprune.pipeline.stages`): prepare (every check, before any work) -> prune and recover
--> export -> quantise -> quality -> profile -> report. Every output goes to a staging folder
-that is renamed into place only when the whole run worked.
+-> export -> quantise -> quality -> profile -> report. With a quality floor, prune and recover
+is a search over trials of it (:mod:`~edgeprune.pipeline.search`). Every output goes to a
+staging folder that is renamed into place only when the whole run worked.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline import stages
+from edgeprune.pipeline import search, stages
 from edgeprune.pipeline.options import CompressOptions
 from edgeprune.paths import check_writable
 from edgeprune.pipeline.prepare import Progress, check_choices, prepare
@@ -36,18 +37,20 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     options = options or CompressOptions()
     progress = progress or (lambda message: log.info(message))
     target = check_choices(options)
+    from edgeprune.train import is_main_process
+
+    if not is_main_process():  # another torchrun rank: recover alongside rank 0, which writes everything
+        _prune_and_recover(prepare(model, options, target, lambda message: None), lambda message: None)
+        return {}
     out_dir = Path(out_dir)
     staging = _stage(out_dir)
     started = time.perf_counter()
     try:
         job = prepare(model, options, target, progress)
-        planner = (stages.latency_planner(job, progress) if options.latency_driven else
-                   stages.sensitivity_planner(job, progress) if options.allocate == "sensitivity" else None)
-        try:
-            result = stages.prune_and_recover(job, progress, planner)
-        finally:
-            if getattr(planner, "measure", None) is not None:
-                planner.measure.close()  # the ONNX files it exported while planning
+        found = search.search(job, progress) if options.floor_given else None
+        result = found.result if found is not None else _prune_and_recover(job, progress)
+        if found is None and options.curve:
+            found = search.curve_only(job, progress, result)
         variants, exports = stages.export_models(job, result, staging, progress)
         stages.quantize(job, variants, staging, progress)
         stages.measure_quality(job, variants, staging, progress)
@@ -55,12 +58,23 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         runtimes = stages.runtime_files(job, result, staging, progress)
         stages.runtime_quality(job, runtimes, staging, progress)
         report = stages.build_report(job, result, variants, exports, settings, time.perf_counter() - started, runtimes)
+        report.update(found.report() if found is not None else {})
         write_report(report, staging)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def _prune_and_recover(job: Any, progress: Progress) -> Any:
+    planner = (stages.latency_planner(job, progress) if job.options.latency_driven else
+               stages.sensitivity_planner(job, progress) if job.options.allocate == "sensitivity" else None)
+    try:
+        return stages.prune_and_recover(job, progress, planner)
+    finally:
+        if getattr(planner, "measure", None) is not None:
+            planner.measure.close()  # the ONNX files it exported while planning
 
 
 def _stage(out_dir: Path) -> Path:

@@ -20,6 +20,7 @@ class CompressOptions:
     finetune_epochs: int | None = None  # None: 3 epochs when data is at hand (distillation needs no labels)
     steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on calibration images after the cut
+    reconstruct: bool = True  # refit the layers after the cut to the dense model's outputs (no labels needed)
     lr: float = 0.01
     batch_size: int = 128
     int8: bool | None = None
@@ -41,6 +42,11 @@ class CompressOptions:
     eval_images: int = 500  # held-out images for the quality figures
     allocate: str = "uniform"  # or "sensitivity": each group's cut from its measured sensitivity
     sensitivity: str | None = None  # curves from `edgeprune sensitivity -o FILE` (default: measured in the run)
+    min_cosine: float | None = None  # quality floor: the worst output's cosine to dense on held-out images
+    max_drop: float | None = None  # quality floor: top-1 points lost against dense (labelled data)
+    curve: bool = False  # measure the speed / fidelity trade-off at several cuts (always with a floor)
+    search_trials: int = 5  # trials a floor's search may spend on bisecting MACs cuts
+    device: str = "auto"  # where recovery computes: auto (CUDA when present), cpu, cuda, cuda:N
 
     def plan_runtime(self, target) -> str:
         """The runtime a latency budget plans for and the alignment follows: the first ``--runtime``
@@ -51,6 +57,10 @@ class CompressOptions:
     def other_runtimes(self, target) -> tuple[str, ...]:
         """The runtimes besides onnxruntime to ship and measure: those named, and the target's own."""
         return tuple(dict.fromkeys((*self.runtimes, target.runtime)))
+
+    @property
+    def floor_given(self) -> bool:
+        return self.min_cosine is not None or self.max_drop is not None
 
     @property
     def latency_driven(self) -> bool:

@@ -64,6 +64,7 @@ class Job:
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
     latency: LatencyTable | None = None
+    device: str = "cpu"  # resolved from options.device
 
     @property
     def runtime(self) -> str:
@@ -85,14 +86,26 @@ def check_choices(options: CompressOptions) -> Any:
 
         Budget(options.latency_budget, options.speedup)
         check_one_shot(options.criterion, options.steps)
-    else:
+    elif not (options.floor_given and options.flops_cut is None and options.ratio is None):
         PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
                    round_to=options.round_to or target.round_to).validate()
+    if options.floor_given or options.curve:
+        from edgeprune.pipeline.search import Floor
+
+        Floor(options.min_cosine, options.max_drop)
+        if options.search_trials < 1:
+            raise EdgepruneError(f"--search-trials must be at least 1, got {options.search_trials}")
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
     from edgeprune.runtimes import resolve_runtimes
 
     resolve_runtimes(options.other_runtimes(target))  # a missing runtime fails now, before any work
+    from edgeprune.train import launched_distributed, resolve_device
+
+    resolve_device(options.device)
+    if launched_distributed() and (options.latency_driven or options.floor_given or options.curve):
+        raise EdgepruneError("under torchrun, compress recovers a MACs cut (--flops-cut / --ratio) on every rank; "
+                             "a latency budget, a quality floor or a curve measures speed: run it as one process")
     if options.allocate not in ("uniform", "sensitivity"):
         raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
     if options.allocate == "sensitivity":
@@ -129,9 +142,15 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     if int8 and data.train is None:
         raise EdgepruneError(f"INT8 for target {target.name} needs calibration data: give --calib SOURCE or --no-int8")
     round_to = options.round_to or target.round_to_for(options.plan_runtime(target))
+    from edgeprune.train import resolve_device
+
     job = Job(options, target, loaded, shape, preprocess, round_to, data,
-              finetune_epochs(data, options), int8, latency=latency)
+              finetune_epochs(data, options), int8, latency=latency, device=resolve_device(options.device))
     describe_outputs(job)
+    if options.floor_given:
+        from edgeprune.pipeline.search import Floor
+
+        Floor(options.min_cosine, options.max_drop).check(job)
     guessed = loaded.preprocess is None and preprocess.source.startswith("default")
     if guessed and data.train is not None and data.train.preprocess is not None:
         progress(f"no preprocessing known for {loaded.spec}: its images become pixels / 255 "

@@ -121,6 +121,7 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     """The criterion's recipe on a copy of the model: cut, re-estimate BatchNorm, fine-tune or distil."""
     from edgeprune.calibration import sample
     from edgeprune.recipes import RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
+    from edgeprune.train.reconstruct import ReconstructConfig
 
     options, data = job.options, job.data
     train, holdout = data.train, None
@@ -130,12 +131,14 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
                           ratio=options.ratio, round_to=job.round_to, epochs=job.epochs, steps=options.steps,
                           lr=options.lr, batch_size=options.batch_size, seed=options.seed,
-                          recalibrate_bn=options.recalibrate_bn, planner=planner, distill=options.distill)
+                          recalibrate_bn=options.recalibrate_bn, planner=planner, distill=options.distill,
+                          reconstruct=ReconstructConfig(seed=options.seed, device=job.device)
+                          if options.reconstruct and job.outputs else None, device=job.device)
     held_out = HeldOut(job, options.eval_images) if data.evaluation is not None and job.outputs else None
-    watch = Watch()
+    watch = Watch(progress=progress)
     if held_out is not None:
         small = HeldOut(job, FIDELITY_EACH_EPOCH)
-        watch = Watch(validate=small.brief, on_epoch=_epoch_line(job.epochs, progress))
+        watch = Watch(validate=small.brief, on_epoch=_epoch_line(job.epochs, progress), progress=progress)
     recipe_data = RecipeData(train, holdout, calib, teacher=job.loaded.model, outputs=job.outputs,
                              label_output=job.label_output, watch=watch)
     goal = ("widths from each group's sensitivity" if options.allocate == "sensitivity" else

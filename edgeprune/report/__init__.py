@@ -95,6 +95,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += _latency_section(report["pruning"].get("plan", {}))
     lines += _allocation_section(report["pruning"])
     lines += runtime_lines(report.get("runtimes", {}), markdown=True)
+    lines += curve_lines(report, markdown=True)
     lines += ["## Export check", "", "```json", json.dumps(report.get("export"), indent=2, default=str), "```", ""]
     if report.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
@@ -186,17 +187,47 @@ def _latency_section(plan: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
+    """The trade-off curve: each trial's speed in the runtime planned for against its fidelity after
+    recovery, the chosen point marked; with a floor, what the search cost."""
+    curve, search = report.get("curve"), report.get("search") or {}
+    if not curve:
+        return []
+    header = ["plan", "MACs cut", "speedup", "worst cosine", "top-1", "meets floor", "seconds", ""]
+    rows = [[p["plan"], f"{p['macs_cut']:.1%}", f"{p['speedup']:.2f}x", f"{p['cosine_min']:.4f}",
+             "-" if p["top1"] is None else f"{p['top1']:.2%}", {None: "-", True: "yes", False: "no"}[p["meets"]],
+             f"{p['seconds']:.0f}", "chosen" if p["chosen"] else ""] for p in curve]
+    floor = search.get("floor")
+    cost = (f"{search['trials']} trials, each cut and recovered as this run recovers, "
+            f"{search['seconds']:.0f} s in all" if search else "")
+    title = (f"speed in {search.get('runtime', 'onnxruntime')} against fidelity after recovery"
+             + (f"; floor: {_floor_text(floor)}" if floor else "") + (f"; {cost}" if cost else ""))
+    if not markdown:
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        return [f"trade-off curve: {title}"] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+                                                for r in [header] + rows]
+    return (["## Trade-off curve", "", title[0].upper() + title[1:] + " (held-out images; speedup measured against "
+             "dense, side by side).", "", "| " + " | ".join(header[:-1]) + " | |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+
+
+def _floor_text(floor: dict[str, Any]) -> str:
+    parts = ([f"worst output cosine >= {floor['min_cosine']:g}"] if floor.get("min_cosine") is not None else []) + (
+        [f"top-1 within {floor['max_drop']:g} points of dense"] if floor.get("max_drop") is not None else [])
+    return " and ".join(parts)
+
+
 def _allocation_section(pruning: dict[str, Any]) -> list[str]:
     """Widths chosen from each group's sensitivity: the predicted loss beside the measured one."""
     plan = pruning.get("plan", {})
     if plan.get("allocation") != "sensitivity":
         return []
     after = (pruning.get("after_cut") or {}).get("cosine_min")
-    measured = (f"; measured right after the cut (BatchNorm re-estimated): one minus the output cosine {1 - after:.4f} "
-                "(the lowest output's)" if after is not None else "")
+    measured = (f"; measured right after the cut (before fine-tuning): one minus the worst output's cosine "
+                f"{1 - after:.4f}" if after is not None else "")
     lines = ["## Allocation by sensitivity", "",
              f"Each group's width was chosen from its own measured sensitivity ({plan['criterion']} order): predicted "
-             f"loss (sum over groups of one minus the mean output cosine, each measured alone) "
+             f"loss (sum over groups of one minus the worst output's cosine, each measured alone) "
              f"{plan['predicted_loss']:.4f}{measured}.", "", "| group | units before | units after | predicted loss |",
              "|---|---|---|---|"]
     losses = plan.get("predicted_loss_by_group", {})
@@ -214,14 +245,18 @@ def plot(report: dict[str, Any], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     quality = [v for v in report["variants"][1:] if v.get("fidelity")]
-    panels = 3 if quality else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 + 4 * panels, 4.5),
-                             gridspec_kw={"width_ratios": [3, 1.3, 1.3][:panels]})
-    _plot_layers(axes[0], report["pruning"]["layers"])
-    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
-    _plot_relative(axes[1], report["variants"])
+    drawers = [lambda ax: _plot_layers(ax, report["pruning"]["layers"]), lambda ax: _plot_relative(ax, report["variants"])]
+    ratios = [3, 1.3]
     if quality:
-        _plot_quality(axes[2], quality)
+        drawers.append(lambda ax: _plot_quality(ax, quality))
+        ratios.append(1.3)
+    if report.get("curve"):
+        drawers.append(lambda ax: _plot_curve(ax, report))
+        ratios.append(1.8)
+    fig, axes = plt.subplots(1, len(drawers), figsize=(1 + 3.1 * sum(ratios), 4.5), gridspec_kw={"width_ratios": ratios})
+    for ax, draw in zip(axes, drawers):
+        draw(ax)
+    axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,6 +291,27 @@ def _plot_quality(ax: Any, variants: list[dict[str, Any]]) -> None:
         ax.bar([i - 0.4 + width * (k + 0.5) for i in range(len(variants))], errors, width, label=output)
     ax.set_xticks(range(len(variants)), [v["name"] for v in variants], rotation=20)
     ax.set(title="relative L2 error vs dense, per output", ylabel="||variant - dense|| / ||dense||")
+    ax.legend(fontsize=7)
+
+
+def _plot_curve(ax: Any, report: dict[str, Any]) -> None:
+    curve = sorted(report["curve"], key=lambda p: p["speedup"])
+    floor = (report.get("search") or {}).get("floor") or {}
+    ax.plot([p["speedup"] for p in curve], [p["cosine_min"] for p in curve], marker="o", color="#3b7dd8",
+            label="trials (after recovery)")
+    for p in curve:
+        ax.annotate(f"{p['macs_cut']:.0%}", (p["speedup"], p["cosine_min"]), textcoords="offset points",
+                    xytext=(4, -10), fontsize=7)
+    chosen = [p for p in curve if p["chosen"]]
+    if chosen:
+        ax.scatter([p["speedup"] for p in chosen], [p["cosine_min"] for p in chosen], s=160, facecolors="none",
+                   edgecolors="#d62728", linewidths=2, zorder=3, label="chosen")
+    if floor.get("min_cosine") is not None:
+        ax.axhline(floor["min_cosine"], color="#d62728", linestyle="--", linewidth=1, label="floor")
+    runtime = (report.get("search") or {}).get("runtime", "onnxruntime")
+    ax.set(title="trade-off (label: MACs cut)", xlabel=f"speedup over dense ({runtime})",
+           ylabel="worst output cosine to dense")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
 
 

@@ -4,7 +4,7 @@
 >>> FinetuneConfig(epochs=3).lr
 0.01
 """
-from edgeprune.train.distributed import DistContext, is_main_process, launched_distributed
+from edgeprune.train.distributed import DistContext, is_main_process, launched_distributed, resolve_device
 from edgeprune.train.batchnorm import recalibrate_batchnorm
 from edgeprune.train.loop import EpochRecord, FinetuneConfig, FinetuneResult, evaluate, finetune
 from edgeprune.train.objectives import CrossEntropy, DistillConfig, Distillation
@@ -22,4 +22,5 @@ __all__ = [
     "is_main_process",
     "launched_distributed",
     "recalibrate_batchnorm",
+    "resolve_device",
 ]

@@ -49,6 +49,30 @@ class DistContext:
         return self.rank == 0
 
 
+def resolve_device(spec: str = "auto") -> str:
+    """The torch device for ``--device``: ``auto`` is CUDA when present, else the CPU; ``cuda``
+    under torchrun is this rank's own GPU (``LOCAL_RANK``).
+
+    >>> resolve_device("cpu")
+    'cpu'
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "cpu":
+        return "cpu"
+    if spec == "auto":
+        if not torch.cuda.is_available():
+            return "cpu"
+        spec = "cuda"
+    if spec != "cuda" and not (spec.startswith("cuda:") and spec[5:].isdigit()):
+        raise EdgepruneError(f"unknown device '{spec}' (auto, cpu, cuda, cuda:N)")
+    if not torch.cuda.is_available():
+        raise EdgepruneError(f"--device {spec}: no CUDA device here (use --device auto or cpu)")
+    index = int(spec[5:]) if ":" in spec else int(os.environ.get("LOCAL_RANK", "0")) if launched_distributed() else 0
+    if index >= torch.cuda.device_count():
+        raise EdgepruneError(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return f"cuda:{index}"
+
+
 def launched_distributed() -> bool:
     """Whether torchrun (or an equivalent launcher) started this process as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
@@ -78,6 +102,8 @@ def process_group(device: str = "cpu") -> Iterator[DistContext]:
         return
     owned = not dist.is_initialized()
     if owned:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(torch.device(device))
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     try:
         yield DistContext(dist.get_rank(), dist.get_world_size())
@@ -125,6 +151,7 @@ def mean_across_ranks(value: float, ctx: DistContext) -> float:
     """The average of ``value`` over all ranks."""
     if not ctx.active:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=on)  # NCCL reduces CUDA tensors only
     dist.all_reduce(t)
     return float(t.item()) / ctx.world_size

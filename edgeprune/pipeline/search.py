@@ -1,0 +1,292 @@
+"""A quality floor: cut as deep as the floor allows, or to a speed target only if the floor holds.
+
+A search that calls the stages: each *trial* is one plan (a MACs cut, or the options' latency
+budget) followed by the whole recovery (:func:`~edgeprune.pipeline.stages.prune_and_recover`:
+reconstruction, then distillation), after which the recovered model's fidelity is measured on
+the held-out images and its speed against the dense model's in the runtime planned for. Every
+trial is one point of the trade-off curve.
+
+- With a speed target (``--speedup`` / ``--latency-budget``), a ``--flops-cut`` or a ``--ratio``:
+  that plan is the first trial; if it meets the floor it is delivered (and two shallower targets
+  of the same kind are measured for the curve), else targets of the same kind part of the way
+  from dense to it are bisected and the run stops with one line: what was reached, and the
+  fastest point measured that meets the floor.
+- With a floor alone: cuts are bisected for the deepest one that meets the floor.
+
+A trial's depth d is a uniform channel ratio (every group loses d of its channels, aligned; about
+``1 - (1 - d)²`` of the MACs), which any model can take, unlike a MACs target that alignment may
+not land; with ``--allocate sensitivity`` it is the MACs cut ``1 - (1 - d)²`` that the
+allocation spreads.
+
+>>> Floor(min_cosine=0.99).holds({"cosine_min": 0.995}, None)
+True
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.prepare import Job, Progress
+
+RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
+CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
+DEEPEST = 0.9
+
+
+@dataclass(frozen=True)
+class Floor:
+    """``min_cosine``: the worst output's mean cosine to the dense model on held-out images;
+    ``max_drop``: top-1 points lost against the dense model (labelled data only)."""
+
+    min_cosine: float | None = None
+    max_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
+            raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
+        if self.max_drop is not None and not 0 <= self.max_drop < 100:
+            raise EdgepruneError(f"--max-drop is in top-1 points, in [0, 100), got {self.max_drop}")
+
+    @property
+    def given(self) -> bool:
+        return self.min_cosine is not None or self.max_drop is not None
+
+    def holds(self, figures: dict[str, Any], dense_top1: float | None) -> bool:
+        if self.min_cosine is not None and figures["cosine_min"] < self.min_cosine:
+            return False
+        if self.max_drop is not None and 100 * (dense_top1 - figures["top1"]) > self.max_drop:
+            return False
+        return True
+
+    def check(self, job: Job) -> None:
+        """A floor is measured on held-out images; a top-1 floor needs their labels."""
+        if self.given and (job.data.evaluation is None or not job.outputs):
+            raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
+        if self.max_drop is not None and (job.data.evaluation.y is None or job.label_output is None):
+            raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
+                                 "(use --min-cosine)")
+
+    def describe(self) -> str:
+        parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
+            [f"top-1 within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
+        return " and ".join(parts)
+
+
+@dataclass
+class Point:
+    """One trial: its plan, the recovered model's speed and fidelity, and the seconds it took."""
+
+    plan: str
+    macs_cut: float
+    speedup: float
+    dense_ms: float
+    pruned_ms: float
+    cosine_min: float
+    top1: float | None
+    meets: bool | None
+    seconds: float
+    chosen: bool = False
+    outputs: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
+        return f"{self.speedup:.2f}x ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
+
+
+@dataclass
+class Search:
+    """What the search delivers (``result``: the chosen trial's recovered model) and what it cost."""
+
+    result: Any
+    curve: list[Point]
+    floor: Floor
+    runtime: str
+    seconds: float
+
+    def report(self) -> dict[str, Any]:
+        """The report's ``curve`` (every point) and ``search`` (the floor, the trials, their cost)."""
+        return {"curve": [asdict(p) for p in self.curve],
+                "search": {"floor": asdict(self.floor) if self.floor.given else None, "runtime": self.runtime,
+                           "trials": len(self.curve), "seconds": round(self.seconds, 1)}}
+
+
+class _Trials:
+    """Runs trials on copies of the job and remembers each point and its result."""
+
+    def __init__(self, job: Job, progress: Progress, floor: Floor) -> None:
+        from edgeprune.latency import ModelTimer
+        from edgeprune.pipeline.stages import HeldOut
+        from edgeprune.profile import BenchConfig
+
+        self.job, self.progress, self.floor = job, progress, floor
+        self.held_out = HeldOut(job, job.options.eval_images)
+        self.dense_top1 = self.held_out.figures(job.loaded.model).get("top1")
+        threads = min(job.target.threads, os.cpu_count() or 1)
+        config = BenchConfig.from_target(job.target, intra_threads=threads, min_runs=20, min_time=0.5)
+        self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
+        self.points: list[tuple[Point, Any]] = []
+
+    def run(self, depth: float | None = None, toward: tuple[Point, float] | None = None) -> Point | None:
+        """One trial: the cut of ``depth`` (see the module's docstring); or, with ``toward`` (the
+        target's point, f), the options' own kind of target taken the fraction f of the way from
+        dense to it; or, with neither, the options' own target."""
+        from edgeprune.pipeline import stages
+
+        start = time.perf_counter()
+        options = self.job.options
+        if depth is not None:
+            allocated = options.allocate == "sensitivity"
+            options = replace(options, flops_cut=1 - (1 - depth) ** 2 if allocated else None,
+                              ratio=None if allocated else depth, latency_budget=None, speedup=None)
+        elif toward is not None:
+            options = _part_of_the_way(options, *toward)
+        job = replace(self.job, options=options)
+        label = self._label(options)
+        number = len(self.points) + 1
+        self.progress(f"trial {number}: {label}, then recovery")
+        def inner(message: str) -> None:
+            self.progress(f"trial {number}: {message}")
+
+        planner = (stages.latency_planner(job, inner) if options.latency_driven else
+                   stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
+        try:
+            result = stages.prune_and_recover(job, inner, planner)
+        except EdgepruneError as exc:
+            if depth is None and toward is None:
+                raise
+            self.progress(f"trial {number}: {exc}")
+            return None
+        finally:
+            if getattr(planner, "measure", None) is not None:
+                planner.measure.close()
+        figures = self.held_out.figures(result.model)
+        dense_ms, pruned_ms = self.timer([self.job.loaded.model, result.model])
+        point = Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
+                      figures.get("top1"), self.floor.holds(figures, self.dense_top1) if self.floor.given else None,
+                      time.perf_counter() - start,
+                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]})
+        self.points.append((point, result))
+        verdict = "" if point.meets is None else (" meets the floor" if point.meets else " misses the floor")
+        self.progress(f"trial {number}: {point.describe()}{verdict} ({point.seconds:.0f} s)")
+        return point
+
+    @staticmethod
+    def _label(options: Any) -> str:
+        if options.speedup is not None:
+            return f"speedup {options.speedup:g}x"
+        if options.latency_budget is not None:
+            return f"latency budget {options.latency_budget:g} ms"
+        if options.ratio is not None:
+            return f"channel ratio {options.ratio:.2f}"
+        return f"MACs cut {options.flops_cut:.0%}"
+
+    def result_of(self, point: Point) -> Any:
+        return next(result for p, result in self.points if p is point)
+
+    def close(self) -> None:
+        self.timer.close()
+
+
+def search(job: Job, progress: Progress) -> Search:
+    """The floor's search (see the module's docstring); raises, in one line, when a target is given
+    and the floor cannot be met there."""
+    floor = Floor(job.options.min_cosine, job.options.max_drop)
+    start = time.perf_counter()
+    trials = _Trials(job, progress, floor)
+    try:
+        progress(f"searching for {'the deepest cut' if not _has_target(job) else 'the target'} that keeps "
+                 f"{floor.describe()}, recovering every trial ({job.runtime} speed measured)")
+        chosen = _with_target(trials) if _has_target(job) else _deepest(trials)
+        if chosen is None and not trials.points:
+            raise EdgepruneError("no MACs cut could be made to search the floor; try a smaller --round-to")
+        if chosen is None:
+            shallowest = min((p for p, _ in trials.points), key=lambda p: p.macs_cut)
+            raise EdgepruneError(f"{floor.describe()} is not met by any cut measured; the shallowest, "
+                                 f"{shallowest.describe()}, misses it: lower the floor")
+    finally:
+        trials.close()
+    chosen.chosen = True
+    curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
+    found = Search(trials.result_of(chosen), curve, floor, job.runtime, time.perf_counter() - start)
+    progress(f"search: {len(curve)} trials in {found.seconds:.0f} s; chosen {chosen.describe()}")
+    return found
+
+
+def _part_of_the_way(options: Any, target: Point, fraction: float) -> Any:
+    """The options' target taken ``fraction`` of the way from the dense model to it."""
+    if options.speedup is not None:
+        return replace(options, speedup=1 + fraction * (options.speedup - 1))
+    if options.latency_budget is not None:
+        slack = max(target.dense_ms - options.latency_budget, 0.0)
+        return replace(options, latency_budget=options.latency_budget + (1 - fraction) * slack)
+    if options.ratio is not None:
+        return replace(options, ratio=fraction * options.ratio)
+    return replace(options, flops_cut=fraction * options.flops_cut)
+
+
+def _has_target(job: Job) -> bool:
+    return job.options.latency_driven or job.options.flops_cut is not None or job.options.ratio is not None
+
+
+def _with_target(trials: _Trials) -> Point:
+    """The options' own plan, if it meets the floor; else a one-line refusal naming the fastest point
+    measured that does."""
+    target = trials.run()
+    if target.meets:
+        for fraction in (0.5, 0.25):  # two shallower points of the same kind, for the curve
+            trials.run(toward=(target, fraction))
+        return target
+    nearest = _bisect(trials, lambda f: trials.run(toward=(target, f)), start=0.5)
+    if nearest is None:
+        raise EdgepruneError(f"{trials.floor.describe()} is not met at {target.describe()}, nor at any shallower cut "
+                             "measured: lower the floor")
+    raise EdgepruneError(f"{trials.floor.describe()} is not met: reached {target.describe()}; the nearest point "
+                         f"measured that meets it: {nearest.describe()}")
+
+
+def _deepest(trials: _Trials) -> Point | None:
+    """The deepest uniform channel ratio in (0, 0.9) that meets the floor; the first trial at 0.3
+    (about half the MACs)."""
+    return _bisect(trials, lambda f: trials.run(f * DEEPEST), start=0.3 / DEEPEST)
+
+
+def _bisect(trials: _Trials, run: Any, start: float) -> Point | None:
+    """Bisect f in (0, 1) (0: dense, 1: the deepest asked) with ``run(f) -> Point`` for the deepest
+    point that meets the floor (None if none measured does)."""
+    low, high, f = 0.0, 1.0, start
+    best = None
+    for _ in range(trials.job.options.search_trials):
+        point = run(f)
+        if point is not None and point.meets:
+            best = point if best is None or point.macs_cut > best.macs_cut else best
+            low = f
+        else:
+            high = f
+        if high - low < RESOLUTION:
+            break
+        f = (low + high) / 2
+    return best
+
+
+def curve_only(job: Job, progress: Progress, result: Any) -> Search:
+    """``--curve`` without a floor: the run's own result, plus a few MACs cuts, measured alike."""
+    floor = Floor()
+    start = time.perf_counter()
+    trials = _Trials(job, progress, floor)
+    try:
+        figures = trials.held_out.figures(result.model)
+        dense_ms, pruned_ms = trials.timer([job.loaded.model, result.model])
+        own = Point(trials._label(job.options), result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms,
+                    figures["cosine_min"], figures.get("top1"), None, 0.0, chosen=True,
+                    outputs={row["output"]: row["cosine"] for row in figures["outputs"]})
+        trials.points.append((own, result))
+        for depth in CURVE_DEPTHS:
+            if abs(1 - (1 - depth) ** 2 - result.macs_cut) > 0.1:
+                trials.run(depth)
+    finally:
+        trials.close()
+    curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
+    return Search(result, curve, floor, job.runtime, time.perf_counter() - start)

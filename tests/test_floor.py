@@ -1,0 +1,66 @@
+"""A quality floor: the deepest cut that meets it, or a speed target refused in one line with the
+nearest point that meets it; the trade-off curve in the report. On the three-output detector of
+tests/models/heads.py, recovered by reconstruction alone (no epochs) to stay fast."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edgeprune.cli import main
+
+from conftest import assert_one_line_error
+from test_own_model import HEADS, write_pixels
+
+FAST = ["--target", "x86-avx2", "--round-to", "1", "--runs", "3", "--min-time", "0.05", "--finetune-epochs", "0",
+        "--eval-images", "64", "--no-int8"]
+
+
+def compress(*args: str):
+    return CliRunner().invoke(main, ["compress", *args])
+
+
+@pytest.fixture(scope="module")
+def pixels(tmp_path_factory):
+    return write_pixels(tmp_path_factory.mktemp("floor") / "pixels.npz")
+
+
+def test_a_floor_alone_delivers_the_deepest_cut_that_meets_it(tmp_path, pixels):
+    out = tmp_path / "out"
+    result = compress(HEADS, "--calib", pixels, *FAST, "--min-cosine", "0.9", "--search-trials", "3", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    curve = report["curve"]
+    assert len(curve) == 3 and report["search"]["trials"] == 3 and report["search"]["seconds"] > 0
+    assert report["search"]["floor"] == {"min_cosine": 0.9, "max_drop": None}
+    [chosen] = [p for p in curve if p["chosen"]]
+    assert chosen["meets"] and chosen["cosine_min"] >= 0.9
+    assert chosen["macs_cut"] == max(p["macs_cut"] for p in curve if p["meets"])  # the deepest that meets it
+    assert any(not p["meets"] for p in curve)  # the first trial (half the MACs) does not
+    assert all(p["speedup"] > 0 and set(p["outputs"]) == {"scores", "boxes", "embedding"} for p in curve)
+    pruned = next(v for v in report["variants"] if v["name"] == "pruned")
+    assert pruned["macs"] == pytest.approx(report["variants"][0]["macs"] * (1 - chosen["macs_cut"]), rel=1e-6)
+    assert pruned["cosine_min"] >= 0.9 - 0.02  # the ONNX file on the same held-out images
+    assert "## Trade-off curve" in (out / "report.md").read_text()
+    assert "trade-off curve:" in result.stdout and "chosen" in result.stdout
+
+
+def test_a_target_that_misses_the_floor_is_refused_with_the_nearest_point(tmp_path, pixels):
+    result = compress(HEADS, "--calib", pixels, *FAST, "--ratio", "0.3", "--min-cosine", "0.9",
+                      "--search-trials", "3", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    *trials, last = result.stderr.strip().splitlines()
+    assert all(line.startswith("[edgeprune] ") for line in trials)  # the search's progress, then one line
+    assert last.startswith("edgeprune: error: worst output cosine >= 0.9 is not met: reached ")
+    assert "the nearest point measured that meets it: " in last and "channel ratio 0.07" in last  # 0.15 misses
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--min-cosine", "1.5"], "--min-cosine must be in (-1, 1]"),
+    (["--max-drop", "0.5"], "--max-drop is in top-1 points and needs labelled data"),
+])
+def test_floors_that_cannot_apply_fail_before_any_work(tmp_path, pixels, args, fragment):
+    assert_one_line_error(compress(HEADS, "--calib", pixels, *FAST, *args, "-o", str(tmp_path / "out")), fragment)
+    assert not (tmp_path / "out").exists()

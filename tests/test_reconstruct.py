@@ -1,0 +1,118 @@
+"""Reconstruction right after the cut: each refitted layer's output moves towards the dense model's."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgeprune.api import prune, prune_iteratively
+from edgeprune.calibration import load_data
+from edgeprune.train.reconstruct import ReconstructConfig, compose, kept_layers, reconstruct
+
+from conftest import randomize_norms
+
+
+class Mixed(nn.Module):
+    """A conv read by a BatchNorm (bias-free), a pointwise conv with bias, a depthwise and a
+    grouped conv, and a linear head after a flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.project = nn.Conv2d(32, 16, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.grouped = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=4)
+        self.head = nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.relu(self.depthwise(torch.relu(self.expand(x))))
+        x = torch.relu(self.grouped(torch.relu(self.bn2(self.project(x)))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 4), 1))
+
+
+@pytest.fixture(scope="module")
+def images():
+    data = load_data("mnist5k", split="train", channels=1, size=(16, 16), limit=480)
+    return data.x[:400], data.x[400:]
+
+
+def _outputs(model: nn.Module, names: list[str], x: np.ndarray) -> dict[str, torch.Tensor]:
+    found, modules = {}, dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, _i, out, n=n: found.__setitem__(n, out)) for n in names]
+    with torch.no_grad():
+        model.eval()(torch.from_numpy(x))
+    for h in handles:
+        h.remove()
+    return found
+
+
+READ_AT = {"project": "bn2"}  # project's refitted bias lives in bn2's running mean: compare bn2's outputs
+
+
+def _errors(pruned: nn.Module, dense: nn.Module, maps, x: np.ndarray) -> dict[str, float]:
+    """Each layer's output error against the dense layer's kept outputs, on images not fitted on."""
+    names = [READ_AT.get(n, n) for n in maps]
+    got, want = _outputs(pruned, names, x), _outputs(dense, names, x)
+    errors = {}
+    for name in maps:
+        read = READ_AT.get(name, name)
+        axis = -1 if want[read].ndim == 2 else 1
+        target = want[read].index_select(axis, torch.as_tensor(maps[name].outputs))
+        errors[name] = float(((got[read] - target) ** 2).sum() / (target ** 2).sum())
+    return errors
+
+
+def test_every_refitted_layer_moves_towards_the_dense_one(images):
+    fit_on, held_out = images
+    torch.manual_seed(0)
+    dense = randomize_norms(Mixed())
+    result = prune(dense, (1, 1, 16, 16), criterion="l2", ratio=0.5)
+    maps = kept_layers(result.graph, result.plan.keep)
+    assert len(maps["depthwise"].outputs) == 16 and maps["depthwise"].inputs is None
+    before = _errors(result.model, dense, maps, held_out)
+    refitted = copy.deepcopy(result.model)
+    found = reconstruct(refitted, dense, maps, fit_on, ReconstructConfig(batch_size=100))
+    after = _errors(refitted, dense, maps, held_out)
+    fits = {f.module: f for f in found.layers}
+    assert list(fits) == ["expand", "depthwise", "project", "grouped", "head"]  # the stem reads the image
+    assert {f.bias for f in found.layers} == {"own", "batchnorm"}  # project's bias went into bn2
+    assert fits["project"].bias == "batchnorm"
+    for name, fit in fits.items():
+        assert fit.refit, name
+        assert after[name] < 0.3 * before[name], (name, before[name], after[name])
+    assert after["head"] < 0.3 * before["head"]
+
+
+def test_cuts_in_a_row_compose(images):
+    dense = randomize_norms(Mixed())
+    maps = {}
+
+    def remember(_model, result):
+        nonlocal maps
+        cut = kept_layers(result.graph, result.plan.keep)
+        maps = compose(maps, cut) if maps else cut
+
+    result = prune_iteratively(dense, (1, 1, 16, 16), criterion="l2", ratio=0.5, steps=2, after_round=remember)
+    pruned = dict(result.model.named_modules())
+    for name, kept in maps.items():
+        weight = dict(dense.named_modules())[name].weight[torch.as_tensor(kept.outputs)]
+        if kept.inputs is not None:
+            weight = weight[:, torch.as_tensor(kept.inputs)]
+        assert torch.equal(weight, pruned[name].weight), name
+
+
+def test_a_layer_left_worse_by_the_fit_is_kept_as_it_was(images):
+    fit_on, _ = images
+    dense = randomize_norms(Mixed())
+    result = prune(dense, (1, 1, 16, 16), criterion="l2", ratio=0.5)
+    found = reconstruct(result.model, dense, kept_layers(result.graph, result.plan.keep), fit_on[:40],
+                        ReconstructConfig(ridge=0.0, positions=1))
+    assert all(f.error_after <= f.error_before for f in found.layers)
+    assert all(f.refit == (f.error_after < f.error_before) for f in found.layers)
