@@ -18,9 +18,10 @@ from torch import nn
 
 from edgeprune.counter import Counts, count, per_layer
 from edgeprune.criteria import Criterion, create_criterion, score_groups
-from edgeprune.graph import DependencyGraph, build_graph
+from edgeprune.graph import DependencyGraph
 from edgeprune.plan import Plan, PlanConfig, make_plan
 from edgeprune.surgery import apply_keep_mask
+from edgeprune.surgery.check import checked_graph
 
 log = logging.getLogger(__name__)
 Planner = Callable[[DependencyGraph, "dict[int, Any]"], Plan]
@@ -82,7 +83,7 @@ def prune(model: nn.Module, input_shape: tuple[int, ...], *, criterion: str | Cr
     model = model if inplace else copy.deepcopy(model)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    graph = build_graph(model, input_shape)
+    graph = checked_graph(model, input_shape)
     seconds["graph"] = time.perf_counter() - start
     start = time.perf_counter()
     scores = score_groups(graph, criterion, data)
@@ -161,7 +162,7 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
     if isinstance(criterion, str):
         criterion = create_criterion(criterion, **(criterion_options or {}))
     model = model if inplace else copy.deepcopy(model)
-    original = build_graph(model, input_shape)
+    original = checked_graph(model, input_shape)
     original_macs = count(original).macs
     widths = {_group_key(g): g.n_units for g in original.prunable_groups()}
     shares = {}  # each group's own target ratio
@@ -174,7 +175,7 @@ def prune_iteratively(model: nn.Module, input_shape: tuple[int, ...], *, criteri
         options = dict(criterion=criterion, round_to=round_to, global_ranking=global_ranking,
                        max_group_ratio=max_group_ratio, data=data, inplace=True)
         if exact:
-            current = {_group_key(g): g.n_units for g in build_graph(model, input_shape).prunable_groups()}
+            current = {_group_key(g): g.n_units for g in checked_graph(model, input_shape).prunable_groups()}
             layer = {}
             for key, n in current.items():
                 if key in widths and n > 0:

@@ -77,7 +77,7 @@ def maximise_activations(graph: DependencyGraph, space: Space, *, steps: int = 2
     node = capture_node(graph, space, through_add)
     if node is None:
         return None
-    prefix = truncated(graph.module_graph, node)
+    prefix = truncated(graph.replay(space.size), node.name)
     channels, height, width = graph.input_shape[1:]
     if image_size is not None:
         height = width = image_size
