@@ -422,7 +422,7 @@ def _split_follows(ctx: Context, node: fx.Node, sizes: list[int], channels: list
     owner = ctx.owner(node)
     attributes = _int_attributes(ctx.modules.get(owner)) if owner is not None else {}
     names = [[a for a, v in attributes.items() if v == s] for s in sizes]
-    if packet is aten.split and sizes[-1] != sizes[0]:
+    if isinstance(ctx.named(node).get("split_size"), int) and sizes[-1] != sizes[0]:
         return f"split size {sizes[0]} leaves a shorter last piece"
     if any(len(n) != 1 for n in names):
         where = f"module '{owner}'" if owner else "the model"
@@ -511,6 +511,11 @@ def constant(ctx: Context, node: fx.Node) -> Any:
     return no_ids(max(value.dim(), 1)) if isinstance(value, torch.Tensor) else None
 
 
+def scalar(ctx: Context, node: fx.Node) -> Any:
+    """A tensor's value read into Python (``item``, a stride tensor used as a fill value)."""
+    return None
+
+
 def param_view(ctx: Context, node: fx.Node) -> Any:
     """A view of a parameter (a weight transposed, a scale unsqueezed): still that parameter."""
     ref = ctx.params[_source(node)]
@@ -595,6 +600,7 @@ OP_HANDLERS: dict[Any, Handler] = {
     aten.mean: reduce, aten.sum: reduce, aten.amax: reduce, aten.amin: reduce, aten.max: reduce,
     aten.pad: pad, aten.constant_pad_nd: pad, aten.reflection_pad1d: pad, aten.reflection_pad2d: pad,
     aten.replication_pad1d: pad, aten.replication_pad2d: pad,
+    aten.item: scalar, aten._local_scalar_dense: scalar,
     operator.getitem: getitem,
 }
 

@@ -118,6 +118,10 @@ class _Ops(TorchDispatchMode):
         self.modules, self.on_op = modules, on_op
         self.func = None
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # nothing here is compiled: no torch._dynamo.disable wrapper around every op
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self.modules.hidden:
@@ -246,7 +250,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> Trace:
     placeholder.meta["val"] = x
     recorder.bind(x, placeholder)
     ops = _Ops(modules, recorder.on_op)
-    modes = [(m, m.training) for m in model.modules()]
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]
     model.eval()
     try:
         with _reparametrize_module(model, metas), torch.inference_mode(), modules, ops:
@@ -254,13 +258,25 @@ def trace(model: nn.Module, example: torch.Tensor) -> Trace:
     except TraceError:
         raise
     except Exception as exc:
-        raise TraceError(_trace_failure(model, ops.func, exc)) from exc
+        error = TraceError(_trace_failure(model, ops.func, exc))
+        error.module = modules.stack[-1][0] if modules.stack else None  # where it failed
+        raise error from exc
     finally:
-        for module, mode in modes:
-            module.training = mode
+        _restore(saved)
     recorder.graph.output(tree_map(lambda t: recorder.node_for(t) if isinstance(t, torch.Tensor) else t, out))
     trainable = {name: p.requires_grad for name, p in model.named_parameters(remove_duplicate=False)}
     return Trace(recorder.graph, recorder.ops, trainable, recorder.constants, tuple(example.shape))
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    """Undo what the traced forward assigned to its modules (a detector caching its anchors as meta
+    tensors), and the training flags."""
+    for module, attributes in saved:
+        for name in [k for k in module.__dict__ if k not in attributes]:
+            del module.__dict__[name]
+        for name, value in attributes.items():
+            if module.__dict__.get(name) is not value:
+                module.__dict__[name] = value
 
 
 # ---- running the recorded ops on real tensors ---------------------------------------------

@@ -11,6 +11,7 @@ warning that quotes the failure. When nothing breaks, this costs one trace.
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +30,11 @@ def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> DependencyG
     return graph
 
 
+class Failure(NamedTuple):
+    reason: str
+    module: str | None  # the module that was running when the shrunk forward failed
+
+
 def pin_unshrinkable(graph: DependencyGraph) -> list[Group]:
     """Pin the prunable groups whose removal would break ``graph.model``'s forward; returns them.
 
@@ -45,21 +51,42 @@ def pin_unshrinkable(graph: DependencyGraph) -> list[Group]:
     return [group for group, _ in broken]
 
 
-def _culprits(graph: DependencyGraph, groups: list[Group], expected, reason: str | None) -> list[tuple[Group, str]]:
-    """The groups among ``groups`` (which fail together with ``reason``) that fail on their own."""
-    if reason is None:
+def _culprits(graph: DependencyGraph, groups: list[Group], expected, failure: Failure | None) -> list[tuple[Group, str]]:
+    """The groups among ``groups`` (which fail together) that fail on their own.
+
+    The groups with layers in or near the module where the forward failed are tried first; then
+    halves, until single groups are left.
+    """
+    if failure is None:
         return []
     if len(groups) == 1:
-        return [(groups[0], reason)]
+        return [(groups[0], failure.reason)]
+    suspects = _near(groups, failure.module)
+    if 0 < len(suspects) < len(groups):
+        found = _culprits(graph, suspects, expected, _failure(graph, suspects, expected))
+        if found:
+            rest = [g for g in groups if all(g is not f for f, _ in found)]
+            return found + _culprits(graph, rest, expected, _failure(graph, rest, expected))
     half = len(groups) // 2
-    left, right = groups[:half], groups[half:]
     found = []
-    for part in (left, right):
+    for part in (groups[:half], groups[half:]):
         found += _culprits(graph, part, expected, _failure(graph, part, expected))
-    return found or [(g, reason) for g in groups]  # only the combination fails: keep them all
+    return found or [(g, failure.reason) for g in groups]  # only the combination fails: keep them all
 
 
-def _failure(graph: DependencyGraph, groups: list[Group], expected) -> str | None:
+def _near(groups: list[Group], module: str | None) -> list[Group]:
+    """The groups with a layer inside ``module``, or else inside its closest enclosing module."""
+    parts = module.split(".") if module else []
+    for depth in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:depth])
+        hits = [g for g in groups if any(s.module and (s.module == prefix or s.module.startswith(prefix + "."))
+                                         for s in g.spaces)]
+        if hits:
+            return hits
+    return []
+
+
+def _failure(graph: DependencyGraph, groups: list[Group], expected) -> Failure | None:
     if not groups:
         return None
     keep = graph.keep_mask({g.index: _one_per_block(g) for g in groups})
@@ -67,12 +94,10 @@ def _failure(graph: DependencyGraph, groups: list[Group], expected) -> str | Non
     try:
         traced = trace(shrunk, torch.zeros(graph.input_shape, device="meta"))
     except TraceError as exc:
-        return str(exc).split(": ", 1)[-1]
+        return Failure(str(exc).split(": ", 1)[-1], getattr(exc, "module", None))
     if _output_shapes(traced) != expected:
-        return "an output changes shape"
+        return Failure("an output changes shape", None)
     return None
-
-
 def _one_per_block(group: Group) -> np.ndarray:
     free = np.flatnonzero(~group.frozen)
     if group.blocks is None:
