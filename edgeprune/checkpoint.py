@@ -22,6 +22,7 @@ from torch import nn
 
 from edgeprune.calibration.preprocess import Preprocess
 from edgeprune.errors import EdgepruneError
+from edgeprune.graph import require_one_input
 from edgeprune.models import build
 from edgeprune.models.registry import BuiltModel
 from edgeprune.surgery import resize_to, resized_attributes, set_attributes
@@ -128,6 +129,7 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     else:
         built = build(source)
         loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess)
+    require_one_input(loaded.model)
     if weights is not None:
         load_weights(loaded.model, _state_dict_of(_read(Path(weights)), Path(weights)), Path(weights))
     loaded.model.eval()

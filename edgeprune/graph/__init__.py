@@ -18,11 +18,11 @@ from edgeprune.graph.channels import ChannelState, Layer, Site, Space
 from edgeprune.graph.groups import Group, build_groups, channel_classes
 from edgeprune.graph.ops import resolve
 from edgeprune.graph.propagate import propagate
-from edgeprune.graph.trace import Trace, replay_module, trace
+from edgeprune.graph.trace import Trace, replay_module, require_one_input, trace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DependencyGraph", "Group", "Layer", "Site", "Space", "Trace", "build_graph", "trace"]
+__all__ = ["DependencyGraph", "Group", "Layer", "Site", "Space", "Trace", "build_graph", "require_one_input", "trace"]
 
 
 @dataclass

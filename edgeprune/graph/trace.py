@@ -233,7 +233,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> Trace:
     >>> tuple(t.ops[0].meta["val"].shape), list(t.ops[0].meta["nn_module_stack"])
     ((1, 4, 6, 6), ['', '0'])
     """
-    _check_one_input(model)
+    require_one_input(model)
     tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     metas: dict[str, torch.Tensor] = {}
     by_id: dict[int, torch.Tensor] = {}
@@ -312,7 +312,8 @@ def _attribute(model: nn.Module, target: str) -> Any:
 
 # ---- bad input ----------------------------------------------------------------------------
 
-def _check_one_input(model: nn.Module) -> None:
+def require_one_input(model: nn.Module) -> None:
+    """One :class:`TraceError` line unless ``model.forward`` takes exactly one (image) tensor."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
