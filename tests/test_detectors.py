@@ -78,8 +78,8 @@ def test_pruned_yolo_like_reloads_from_its_checkpoint_with_its_split_sizes(prune
 
 @pytest.mark.parametrize("cut", [0.3, 0.5])
 def test_pruned_yolo_like_exports_to_onnx(pruned, cut, tmp_path):
-    # boxes in pixels (hundreds): float32 noise is ~1e-3 in absolute terms, as in the dense model
-    result = export_onnx(pruned[1][cut].model, SHAPE, tmp_path / "yolo.onnx", atol=1e-2)
+    # boxes in pixels (hundreds): the check holds them to their own scale's float32 noise
+    result = export_onnx(pruned[1][cut].model, SHAPE, tmp_path / "yolo.onnx")
     assert result.max_abs_diff < 1e-2 and len(result.output_names) == 4  # decoded + three raw maps
 
 
@@ -88,7 +88,7 @@ def test_pruned_yolo_like_runs_in_each_runtime(pruned, runtime, tmp_path):
     model = pruned[1][0.5].model.eval()
     target = RUNTIMES[runtime]
     exported = target.export(model, torch.rand(SHAPE), tmp_path / f"yolo{target.suffix}")
-    assert check_runtime(model, exported, atol=5e-2, rtol=1e-2).ok
+    assert check_runtime(model, exported).ok
 
 
 # ---- the rules behind it, on small nets -----------------------------------------------------

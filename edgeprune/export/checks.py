@@ -45,11 +45,17 @@ def op_counts(model: "onnx.ModelProto") -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
+SCALE_FLOOR = 0.01  # relative errors are measured against at least 1 % of an output's largest value
+
+
 @dataclass(frozen=True)
 class Diff:
     """How far ``actual`` is from ``expected``: the largest absolute difference, the largest
     relative difference (over elements with ``|expected| > atol``; smaller ones are judged by the
-    absolute difference alone) and whether every element meets ``|a - e| <= atol + rtol * |e|``."""
+    absolute difference alone) and whether every element meets ``|a - e| <= atol + rtol * s``,
+    ``s = max(|e|, 1 % of the output's largest |e|)``: an element near zero in an output of large
+    values (a box width in pixels, the difference of two corners) is held to the float32 noise of
+    that output's scale, not to an absolute 1e-4."""
 
     max_abs: float
     max_rel: float
@@ -62,6 +68,10 @@ class Diff:
 
         >>> Diff.between([np.array([1.0, 2.1])], [np.array([1.0, 2.0])], atol=1e-4, rtol=1e-3)
         Diff(max_abs=0.1, max_rel=0.05, ok=False)
+        >>> Diff.between([np.array([300.0, 0.002])], [np.array([300.0, 0.0])], atol=1e-4, rtol=1e-3).ok
+        True
+        >>> Diff.between([np.array([1.0, 0.0005])], [np.array([1.0, 0.0])], atol=1e-4, rtol=1e-3).ok
+        False
         """
         if len(actual) != len(expected):
             raise EdgepruneError(f"the {runtime} model has {len(actual)} outputs, PyTorch {len(expected)}")
@@ -76,7 +86,8 @@ class Diff:
             big = scale > atol
             max_abs = max(max_abs, float(err.max(initial=0.0)))
             max_rel = max(max_rel, float((err[big] / scale[big]).max(initial=0.0)))
-            ok = ok and bool(np.all(err <= atol + rtol * scale))
+            floor = SCALE_FLOOR * float(scale.max(initial=0.0)) if np.isfinite(scale).all() else 0.0
+            ok = ok and bool(np.all(err <= atol + rtol * np.maximum(scale, floor)))
         return Diff(float(f"{max_abs:.6g}"), float(f"{max_rel:.6g}"), ok)
 
     def combine(self, other: "Diff") -> "Diff":
