@@ -45,7 +45,7 @@ def op_counts(model: "onnx.ModelProto") -> dict[str, int]:
     return dict(Counter(node.op_type for node in model.graph.node).most_common())
 
 
-SCALE_FLOOR = 0.01  # relative errors are measured against at least 1 % of an output's largest value
+SCALE_FLOOR = 0.1  # relative errors are measured against at least a tenth of an output's largest value
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,10 @@ class Diff:
     """How far ``actual`` is from ``expected``: the largest absolute difference, the largest
     relative difference (over elements with ``|expected| > atol``; smaller ones are judged by the
     absolute difference alone) and whether every element meets ``|a - e| <= atol + rtol * s``,
-    ``s = max(|e|, 1 % of the output's largest |e|)``: an element near zero in an output of large
-    values (a box width in pixels, the difference of two corners) is held to the float32 noise of
-    that output's scale, not to an absolute 1e-4."""
+    ``s = max(|e|, a tenth of the output's largest |e|)``: an element near zero in an output of
+    large values (a box width in pixels; a raw detection map of values up to 10 after 60 layers,
+    where float32 PyTorch itself is 2e-4 off float64) is held to the float32 noise of that
+    output's scale, not to an absolute 1e-4."""
 
     max_abs: float
     max_rel: float

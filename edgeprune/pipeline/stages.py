@@ -105,7 +105,8 @@ class HeldOut:
 
 
 HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
-                    ("top1_agreement_min", "top-1 agreement {:.1%}"), ("top1", "top-1 {:.1%}"))
+                    ("top1_agreement_min", "top-1 agreement {:.1%}"), ("box_iou_min", "box IoU {:.4f}"),
+                    ("top1", "top-1 {:.1%}"))
 
 
 def _epoch_line(epochs: int, progress: Progress):
@@ -157,8 +158,9 @@ def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> t
                     kwargs=job.loaded.kwargs, preprocess=job.preprocess,
                     metadata={"pruned": result.summary(), "target": job.target.name})
     progress("exporting to ONNX, simplifying, checking against PyTorch")
-    exports = {"dense": export_onnx(job.loaded.model, job.shape, staging / "dense.onnx", job.target),
-               "pruned": export_onnx(result.model, job.shape, staging / "pruned.onnx", job.target)}
+    images = check_images(job)
+    exports = {"dense": export_onnx(job.loaded.model, job.shape, staging / "dense.onnx", job.target, images),
+               "pruned": export_onnx(result.model, job.shape, staging / "pruned.onnx", job.target, images)}
     if job.options.bake_preprocess:
         exports["pruned_pixels"] = bake_preprocessing(job, result.model, staging)
     variants = [{"name": "dense", "onnx": "dense.onnx", **result.before.to_dict()},
@@ -170,11 +172,21 @@ def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> t
     return variants, exports
 
 
-def export_onnx(model: Any, shape: tuple[int, ...], path: Path, target: Any) -> dict:
-    """Export, simplify and check one model; the report names the file, not the staging folder."""
+def export_onnx(model: Any, shape: tuple[int, ...], path: Path, target: Any, images: Any = None) -> dict:
+    """Export, simplify and check one model (on ``images`` when given: the job's own inputs); the
+    report names the file, not the staging folder."""
     from edgeprune.export import export_onnx as export
 
-    return {**export(model, shape, path, opset=target.opset).to_dict(), "path": path.name}
+    return {**export(model, shape, path, opset=target.opset, inputs=images).to_dict(), "path": path.name}
+
+
+def check_images(job: Job) -> Any:
+    """A few of the job's own model inputs to check exported files on (None without data)."""
+    if job.data.train is None or not len(job.data.train.x):
+        return None
+    from edgeprune.calibration import sample
+
+    return sample(job.data.train, 3, seed=job.options.seed).x
 
 
 def bake_preprocessing(job: Job, model: Any, staging: Path) -> dict:
@@ -297,7 +309,8 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
     from edgeprune.profile import profile_models
 
     models = {"dense": job.loaded.model, "pruned": result.model}
-    made = {name: _runtime_file(runtime, model, job.shape, staging / f"{name}{runtime.suffix}")
+    images = check_images(job)
+    made = {name: _runtime_file(runtime, model, job.shape, staging / f"{name}{runtime.suffix}", inputs=images)
             for name, model in models.items()}
     found: dict[str, Any] = {}
     if job.int8 and runtime.int8_missing:
@@ -316,11 +329,12 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
             "pruned_p50_ms": times["pruned"], "speedup": times["dense"] / times["pruned"], "version": runtime.version()}
 
 
-def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None) -> dict[str, Any]:
+def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None,
+                  inputs: Any = None) -> dict[str, Any]:
     """One runtime file, compared with PyTorch (see :func:`~edgeprune.runtimes.export_checked`)."""
     from edgeprune.runtimes import export_checked
 
-    exported, diff = export_checked(runtime, model, shape, path, calibration)
+    exported, diff = export_checked(runtime, model, shape, path, calibration, inputs=inputs)
     return {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
             "max_rel": None if calibration is not None else diff.max_rel}
 

@@ -148,8 +148,9 @@ def runtime_of(path: str | Path) -> str:
 
 
 def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed: int = 0, atol: float = 1e-4,
-                  rtol: float = 1e-3) -> Any:
-    """Run the runtime's file on ``n_checks`` random inputs and compare with PyTorch (like the ONNX check).
+                  rtol: float = 1e-3, inputs: np.ndarray | None = None) -> Any:
+    """Run the runtime's file on ``n_checks`` random inputs (or the first of ``inputs``, the model's
+    own images) and compare with PyTorch (like the ONNX check).
 
     Returns the :class:`~edgeprune.export.checks.Diff`; past the tolerance, a one-line error.
     """
@@ -166,8 +167,9 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
     was_training = model.training
     model.eval()
     try:
-        for _ in range(n_checks):
-            x = torch.randn(shape, generator=generator)
+        for i in range(n_checks):
+            x = torch.randn(shape, generator=generator) if inputs is None or not len(inputs) else \
+                torch.from_numpy(np.ascontiguousarray(inputs[i % len(inputs)][None], dtype=np.float32))
             with torch.no_grad():
                 expected = [t.detach().numpy() for t in flatten(model(x))]
             actual = [_like(np.asarray(a), e) for a, e in zip(session.run([x.numpy()]), expected)]
@@ -181,15 +183,17 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
 
 
 def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str | Path,
-                   calibration: np.ndarray | None = None, atol: float = 1e-4, rtol: float = 1e-3) -> tuple[RuntimeFile, Any]:
-    """Export ``model`` for ``runtime`` at ``path`` and compare it with PyTorch: a float file must
-    match within ``atol``/``rtol`` (else a one-line error); an INT8 one (``calibration`` given) only
-    records how far it is. Returns the file and the :class:`~edgeprune.export.checks.Diff`."""
+                   calibration: np.ndarray | None = None, atol: float = 1e-4, rtol: float = 1e-3,
+                   inputs: np.ndarray | None = None) -> tuple[RuntimeFile, Any]:
+    """Export ``model`` for ``runtime`` at ``path`` and compare it with PyTorch (on ``inputs`` when
+    given): a float file must match within ``atol``/``rtol`` (else a one-line error); an INT8 one
+    (``calibration`` given) only records how far it is. Returns the file and the
+    :class:`~edgeprune.export.checks.Diff`."""
     import torch
 
     exported = runtime.export(model, torch.randn(tuple(shape)), path, calibration)
     tolerance = {"atol": atol, "rtol": rtol} if calibration is None else {"atol": float("inf"), "rtol": 0.0}
-    return exported, check_runtime(model, exported, **tolerance)
+    return exported, check_runtime(model, exported, inputs=inputs, **tolerance)
 
 
 def _like(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
