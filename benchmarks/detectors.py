@@ -216,23 +216,30 @@ for name in ("resnet50", "mobilenet_v2"):
             build(model, (1, 3, 224, 224))
             times.append(time.perf_counter() - start)
         out[f"{name} {label}"] = statistics.median(times)
+import edgeprune
+out["package"] = edgeprune.__file__
 print(json.dumps(out))
 """
 
 
 def graph_rows(rounds: int, repeats: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "fx"  # not beside the worker: the script's folder comes first on sys.path
+        old.mkdir()
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", FX_COMMIT, "edgeprune"], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
         worker = Path(tmp) / "worker.py"
         worker.write_text(GRAPH_WORKER)
         found: dict[str, dict[str, list[float]]] = {"fx": {}, "export-style": {}}
         for _ in range(rounds):
-            for label, path in (("fx", tmp), ("export-style", str(ROOT))):
+            for label, path in (("fx", str(old)), ("export-style", str(ROOT))):
                 env = dict(os.environ, PYTHONPATH=path)
                 proc = subprocess.run([sys.executable, str(worker), str(repeats)], capture_output=True, text=True,
                                       env=env, cwd=tmp, check=True)
-                for key, value in json.loads(proc.stdout.splitlines()[-1]).items():
+                measured = json.loads(proc.stdout.splitlines()[-1])
+                if not measured.pop("package").startswith(path):
+                    raise RuntimeError(f"the {label} worker imported edgeprune from elsewhere")
+                for key, value in measured.items():
                     found[label].setdefault(key, []).append(value)
     rows = []
     for name in ("resnet50", "mobilenet_v2"):

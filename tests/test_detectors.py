@@ -65,6 +65,19 @@ def test_attention_that_reuses_the_input_width_is_kept_whole_with_a_warning(prun
     assert any("cutting it breaks the forward" in w and "view(B, C, H, W)" in w for w in results[0.5].warnings)
 
 
+def test_the_shrink_check_leaves_the_model_as_it_was():
+    from edgeprune.surgery.check import checked_graph
+
+    model = yolo_like()
+    before = {name: (t, t.clone()) for name, t in list(model.named_parameters()) + list(model.named_buffers())}
+    attributes = {name: dict(vars(m)) for name, m in model.named_modules()}
+    graph = checked_graph(model, SHAPE)
+    assert any(g.frozen.all() and g.n_units > 1 for g in graph.groups)  # it did cut and trace a shrunk model
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        assert t is before[name][0] and torch.equal(t, before[name][1])
+    assert {name: dict(vars(m)) for name, m in model.named_modules()} == attributes
+
+
 def test_pruned_yolo_like_reloads_from_its_checkpoint_with_its_split_sizes(pruned, tmp_path):
     _, results = pruned
     model = results[0.5].model

@@ -25,6 +25,16 @@ log = logging.getLogger(__name__)
 __all__ = ["DependencyGraph", "Group", "Layer", "Site", "Space", "Trace", "build_graph", "require_one_input", "trace"]
 
 
+_LOGGED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a graph warning the first time this process meets it (a run builds several graphs of one model)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.warning(message)
+
+
 @dataclass
 class DependencyGraph:
     """A traced model's coupled channel groups, the tensors to shrink, and its conv/linear layers."""
@@ -76,7 +86,7 @@ class DependencyGraph:
         group.blocks = None
         message = f"group '{group.name}': {reason}; its channels are not pruned"
         self.state.warn(message)
-        log.warning(message)
+        warn_once(message)
 
     def group_of_module(self, module: str) -> Group | None:
         for group in self.groups:
@@ -90,7 +100,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> DependencyGra
     traced = trace(model, torch.zeros(input_shape, device="meta"))
     state = propagate(traced, model, resolve)
     for message in state.warnings:
-        log.warning(message)
+        warn_once(message)
     classes = channel_classes(state)
     sizes = {(m, p): t.numel() for m, module in model.named_modules() for p, t in module.named_parameters(recurse=False)}
     return DependencyGraph(model, tuple(input_shape), state, classes, build_groups(state, classes), traced, sizes)

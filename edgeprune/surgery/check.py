@@ -1,17 +1,21 @@
-"""Prove that every prunable group can really be cut: shrink a weightless copy, trace it again.
+"""Prove that every prunable group can really be cut: shrink the model on meta tensors, trace it again.
 
 The channel ids see how tensors flow, not how the forward computes its sizes: an attention block
 that reads ``B, C, H, W = x.shape`` and later views another tensor as ``(B, C, H, W)``, or an
-``assert`` on a width, ties counts the ids cannot express. So one channel (one per block) is
-removed from every prunable group of a meta copy of the model (no arithmetic, no weights copied),
-and the copy is traced again. If the forward fails or an output changes shape, halves of the
-groups are tried in turn until the groups that break it are found; those are pinned, with a
-warning that quotes the failure. When nothing breaks, this costs one trace.
+``assert`` on a width, ties counts the ids cannot express. Such sizes reach the recorded ops as
+numbers (a ``view``, ``reshape``, ``expand``, a tensor made with a size, a split by attribute
+sizes); a model whose forward has none of those needs no check (most CNNs: ``flatten`` takes no
+size). Otherwise one channel (one per block) is removed from every prunable group while the
+model's float tensors are meta tensors (no arithmetic, nothing copied; all is restored after),
+and the model is traced again. If the forward fails or an output changes shape, the groups
+near the module that failed, then halves, are tried until the groups that break it are found;
+those are pinned, with a warning that quotes the failure. When nothing breaks, this costs one
+trace.
 """
 from __future__ import annotations
 
-import copy
-from typing import NamedTuple
+from contextlib import contextmanager
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +34,14 @@ def checked_graph(model: nn.Module, input_shape: tuple[int, ...]) -> DependencyG
     return graph
 
 
+aten = torch.ops.aten
+# Ops whose arguments hold sizes the forward computed in Python (where a width read from
+# ``x.shape`` or a number in the code can hide).
+SIZED = {aten.view, aten.reshape, aten._unsafe_view, aten.expand, aten.unflatten, aten.repeat, aten.tile,
+         aten.split, aten.split_with_sizes, aten.zeros, aten.ones, aten.full, aten.empty, aten.rand, aten.randn,
+         aten.new_zeros, aten.new_ones, aten.new_full, aten.new_empty}
+
+
 class Failure(NamedTuple):
     reason: str
     module: str | None  # the module that was running when the shrunk forward failed
@@ -44,6 +56,8 @@ def pin_unshrinkable(graph: DependencyGraph) -> list[Group]:
     []
     """
     groups = graph.prunable_groups()
+    if not groups or not any(getattr(n.target, "overloadpacket", None) in SIZED for n in graph.trace.ops):
+        return []
     expected = _output_shapes(graph.trace)
     broken = _culprits(graph, groups, expected, _failure(graph, groups, expected))
     for group, reason in broken:
@@ -90,11 +104,11 @@ def _failure(graph: DependencyGraph, groups: list[Group], expected) -> Failure |
     if not groups:
         return None
     keep = graph.keep_mask({g.index: _one_per_block(g) for g in groups})
-    shrunk = apply_keep_mask(_weightless_copy(graph.model), graph, keep)
-    try:
-        traced = trace(shrunk, torch.zeros(graph.input_shape, device="meta"))
-    except TraceError as exc:
-        return Failure(str(exc).split(": ", 1)[-1], getattr(exc, "module", None))
+    with _weightless(graph.model) as model:
+        try:
+            traced = trace(apply_keep_mask(model, graph, keep), torch.zeros(graph.input_shape, device="meta"))
+        except TraceError as exc:
+            return Failure(str(exc).split(": ", 1)[-1], getattr(exc, "module", None))
     if _output_shapes(traced) != expected:
         return Failure("an output changes shape", None)
     return None
@@ -105,13 +119,31 @@ def _one_per_block(group: Group) -> np.ndarray:
     return np.array([free[group.blocks[free] == b][-1] for b in np.unique(group.blocks[free])])
 
 
-def _weightless_copy(model: nn.Module) -> nn.Module:
-    """The module tree again, float tensors on the meta device (integer ones, such as an index, kept)."""
-    memo = {}
-    for t in list(model.parameters()) + list(model.buffers()):
-        twin = torch.empty_like(t, device="meta") if t.is_floating_point() else t.detach().clone()
-        memo[id(t)] = nn.Parameter(twin, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else twin
-    return copy.deepcopy(model, memo)
+@contextmanager
+def _weightless(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with its float tensors swapped for meta ones (integer ones, such as an index, kept);
+    on exit every tensor and attribute of every module is as it was (a cut may change them)."""
+    saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers)) for m in model.modules()]
+    try:
+        for m in model.modules():
+            for name, p in m._parameters.items():
+                if p is not None and p.is_floating_point():
+                    m._parameters[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+            for name, b in m._buffers.items():
+                if b is not None and b.is_floating_point():
+                    m._buffers[name] = torch.empty_like(b, device="meta")
+        yield model
+    finally:
+        for m, attributes, parameters, buffers in saved:
+            m._parameters.clear()
+            m._parameters.update(parameters)
+            m._buffers.clear()
+            m._buffers.update(buffers)
+            for name in [k for k in m.__dict__ if k not in attributes]:
+                del m.__dict__[name]
+            for name, value in attributes.items():
+                if m.__dict__.get(name) is not value:
+                    m.__dict__[name] = value
 
 
 def _output_shapes(traced) -> list[tuple[int, ...]]:
