@@ -1,6 +1,6 @@
 """The operator table: how each ATen op moves, unites, splits or pins channels.
 
-One entry per ATen op (keyed by its overload packet, e.g. ``aten.convolution``), plus edgeprune's
+One entry per ATen op (keyed by its overload packet, e.g. ``aten.conv2d``), plus edgeprune's
 own layers understood whole (:data:`MODULE_HANDLERS`). Every entry is a short handler
 ``(ctx, node) -> ids``. Anything not in the table is opaque: pruning stops at it and a warning
 names it (see :func:`edgeprune.graph.propagate.propagate`).
@@ -75,7 +75,7 @@ def elementwise(ctx: Context, node: fx.Node) -> Any:
             continue
         ctx.state.unite(result, ids)
         result = np.where(result >= 0, result, ids)
-    for n, (ids, shape) in zip(operands, aligned):
+    for ids, shape in aligned:
         if (ids < 0).all() and any(shape[a] > 1 for a in channel_axes):
             ctx.state.freeze(result)  # a constant with one value per channel: it cannot shrink
     _param_sites(ctx, node, result, out_shape)
