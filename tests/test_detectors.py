@@ -159,3 +159,24 @@ def test_parameters_that_do_not_train_are_never_pruned():
     result = prune(Frozen().eval(), (1, 3, 8, 8), criterion="random", ratio=0.5)
     assert result.model.b.weight.shape == (8, 8, 1, 1)
     assert result.after.macs == result.before.macs
+
+
+class UpConv(nn.Module):
+    """A decoder step: a transposed conv upsamples, a conv follows (U-Nets, YOLO-seg's proto head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.up = nn.ConvTranspose2d(8, 6, 2, stride=2)
+        self.b = nn.Conv2d(6, 2, 1)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.up(torch.relu(self.a(x)))))
+
+
+def test_transposed_convolutions_are_pruned_on_both_sides():
+    dense = UpConv().eval()
+    result = prune(dense, (1, 3, 8, 8), criterion="random", ratio=0.5)
+    assert (result.model.up.in_channels, result.model.up.out_channels) == (4, 3)
+    assert result.after.macs < result.before.macs and result.warnings == []
+    _assert_equal_to_zero_masked(result, dense, torch.randn(2, 3, 8, 8))

@@ -148,8 +148,29 @@ def conv(ctx: Context, node: fx.Node) -> Any:
     return out
 
 
-def _output_sites(ctx: Context, node: fx.Node, weight: ParamRef, channel_out: np.ndarray) -> None:
-    _site(ctx, weight, 0, channel_out)
+def conv_transpose(ctx: Context, node: fx.Node) -> Any:
+    """``conv_transpose1d/2d/3d(x, weight, bias, ...)``: the weight is (in, out / groups, k...)."""
+    args = ctx.named(node)
+    weight, weight_node = _weight(ctx, node)
+    if weight is None or args.get("groups", 1) != 1 or weight.axes != tuple(range(len(weight.axes))):
+        return ctx.opaque(node, "a transposed convolution with groups, or whose weight is not a parameter")
+    out_shape, in_shape, w_shape = ctx.shape(node), ctx.shape(node.args[0]), ctx.shape(weight_node)
+    x = ctx.input_ids(node)
+    channel_in = along(_aligned(x, len(out_shape)), 1, w_shape[0])
+    if channel_in is None:
+        ctx.state.freeze(x)
+    else:
+        _site(ctx, weight, 0, channel_in)
+    space = ctx.state.space_for_module(weight.module, w_shape[1], "conv")
+    out = space_ids(space, len(out_shape), 1)
+    _output_sites(ctx, node, weight, out.reshape(-1), axis=1)
+    per_pair = math.prod(w_shape[2:]) * math.prod(in_shape[2:])  # every input position meets the whole kernel
+    ctx.state.layers.append(Layer(weight.module, channel_in, out.reshape(-1), per_pair, w_shape[0]))
+    return out
+
+
+def _output_sites(ctx: Context, node: fx.Node, weight: ParamRef, channel_out: np.ndarray, axis: int = 0) -> None:
+    _site(ctx, weight, axis, channel_out)
     bias, bias_node = _weight(ctx, node, "bias")
     if bias is not None:
         _site(ctx, bias, 0, channel_out)
@@ -587,6 +608,7 @@ OP_HANDLERS: dict[Any, Handler] = {
     **{op: elementwise for op in ELEMENTWISE},
     **{op: constant for op in CONSTANT},
     aten.conv1d: conv, aten.conv2d: conv, aten.conv3d: conv, aten.convolution: conv,
+    aten.conv_transpose1d: conv_transpose, aten.conv_transpose2d: conv_transpose, aten.conv_transpose3d: conv_transpose,
     aten.linear: linear, aten.matmul: matmul, aten.mm: matmul, aten.bmm: matmul,
     aten.batch_norm: batchnorm, aten.layer_norm: layer_norm, aten.group_norm: pinned, aten.prelu: prelu,
     aten.softmax: softmax, aten.log_softmax: softmax, aten._softmax: softmax, aten._log_softmax: softmax,

@@ -20,6 +20,9 @@ from edgeprune.layers import ChannelSelect
 
 
 def _sync_conv(m: nn.Module) -> None:
+    if m.transposed:  # weight (in, out / groups, k...)
+        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+        return
     out = m.weight.shape[0]
     if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise keeps groups == channels
         m.groups = m.in_channels = out
@@ -159,8 +162,14 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, keep: np.ndarray) ->
     modules = dict(model.named_modules())
     with torch.no_grad():
         for site in graph.sites:
-            tensor = getattr(modules[site.module], site.param)
-            if site.action == "slice" and site.axis == 0 and isinstance(tensor, nn.Parameter):
+            module = modules[site.module]
+            tensor = getattr(module, site.param)
+            if site.action == "slice" and site.axis == _output_axis(module, site.param) and isinstance(tensor, nn.Parameter):
                 dropped = np.flatnonzero((site.ids >= 0) & ~keep[np.maximum(site.ids, 0)])
-                tensor[torch.as_tensor(dropped, dtype=torch.long)] = 0
+                tensor.index_fill_(site.axis, torch.as_tensor(dropped, dtype=torch.long, device=tensor.device), 0)
     return model
+
+
+def _output_axis(module: nn.Module, param: str) -> int:
+    """The axis of ``module.param`` that holds output channels: 1 for a transposed conv's weight."""
+    return 1 if param == "weight" and getattr(module, "transposed", False) else 0
