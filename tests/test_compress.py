@@ -199,7 +199,7 @@ def test_interrupted_run_removes_its_staging_folder(tmp_path, monkeypatch):
 
     staged = []
 
-    def interrupt(model, shape, path, target):
+    def interrupt(model, shape, path, target, images=None):
         staged.append((path.parent.name, sorted(p.name for p in path.parent.iterdir())))
         raise KeyboardInterrupt
 
