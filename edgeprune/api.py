@@ -22,9 +22,10 @@ from torch import nn
 
 from edgeprune.counter import Counts, count, per_layer
 from edgeprune.criteria import Criterion, create_criterion, score_groups
-from edgeprune.graph import DependencyGraph, build_graph
+from edgeprune.graph import DependencyGraph
 from edgeprune.plan import Plan, PlanConfig, make_plan
 from edgeprune.surgery import apply_keep_mask
+from edgeprune.surgery.check import checked_graph
 
 log = logging.getLogger(__name__)
 Planner = Callable[[DependencyGraph, "dict[int, Any]"], Plan]
@@ -139,7 +140,7 @@ def prune(model: Any, input_shape: tuple[int, ...] | None = None, *, criterion: 
     model = model if inplace else copy.deepcopy(model)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    graph = build_graph(model, input_shape)
+    graph = checked_graph(model, input_shape)
     seconds["graph"] = time.perf_counter() - start
     start = time.perf_counter()
     scores = score_groups(graph, criterion, data)
@@ -227,7 +228,7 @@ def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *,
     model, input_shape, loaded = resolve_model(model, input_shape)
     data = _data(data, criterion, loaded, input_shape)
     model = model if inplace else copy.deepcopy(model)
-    original = build_graph(model, input_shape)
+    original = checked_graph(model, input_shape)
     original_macs = count(original).macs
     widths = {_group_key(g): g.n_units for g in original.prunable_groups()}
     shares = {}  # each group's own target ratio
@@ -243,7 +244,7 @@ def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *,
                        max_group_ratio=max_group_ratio, data=data, inplace=True)
         landing = flops_cut is not None and t == steps  # the last round searches the MACs target itself
         if not global_ranking and not landing:
-            current = {_group_key(g): g.n_units for g in build_graph(model, input_shape).prunable_groups()}
+            current = {_group_key(g): g.n_units for g in checked_graph(model, input_shape).prunable_groups()}
             layer = {}
             for key, n in current.items():
                 if key in widths and n > 0:

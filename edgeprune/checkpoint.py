@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict (strings, numbers, lists, tensors) saved with ``torch.save`` and read
 with ``torch.load(weights_only=True)``: the base model's spec and build arguments, the pruned
-state_dict, and the state_dict's per-module metadata (``{"layers.0": {"version": 1}, ...}``, which
+state_dict, the int attributes pruning changed (split sizes, ``{"model.6": {"c": 40}}``), and
+the state_dict's per-module metadata (``{"layers.0": {"version": 1}, ...}``, which
 some modules, e.g. torchvision's MNASNet and every BatchNorm, read when loading). Loading builds the
 base model, gives its tensors the saved shapes (the surgery's per-layer table then fixes each
 layer's size attributes) and loads the weights with that metadata re-attached.
@@ -21,9 +22,10 @@ from torch import nn
 
 from edgeprune.calibration.preprocess import Preprocess
 from edgeprune.errors import EdgepruneError, describe
+from edgeprune.graph import require_one_input
 from edgeprune.models import build
 from edgeprune.models.registry import BuiltModel
-from edgeprune.surgery import resize_to
+from edgeprune.surgery import resize_to, resized_attributes, set_attributes
 
 FORMAT = "edgeprune-checkpoint/1"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
@@ -53,6 +55,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, spec: str, input_shap
         "metadata": dict(metadata or {}),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "state_dict_metadata": _plain_metadata(state_dict),
+        "attributes": resized_attributes(model),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -117,6 +120,7 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     else:
         built = build(source, pretrained=weights is None)  # --weights replaces them: no hub file needed
         loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess)
+    require_one_input(loaded.model)
     if weights is not None:
         load_weights(loaded.model, _state_dict_of(_read(Path(weights)), Path(weights)), Path(weights))
     loaded.model.eval()
@@ -161,6 +165,7 @@ def _rebuild(payload: dict[str, Any], path: Path) -> LoadedModel:
     metadata = payload.get("state_dict_metadata")
     if metadata is None:  # written before the metadata was kept: the freshly built model's own versions
         metadata = _plain_metadata(built.model.state_dict())
+    set_attributes(built.model, payload.get("attributes") or {})
     load_weights(built.model, with_metadata(payload["state_dict"], metadata), path)
     shape = tuple(payload["input_shape"])
     preprocess = Preprocess.from_dict(payload.get("preprocess")) or built.preprocess

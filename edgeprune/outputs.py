@@ -8,6 +8,9 @@ quality figures (:class:`OutputInfo`):
 - ``logits``: class scores, N x K (or N x K x ...: K classes on axis 1); compared by softmax,
   KL divergence and top-1 agreement;
 - ``probs``: class probabilities already (non-negative, summing to 1 on axis 1);
+- ``detections``: a detector's decoded output, N x (4 + K) x A: for each of A anchors a box
+  (x, y, w, h) then K class scores in [0, 1], as YOLOv8 / YOLO11 heads return it; compared as
+  two parts, boxes and scores (see :mod:`edgeprune.quality`);
 - ``regression``: anything else (boxes, landmarks, feature or heat maps).
 
 >>> import torch
@@ -24,7 +27,7 @@ import numpy as np
 
 from edgeprune.errors import EdgepruneError
 
-KINDS = ("logits", "probs", "regression")
+KINDS = ("logits", "probs", "detections", "regression")
 
 
 def flatten(output: Any) -> list[Any]:
@@ -113,10 +116,20 @@ def describe(arrays: Sequence[np.ndarray], output_names: Sequence[str], *, label
 def _guess_kind(values: np.ndarray, labelled: bool, only: bool) -> str:
     if labelled or (only and values.ndim == 2 and values.shape[1] > 1):
         return "logits"
+    if _looks_like_detections(values):
+        return "detections"
     if values.ndim >= 2 and values.shape[1] > 1 and values.min() >= 0:
         if np.allclose(values.sum(axis=1), 1.0, atol=1e-3):
             return "probs"
     return "regression"
+
+
+def _looks_like_detections(values: np.ndarray) -> bool:
+    """N x (4 + K) x A with more anchors than rows, scores in [0, 1] and boxes that are not."""
+    if values.ndim != 3 or values.shape[1] < 5 or values.shape[2] <= values.shape[1]:
+        return False
+    scores, boxes = values[:, 4:], values[:, :4]
+    return bool(scores.min() >= 0 and scores.max() <= 1 and np.abs(boxes).max() > 1)
 
 
 def _shape(values: np.ndarray) -> str:

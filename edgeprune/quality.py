@@ -5,6 +5,11 @@ the mean per-image cosine similarity, and for class-score outputs the top-1 agre
 the variant's arg-max class is the dense model's). Accuracy is added where labels exist. The
 figures need outputs only, so they work for any model, labelled data or not.
 
+A detector's decoded output (kind ``detections``: boxes in pixels and scores in [0, 1] in one
+tensor) would be judged by its boxes alone, so it is two rows: ``NAME.boxes`` with the mean IoU
+of the boxes on the :data:`TOP_ANCHORS` anchors the dense model scores highest (those that survive
+NMS), and ``NAME.scores`` with the class agreement on the same anchors.
+
 >>> import numpy as np
 >>> from edgeprune.outputs import OutputInfo
 >>> dense = [np.array([[2.0, 1.0], [0.0, 3.0]])]
@@ -28,11 +33,18 @@ INT8_MIN_COSINE = 0.5
 INT8_CHECK_IMAGES = 32  # calibration images an INT8 file is judged on
 
 
+TOP_ANCHORS = 100
+
+
 def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
             infos: Sequence[OutputInfo]) -> list[dict[str, Any]]:
-    """One row per output: name, kind, rel_l2, cosine and (class scores) top1_agreement."""
+    """One row per output: name, kind, rel_l2, cosine and (class scores) top1_agreement; two for
+    detections (boxes with box_iou, scores with top1_agreement)."""
     rows = []
     for info, dense, variant in zip(infos, reference, candidate):
+        if info.kind == "detections":
+            rows += _detection_rows(info.name, dense, variant)
+            continue
         d = dense.reshape(len(dense), -1).astype(np.float64)
         v = variant.reshape(len(variant), -1).astype(np.float64)
         row = {"output": info.name, "kind": info.kind, "rel_l2": _rel_l2(d, v), "cosine": _cosine(d, v)}
@@ -40,6 +52,42 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
             row["top1_agreement"] = float(np.mean(dense.argmax(axis=1) == variant.argmax(axis=1)))
         rows.append(row)
     return rows
+
+
+def _detection_rows(name: str, dense: np.ndarray, variant: np.ndarray) -> list[dict[str, Any]]:
+    """Boxes and scores of N x (4 + K) x A decoded detections, judged on the dense model's top anchors.
+
+    >>> dense = np.zeros((1, 6, 3)); dense[0, :4] = [[10, 20, 30], [10, 20, 30], [4, 4, 4], [4, 4, 4]]
+    >>> dense[0, 4:] = [[0.9, 0.1, 0.2], [0.1, 0.8, 0.3]]
+    >>> variant = dense.copy(); variant[0, 0, 0] += 2  # the best anchor's box moves by half its width
+    >>> [(r["output"], round(r.get("box_iou", r.get("top1_agreement")), 3)) for r in _detection_rows("y", dense, variant)]
+    [('y.boxes', 0.778), ('y.scores', 1.0)]
+    """
+    boxes, scores = dense[:, :4], dense[:, 4:]
+    top = np.argsort(-scores.max(axis=1), axis=1)[:, :TOP_ANCHORS]  # N x k anchors
+
+    def pick(values: np.ndarray) -> np.ndarray:  # N x rows x k
+        return np.take_along_axis(values, top[:, None, :], axis=2)
+
+    rows = []
+    for part, (d, v) in (("boxes", (boxes, variant[:, :4])), ("scores", (scores, variant[:, 4:]))):
+        flat_d, flat_v = d.reshape(len(d), -1).astype(np.float64), v.reshape(len(v), -1).astype(np.float64)
+        rows.append({"output": f"{name}.{part}", "kind": part, "rel_l2": _rel_l2(flat_d, flat_v),
+                     "cosine": _cosine(flat_d, flat_v)})
+    rows[0]["box_iou"] = float(np.round(_iou(pick(boxes), pick(variant[:, :4])).mean(), 6))
+    rows[1]["top1_agreement"] = float(np.mean(pick(scores).argmax(axis=1) == pick(variant[:, 4:]).argmax(axis=1)))
+    return rows
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of (x, y, w, h) boxes laid out N x 4 x k."""
+    def corners(box):
+        return box[:, 0] - box[:, 2] / 2, box[:, 1] - box[:, 3] / 2, box[:, 0] + box[:, 2] / 2, box[:, 1] + box[:, 3] / 2
+
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = corners(a.astype(np.float64)), corners(b.astype(np.float64))
+    inter = np.clip(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0, None) * np.clip(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0, None)
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
 
 
 def _rel_l2(dense: np.ndarray, variant: np.ndarray) -> float:
@@ -83,11 +131,14 @@ def judge_int8(reference: Sequence[np.ndarray], quantised: Sequence[np.ndarray],
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """The worst output of a variant: lowest cosine, highest relative error, lowest top-1 agreement."""
+    """The worst output of a variant: lowest cosine, highest relative error, lowest top-1 agreement
+    (and, for detectors, lowest box IoU)."""
     agreements = [r["top1_agreement"] for r in rows if "top1_agreement" in r]
-    return {"cosine_min": min((r["cosine"] for r in rows), default=None),
-            "rel_l2_max": max((r["rel_l2"] for r in rows), default=None),
-            "top1_agreement_min": min(agreements) if agreements else None}
+    ious = [r["box_iou"] for r in rows if "box_iou" in r]
+    found = {"cosine_min": min((r["cosine"] for r in rows), default=None),
+             "rel_l2_max": max((r["rel_l2"] for r in rows), default=None),
+             "top1_agreement_min": min(agreements) if agreements else None}
+    return {**found, "box_iou_min": min(ious)} if ious else found
 
 
 def accuracy(outputs: Sequence[np.ndarray], label_output: int, labels: np.ndarray) -> float:

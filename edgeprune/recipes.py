@@ -40,6 +40,7 @@ from edgeprune.counter import Counts, count
 from edgeprune.criteria import create_criterion
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import build_graph
+from edgeprune.surgery.check import checked_graph
 from edgeprune.outputs import OutputInfo
 from edgeprune.train.objectives import DistillConfig
 from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers
@@ -266,7 +267,7 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
 
     clock = _Clock()
     start = time.perf_counter()
-    graph = build_graph(model, shape)
+    graph = checked_graph(model, shape)
     make = partial(SoftPruningSchedule, graph, ratio=config.ratio, flops_cut=config.flops_cut,
                    criterion=_criterion(config), round_to=config.round_to, data=data.calib)
     schedule = make()
@@ -332,7 +333,7 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
     result = prune(model, shape, criterion=tcfp, flops_cut=hard_cut, round_to=config.round_to, data=data.calib,
                    inplace=True)
     clusters = remap_clusters(tcfp.clusters, result.graph, result.plan.keep)
-    graph = build_graph(model, shape)
+    graph = checked_graph(model, shape)
     holdout = sample(data.holdout, config.tcfp_val_images, seed=config.seed)
     make = partial(TCFPSoftSchedule, graph, clusters, holdout, target_macs=target_macs, reach_target=True,
                    theta=config.tcfp_theta)

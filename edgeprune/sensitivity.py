@@ -119,16 +119,16 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, cali
     Each cut copy is measured on ``device``.
     """
     from edgeprune.criteria import create_criterion, score_groups
-    from edgeprune.graph import build_graph
     from edgeprune.outputs import describe, output_names
     from edgeprune.plan import aligned_removal, pick_units
     from edgeprune.quality import accuracy, compare, torch_outputs
+    from edgeprune.surgery.check import checked_graph
 
     if not ratios or any(not 0 < r < 1 for r in ratios):
         raise EdgepruneError(f"sensitivity ratios must be in (0, 1), got {list(ratios)}")
     start = time.perf_counter()
     criterion = create_criterion(criterion) if isinstance(criterion, str) else criterion
-    graph = build_graph(model, input_shape)
+    graph = checked_graph(model, input_shape)
     scores = score_groups(graph, criterion, calib if criterion_data is None else criterion_data)
     dense = torch_outputs(model, held_out)
     if outputs is None:

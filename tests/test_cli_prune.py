@@ -28,6 +28,16 @@ def broken():
     model = small()
     model.load_state_dict({"0.weight": torch.zeros(1)})  # the user's own weight loading fails
     return model
+
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+    def forward(self, image, mask):
+        return self.conv(image) * mask
+
+def two_inputs():
+    return TwoInputs()
 '''
 
 
@@ -128,5 +138,17 @@ def test_an_integer_npz_is_refused_in_one_line(tmp_path):
 def test_untraceable_user_model(tmp_path):
     (tmp_path / "mine.py").write_text(USER_MODEL)
     proc = run("prune", f"{tmp_path}/mine.py:branchy", "--ratio", "0.5", "-o", str(tmp_path / "b.pt"))
-    assert_one_line_error(proc, "cannot trace Branchy")
+    # the operation that failed, and the user's line that asked for it
+    assert_one_line_error(proc, "cannot trace Branchy: is_nonzero reads a tensor's values in Python")
+    assert "mine.py:14 `return y if y.sum() > 0 else -y`" in proc.stderr
     assert not (tmp_path / "b.pt").exists()
+
+
+@pytest.mark.parametrize("command", [["info"], ["prune", "--ratio", "0.5", "-o", "b.pt"], ["export", "-o", "b.onnx"],
+                                     ["prune", "--ratio", "0.5", "--input-shape", "1x3x16x16", "-o", "b.pt"]])
+def test_a_model_with_two_inputs_is_one_line(tmp_path, command):
+    (tmp_path / "mine.py").write_text(USER_MODEL)
+    proc = subprocess.run([sys.executable, "-m", "edgeprune", command[0], f"{tmp_path}/mine.py:two_inputs", *command[1:]],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert_one_line_error(proc, "edgeprune takes one image input; TwoInputs.forward takes 2 (image, mask)")
+    assert not list(tmp_path.glob("b.*"))

@@ -115,11 +115,11 @@ def info(model, weights, input_shape, as_json):
 
     from edgeprune.checkpoint import load_model
     from edgeprune.counter import count, per_layer
-    from edgeprune.graph import build_graph
     from edgeprune.outputs import output_names
+    from edgeprune.surgery.check import checked_graph
 
     loaded = load_model(model, weights, input_shape)
-    graph = build_graph(loaded.model, loaded.input_shape)
+    graph = checked_graph(loaded.model, loaded.input_shape)
     totals, rows = count(graph), per_layer(graph)
     groups = [{"name": g.name, "units": g.n_units, "prunable": g.n_prunable} for g in graph.groups if g.n_units > 1]
     outputs = output_names(loaded.model, torch.zeros(loaded.input_shape))

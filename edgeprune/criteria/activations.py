@@ -1,20 +1,22 @@
 """Feature maps after each conv's activation, reduced to per-channel statistics batch by batch.
 
 The map of a conv channel is read where HRank reads it: after the conv's normalisation and
-activation. From the conv's node in the traced graph we follow single-user normalisation and
+activation. From the conv's ATen node in the traced graph we follow single-user normalisation and
 activation nodes (and, with ``through_add``, a residual add of the same shape, as HRank's ResNet
-code reads ``relu2`` after the add) and tap the last one. The model runs through an
-:class:`torch.fx.Interpreter` over ``graph.module_graph``: nothing is registered on the model,
-so nothing can be left behind, and each tapped tensor is reduced by a callback as soon as it is
-computed. Only per-channel sums survive a batch, never the maps themselves.
+code reads ``relu2`` after the add) and tap the last one. The recorded ops run through an
+:class:`torch.fx.Interpreter` over ``graph.replay(batch)`` (the model's own weights, the trace of
+that batch size): nothing is registered on the model, so nothing can be left behind, and each
+tapped tensor is reduced by a callback as soon as it is computed. Only per-channel sums survive a
+batch, never the maps themselves.
 
 >>> import torch
 >>> from edgeprune.models import build
 >>> from edgeprune.graph import build_graph
 >>> graph = build_graph(build("resnet20-cifar").model, (1, 3, 32, 32))
 >>> space = graph.state.module_spaces["layer1.0.conv1"]
->>> capture_node(graph, space).target
-'layer1.0.relu1'
+>>> node = capture_node(graph, space)
+>>> str(node.target), list(node.meta["nn_module_stack"])[-1]
+('aten.relu_.default', 'layer1.0.relu1')
 >>> ranks = ChannelRanks()
 >>> collect(graph, torch.randn(4, 3, 32, 32), {capture_node(graph, space).name: ranks}, batch_size=2)
 4
@@ -23,7 +25,6 @@ torch.Size([16])
 """
 from __future__ import annotations
 
-import operator
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -35,14 +36,14 @@ from torch import fx, nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph, Space
 
-NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm)
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-               nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus)
-ACTIVATION_FUNCTIONS = {F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.selu, F.gelu,
-                        F.silu, F.mish, F.hardswish, F.hardsigmoid, F.hardtanh, torch.sigmoid, torch.tanh, F.softplus}
-ACTIVATION_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
-ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
-ADD_METHODS = {"add", "add_"}
+aten = torch.ops.aten
+CONVS = {aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution}
+NORMS = {aten.batch_norm, aten.instance_norm, aten.group_norm}
+ACTIVATIONS = {aten.relu, aten.relu_, aten.relu6, aten.leaky_relu, aten.leaky_relu_, aten.prelu, aten.elu, aten.elu_,
+               aten.selu, aten.selu_, aten.celu, aten.celu_, aten.gelu, aten.gelu_, aten.silu, aten.silu_, aten.mish,
+               aten.mish_, aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_, aten.hardtanh,
+               aten.hardtanh_, aten.sigmoid, aten.sigmoid_, aten.tanh, aten.tanh_, aten.softplus}
+ADDS = {aten.add, aten.add_}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,36 +91,38 @@ def as_batches(data: Any, batch_size: int = 128, limit: int | None = None) -> It
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    value = node.meta.get("val")
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _passes_through(node: fx.Node, modules: dict[str, nn.Module], through_add: bool) -> bool:
+def _op(node: fx.Node) -> Any:
+    return getattr(node.target, "overloadpacket", None) if node.op == "call_function" else None
+
+
+def _passes_through(node: fx.Node, through_add: bool) -> bool:
     """Whether ``node`` keeps a channel's identity: a norm, an activation, or (optionally) an add."""
-    if node.op == "call_module":
-        return isinstance(modules.get(node.target), NORMS + ACTIVATIONS)
-    if node.op == "call_function":
-        return node.target in ACTIVATION_FUNCTIONS or (through_add and node.target in ADD_FUNCTIONS)
-    if node.op == "call_method":
-        return node.target in ACTIVATION_METHODS or (through_add and node.target in ADD_METHODS)
-    return False
+    return _op(node) in NORMS | ACTIVATIONS or (through_add and _op(node) in ADDS)
+
+
+def _conv_node(graph: DependencyGraph, module: str) -> fx.Node | None:
+    weight = f"{module}.weight"
+    return next((n for n in graph.trace.ops if _op(n) in CONVS and isinstance(n.args[1], fx.Node)
+                 and n.args[1].op == "get_attr" and n.args[1].target == weight), None)
 
 
 def capture_node(graph: DependencyGraph, space: Space, through_add: bool = True) -> fx.Node | None:
     """The traced node whose output holds ``space``'s maps after its activation (4-D convs only)."""
     if space.kind != "conv" or space.module is None:
         return None
-    gm = graph.module_graph
-    node = next((n for n in gm.graph.nodes if n.op == "call_module" and n.target == space.module), None)
+    node = _conv_node(graph, space.module)
     if node is None:
         return None
     shape = _shape(node)
     if shape is None or len(shape) != 4 or shape[1] != space.size:
         return None
-    modules = dict(gm.named_modules())
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if not _passes_through(user, modules, through_add) or _shape(user) != shape:
+        if not _passes_through(user, through_add) or _shape(user) != shape:
             break
         node = user
     return node
@@ -131,16 +134,20 @@ def capture_nodes(graph: DependencyGraph, spaces: list[Space], through_add: bool
     return {k: v for k, v in found.items() if v is not None}
 
 
-def truncated(gm: fx.GraphModule, node: fx.Node) -> fx.GraphModule:
-    """A GraphModule computing only what ``node`` needs and returning it (shares ``gm``'s modules)."""
+def truncated(gm: fx.GraphModule, name: str) -> fx.GraphModule:
+    """A GraphModule computing only what node ``name`` needs and returning it (shares ``gm``'s weights)."""
     graph = fx.Graph()
     remap: dict[fx.Node, fx.Node] = {}
+    node = None
     for n in gm.graph.nodes:
         if n.op == "output":
             break
         remap[n] = graph.node_copy(n, lambda a: remap[a])
-        if n is node:
+        if n.name == name:
+            node = n
             break
+    if node is None:
+        raise EdgepruneError(f"node {name} is not in the traced graph")
     graph.output(remap[node])
     prefix = fx.GraphModule(gm, graph)
     prefix.graph.eliminate_dead_code()
@@ -161,6 +168,8 @@ class _Tap(fx.Interpreter):
         super().__init__(gm)
         self.taps = taps
         names = [n.name for n in gm.graph.nodes if n.name in taps]
+        if len(names) != len(taps):
+            raise EdgepruneError(f"the model ran other operations at another batch size ({sorted(set(taps) - set(names))[:3]})")
         self.last = names[-1] if names else None
 
     def run_node(self, n: fx.Node) -> Any:
@@ -202,11 +211,13 @@ def collect(graph: DependencyGraph, data: Any, taps: dict[str, Callable[[torch.T
     seen = 0
     if not taps:
         return seen
+    runners: dict[int, _Tap] = {}
     with evaluating(graph.model), torch.inference_mode():
-        runner = _Tap(graph.module_graph, taps)
         for x in as_batches(data, batch_size, limit):
+            if len(x) not in runners:
+                runners[len(x)] = _Tap(graph.replay(len(x)), taps)
             try:
-                runner.run(x.to(device))
+                runners[len(x)].run(x.to(device))
             except _Stop:
                 pass
             seen += len(x)

@@ -80,8 +80,8 @@ def maximise_activations(graph: DependencyGraph, space: Space, *, steps: int = 2
     node = capture_node(graph, space, through_add)
     if node is None:
         return None
-    with _BUILDING:  # torch.fx's code generation keeps shared counters: one prefix at a time
-        prefix = truncated(graph.module_graph, node)
+    with _BUILDING:  # fx's code generation keeps shared counters: one prefix at a time
+        prefix = truncated(graph.replay(space.size), node.name)
     channels, height, width = graph.input_shape[1:]
     if image_size is not None:
         height = width = image_size
@@ -329,6 +329,10 @@ class TCFP(Criterion):
             stop = _ClustersSettled(self.check_every, self.stop_ari, self.cluster)
             return maximise_activations(graph, space, **{**self.maximise, "image_size": size}, on_step=stop), stop
 
+        for batch in {space.size for space in spaces}:
+            # traced before the threads start: tracing swaps the model's tensors for meta ones while it
+            # runs, which a layer maximised meanwhile on another thread would read
+            graph.replay(batch)
         with evaluating(graph.model), _one_thread_per_layer() as workers, ThreadPoolExecutor(workers) as pool:
             done = list(pool.map(one, spaces))
         found = {}

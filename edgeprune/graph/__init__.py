@@ -18,11 +18,21 @@ from edgeprune.graph.channels import ChannelState, Layer, Site, Space
 from edgeprune.graph.groups import Group, build_groups, channel_classes
 from edgeprune.graph.ops import resolve
 from edgeprune.graph.propagate import propagate
-from edgeprune.graph.trace import trace
+from edgeprune.graph.trace import Trace, replay_module, require_one_input, trace
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DependencyGraph", "Group", "Layer", "Site", "Space", "build_graph"]
+__all__ = ["DependencyGraph", "Group", "Layer", "Site", "Space", "Trace", "build_graph", "require_one_input", "trace"]
+
+
+_LOGGED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Log a graph warning the first time this process meets it (a run builds several graphs of one model)."""
+    if message not in _LOGGED:
+        _LOGGED.add(message)
+        log.warning(message)
 
 
 @dataclass
@@ -34,8 +44,9 @@ class DependencyGraph:
     state: ChannelState
     classes: np.ndarray
     groups: list[Group]
-    module_graph: fx.GraphModule = field(repr=False)
+    trace: Trace = field(repr=False)
     param_sizes: dict[tuple[str, str], int] = field(default_factory=dict, repr=False)
+    _replays: dict[int, fx.GraphModule] = field(default_factory=dict, repr=False)
 
     @property
     def sites(self) -> list[Site]:
@@ -61,6 +72,22 @@ class DependencyGraph:
             keep &= ~np.isin(self.classes, np.concatenate(gone))
         return keep
 
+    def replay(self, batch: int) -> fx.GraphModule:
+        """The traced ops as a GraphModule for inputs of ``batch`` images (the model's own weights)."""
+        if batch not in self._replays:
+            traced = self.trace if batch == self.trace.batch else \
+                trace(self.model, torch.zeros((batch,) + tuple(self.input_shape[1:]), device="meta"))
+            self._replays[batch] = replay_module(self.model, traced)
+        return self._replays[batch]
+
+    def pin(self, group: Group, reason: str) -> None:
+        """Keep every channel of ``group``, saying why in a warning."""
+        group.frozen[:] = True
+        group.blocks = None
+        message = f"group '{group.name}': {reason}; its channels are not pruned"
+        self.state.warn(message)
+        warn_once(message)
+
     def group_of_module(self, module: str) -> Group | None:
         for group in self.groups:
             if any(s.module == module for s in group.spaces):
@@ -70,11 +97,10 @@ class DependencyGraph:
 
 def build_graph(model: nn.Module, input_shape: tuple[int, ...]) -> DependencyGraph:
     """Trace ``model`` on a zero input of ``input_shape`` and find its coupled channel groups."""
-    example = torch.zeros(input_shape)
-    gm = trace(model, example)
-    state = propagate(gm, resolve, model)
+    traced = trace(model, torch.zeros(input_shape, device="meta"))
+    state = propagate(traced, model, resolve)
     for message in state.warnings:
-        log.warning(message)
+        warn_once(message)
     classes = channel_classes(state)
     sizes = {(m, p): t.numel() for m, module in model.named_modules() for p, t in module.named_parameters(recurse=False)}
-    return DependencyGraph(model, tuple(input_shape), state, classes, build_groups(state, classes), gm, sizes)
+    return DependencyGraph(model, tuple(input_shape), state, classes, build_groups(state, classes), traced, sizes)

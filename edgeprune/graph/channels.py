@@ -5,8 +5,9 @@ number of dimensions, of size 1 on each dimension that carries no channel identi
 each position the global id of the channel found there (``-1`` for none, such as zero padding).
 A convolution creates a *space* of fresh channel ids; residual adds unite ids position by
 position; concatenation and splitting concatenate and slice ids arrays; reshapes reshape them.
-Whatever must shrink when channels go (a conv weight's axis, a BN buffer) is a :class:`Site`
-holding the ids along that axis.
+Whatever must shrink when channels go (a conv weight's axis, a BN buffer, a split size kept in
+a module attribute) is a :class:`Site` holding the ids along that axis. Pieces that must lose
+the same number of channels (a grouped conv's blocks, the pieces of ``chunk(2)``) are *balanced*.
 """
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ class Space:
 class Site:
     """A tensor of ``module.param`` whose ``axis`` follows the channel ids ``ids``.
 
-    ``action`` is ``"slice"`` (keep positions whose channel is kept) or ``"reindex"`` (the tensor
-    holds input positions, such as :class:`~edgeprune.layers.ChannelSelect`'s index, to renumber).
+    ``action`` is ``"slice"`` (keep positions whose channel is kept), ``"reindex"`` (the tensor
+    holds input positions, such as :class:`~edgeprune.layers.ChannelSelect`'s index, to renumber)
+    or ``"attribute"`` (``module.param`` is an int, a split size the forward reads: it becomes
+    the number of ``ids`` kept).
     """
 
     module: str
@@ -66,6 +69,7 @@ class ChannelState:
     sites: dict[tuple[str, str, int, str], Site] = field(default_factory=dict)
     layers: list[Layer] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    balanced: list[list[np.ndarray]] = field(default_factory=list)
     module_spaces: dict[str, Space] = field(default_factory=dict)
     total: int = 0
 
@@ -93,10 +97,18 @@ class ChannelState:
             if kept.size:
                 self.frozen.append(np.unique(kept))
 
+    def balance(self, pieces: list[np.ndarray]) -> None:
+        """The channels of each piece must lose the same number as every other piece."""
+        if len(pieces) > 1:
+            self.balanced.append([np.ascontiguousarray(p, dtype=np.int64).ravel() for p in pieces])
+
     def add_site(self, module: str, param: str, axis: int, ids: np.ndarray, action: str = "slice") -> None:
         key = (module, param, axis, action)
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         old = self.sites.get(key)
+        if old is not None and action == "attribute":  # one size read twice: both counts must agree
+            self.balance([old.ids, ids])
+            return
         if old is not None:  # a module used twice: both uses must keep the same channels
             if old.ids.shape == ids.shape:
                 self.unite(old.ids, ids)

@@ -78,9 +78,12 @@ def build_groups(state: ChannelState, classes: np.ndarray) -> list[Group]:
     if state.frozen:
         frozen_class[classes[np.concatenate(state.frozen)]] = True
     groups = []
+    group_of_space = np.zeros(len(state.spaces), dtype=np.int64)
     for label in np.unique(space_labels):
-        spaces = [state.spaces[i] for i in np.flatnonzero(space_labels == label)]
-        groups.append(_group(len(groups), spaces, classes, frozen_class))
+        members = np.flatnonzero(space_labels == label)
+        group_of_space[members] = len(groups)
+        groups.append(_group(len(groups), [state.spaces[i] for i in members], classes, frozen_class))
+    _apply_balance(groups, state.balanced, classes, group_of_space[space_of])
     return groups
 
 
@@ -88,25 +91,52 @@ def _group(index: int, spaces: list[Space], classes: np.ndarray, frozen_class: n
     channel_roots = {s.index: classes[s.offset:s.offset + s.size] for s in spaces}
     roots = np.unique(np.concatenate(list(channel_roots.values())))
     unit_of = {i: np.searchsorted(roots, r) for i, r in channel_roots.items()}
-    group = Group(index, spaces, unit_of, roots, frozen_class[roots].copy())
-    _apply_blocks(group)
-    return group
+    return Group(index, spaces, unit_of, roots, frozen_class[roots].copy())
 
 
-def _apply_blocks(group: Group) -> None:
-    blocked = [s for s in group.spaces if s.blocks > 1]
-    if not blocked:
-        return
-    blocks = np.full(group.n_units, -1)
-    for space in blocked:
-        per_block = space.size // space.blocks
-        mine = np.arange(space.size) // per_block
-        units = group.unit_of[space.index]
-        if np.any((blocks[units] >= 0) & (blocks[units] != mine)) or group.frozen.any():
-            group.frozen[:] = True  # incompatible block layouts: leave the group alone
-            return
-        blocks[units] = mine
-    if (blocks < 0).any():
-        group.frozen[:] = True
-        return
-    group.blocks = blocks
+def _apply_balance(groups: list[Group], balanced: list[list[np.ndarray]], classes: np.ndarray,
+                   group_of_channel: np.ndarray) -> None:
+    """Give each group's units the block of the balanced piece they belong to.
+
+    Pieces that span several groups, units left outside every piece, a unit in two pieces,
+    two different layouts in one group or a frozen unit: the group is left whole.
+    """
+    layouts: dict[int, list[np.ndarray]] = {}
+    for pieces in balanced:
+        ids = [p[p >= 0] for p in pieces]
+        if any(len(p) == 0 for p in ids):
+            _freeze_groups(groups, np.concatenate(ids), group_of_channel)
+            continue
+        owners = np.unique(group_of_channel[np.concatenate(ids)])
+        if len(owners) > 1:
+            _freeze_groups(groups, np.concatenate(ids), group_of_channel)
+            continue
+        group = groups[int(owners[0])]
+        blocks = np.full(group.n_units, -1)
+        for b, piece in enumerate(ids):
+            units = np.searchsorted(group.roots, classes[piece])
+            if np.any((blocks[units] >= 0) & (blocks[units] != b)):
+                blocks[:] = -2  # a unit in two pieces
+                break
+            blocks[units] = b
+        layouts.setdefault(group.index, []).append(blocks)
+    for index, found in layouts.items():
+        group = groups[index]
+        first = found[0]
+        consistent = all(_same_partition(first, other) for other in found[1:])
+        if not consistent or (first < 0).any() or group.frozen.any():
+            group.frozen[:] = True
+        else:
+            group.blocks = first
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    if (a < 0).any() or (b < 0).any():
+        return False
+    pairs = np.unique(np.stack([a, b]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def _freeze_groups(groups: list[Group], channels: np.ndarray, group_of_channel: np.ndarray) -> None:
+    for index in np.unique(group_of_channel[channels]):
+        groups[int(index)].frozen[:] = True

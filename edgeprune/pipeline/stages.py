@@ -105,7 +105,8 @@ class HeldOut:
 
 
 HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
-                    ("top1_agreement_min", "top-1 agreement {:.1%}"), ("top1", "top-1 {:.1%}"))
+                    ("top1_agreement_min", "top-1 agreement {:.1%}"), ("box_iou_min", "box IoU {:.4f}"),
+                    ("top1", "top-1 {:.1%}"))
 
 
 def _epoch_line(epochs: int, progress: Progress):

@@ -13,7 +13,7 @@ from edgeprune.paths import replaced_on_success, write_atomic
 
 COLUMNS = [
     ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("cosine", "cosine_min", "{:.4f}"),
-    ("top-1 agree", "top1_agreement_min", "{:.2%}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
+    ("top-1 agree", "top1_agreement_min", "{:.2%}"), ("box IoU", "box_iou_min", "{:.4f}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
     ("params (M)", "params", lambda v: f"{v / 1e6:.3f}"), ("file (MB)", "size_bytes", lambda v: f"{v / 1e6:.2f}"),
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("speedup", "speedup", "{:.2f}x"), ("MACs ratio", "macs_ratio", "{:.2f}x"),
@@ -26,9 +26,13 @@ def _cell(value: Any, fmt) -> str:
     return fmt(value) if callable(fmt) else fmt.format(value)
 
 
+DETECTOR_ONLY = {"box_iou_min"}  # shown when a variant has it (a detector's decoded output)
+
+
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
-    header = [c[0] for c in COLUMNS]
-    return [header] + [[_cell(v.get(key), fmt) for _, key, fmt in COLUMNS] for v in report["variants"]]
+    columns = [c for c in COLUMNS if c[1] not in DETECTOR_ONLY or any(v.get(c[1]) is not None for v in report["variants"])]
+    header = [c[0] for c in columns]
+    return [header] + [[_cell(v.get(key), fmt) for _, key, fmt in columns] for v in report["variants"]]
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -120,13 +124,16 @@ def _quality_section(report: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     data = report["pruning"].get("eval_data", {})
+    iou_header = " box IoU (top anchors) |" if any("box_iou" in r for _, r in rows) else ""
     lines = ["## Quality against the dense model, output by output", "",
              f"On {data.get('images')} held-out images of {data.get('source')} [{data.get('split')}], never used to "
              "fine-tune; each variant's ONNX file against the dense ONNX file.", "",
-             "| variant | output | kind | relative L2 error | cosine | top-1 agreement |", "|---|---|---|---|---|---|"]
+             "| variant | output | kind | relative L2 error | cosine | top-1 agreement |" + iou_header,
+             "|---|---|---|---|---|---|" + "---|" * bool(iou_header)]
     for name, r in rows:
         agree = f"{r['top1_agreement']:.2%}" if "top1_agreement" in r else "-"
-        lines.append(f"| {name} | {r['output']} | {r['kind']} | {r['rel_l2']:.4f} | {r['cosine']:.4f} | {agree} |")
+        iou = (f" {r['box_iou']:.4f} |" if "box_iou" in r else " - |") if iou_header else ""
+        lines.append(f"| {name} | {r['output']} | {r['kind']} | {r['rel_l2']:.4f} | {r['cosine']:.4f} | {agree} |" + iou)
     return lines + [""]
 
 

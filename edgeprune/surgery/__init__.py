@@ -2,7 +2,10 @@
 
 The per-layer knowledge is one table, :data:`SYNC`, keyed by layer type: after a layer's
 tensors change shape, its function sets the attributes (``out_channels``, ``num_features``...)
-that its forward reads. Loading a pruned checkpoint uses the same table.
+that its forward reads. Loading a pruned checkpoint uses the same table. Split sizes that a
+forward reads from an int attribute (``split((self.c, self.c), 1)``) are attribute sites: they
+are set to the number of channels kept, and listed in the module's ``_edgeprune_sizes`` so that
+a checkpoint can carry them (:func:`resized_attributes`, :func:`set_attributes`).
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ from edgeprune.layers import ChannelSelect
 
 
 def _sync_conv(m: nn.Module) -> None:
+    if m.transposed:  # weight (in, out / groups, k...)
+        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+        return
     out = m.weight.shape[0]
     if m.groups > 1 and m.groups == m.in_channels == m.out_channels:  # depthwise keeps groups == channels
         m.groups = m.in_channels = out
@@ -83,6 +89,31 @@ def _slice(module: nn.Module, site: Site, keep: np.ndarray) -> bool:
     return True
 
 
+SIZES = "_edgeprune_sizes"
+
+
+def _set_size(module: nn.Module, site: Site, keep: np.ndarray) -> bool:
+    kept = len(kept_positions(site.ids, keep))
+    if getattr(module, site.param) == kept:
+        return False
+    set_attributes(module, {"": {site.param: kept}})
+    return False  # no tensor changed: nothing to sync
+
+
+def set_attributes(model: nn.Module, sizes: dict[str, dict[str, int]]) -> None:
+    """Set the int attributes ``{module path: {name: value}}`` (split sizes) and remember them."""
+    for path, values in sizes.items():
+        module = model.get_submodule(path)
+        for name, value in values.items():
+            setattr(module, name, int(value))
+            module.__dict__.setdefault(SIZES, {})[name] = int(value)
+
+
+def resized_attributes(model: nn.Module) -> dict[str, dict[str, int]]:
+    """The int attributes that pruning changed, as :func:`set_attributes` takes them."""
+    return {path: dict(getattr(m, SIZES)) for path, m in model.named_modules() if getattr(m, SIZES, None)}
+
+
 def _reindex(module: nn.Module, site: Site, keep: np.ndarray) -> bool:
     renumber = np.full(len(site.ids), -1, dtype=np.int64)
     positions = kept_positions(site.ids, keep)
@@ -97,7 +128,7 @@ def apply_keep_mask(model: nn.Module, graph: DependencyGraph, keep: np.ndarray) 
     """Remove, in place, every channel whose entry in ``keep`` is False; returns ``model``."""
     modules = dict(model.named_modules())
     touched = set()
-    for action, shrink in (("slice", _slice), ("reindex", _reindex)):
+    for action, shrink in (("slice", _slice), ("reindex", _reindex), ("attribute", _set_size)):
         for site in graph.sites:
             if site.action == action and shrink(modules[site.module], site, keep):
                 touched.add(site.module)
@@ -131,8 +162,14 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, keep: np.ndarray) ->
     modules = dict(model.named_modules())
     with torch.no_grad():
         for site in graph.sites:
-            tensor = getattr(modules[site.module], site.param)
-            if site.action == "slice" and site.axis == 0 and isinstance(tensor, nn.Parameter):
+            module = modules[site.module]
+            tensor = getattr(module, site.param)
+            if site.action == "slice" and site.axis == _output_axis(module, site.param) and isinstance(tensor, nn.Parameter):
                 dropped = np.flatnonzero((site.ids >= 0) & ~keep[np.maximum(site.ids, 0)])
-                tensor[torch.as_tensor(dropped, dtype=torch.long)] = 0
+                tensor.index_fill_(site.axis, torch.as_tensor(dropped, dtype=torch.long, device=tensor.device), 0)
     return model
+
+
+def _output_axis(module: nn.Module, param: str) -> int:
+    """The axis of ``module.param`` that holds output channels: 1 for a transposed conv's weight."""
+    return 1 if param == "weight" and getattr(module, "transposed", False) else 0

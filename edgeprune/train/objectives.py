@@ -93,14 +93,16 @@ class Distillation:
         with torch.no_grad():
             targets = flatten(self.teacher(x))
         students = flatten(net(x))
-        if len(students) != len(self.outputs):
-            raise EdgepruneError(f"the model returns {len(students)} outputs, the teacher {len(self.outputs)}")
-        terms = [w * self._term(info, s, t) for info, s, t, w in zip(self.outputs, students, targets, self.weights)]
-        distill = torch.stack(terms).sum() / sum(self.weights)
+        pairs = [(i, s) for i, s in zip(matching_outputs(students, targets), students)]
+        weight = sum(self.weights[i] for i, _ in pairs)
+        if weight == 0:
+            raise EdgepruneError("every output the model returns in training mode has distillation weight 0")
+        distill = torch.stack([self.weights[i] * self._term(self.outputs[i], s, targets[i]) for i, s in pairs]).sum() / weight
         loss = self.config.distill_weight * distill
         parts = {"distill": distill.item()}
-        if y is not None and self.label_output is not None and self.config.label_weight > 0:
-            logits = students[self.label_output]
+        by_output = dict(pairs)
+        if y is not None and self.label_output in by_output and self.config.label_weight > 0:
+            logits = by_output[self.label_output]
             check_labels(logits, y)
             ce = F.cross_entropy(logits, y)
             loss = loss + self.config.label_weight * ce
@@ -119,4 +121,28 @@ class Distillation:
         return F.mse_loss(student, teacher) / info.variance
 
 
-__all__ = ["CrossEntropy", "DistillConfig", "Distillation", "check_labels"]
+def matching_outputs(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor]) -> list[int]:
+    """For each output the model returns in training mode, the eval-mode output it is.
+
+    The same outputs in both modes, usually. A detector's training forward returns only its raw
+    maps (YOLO: three maps; eval mode adds the decoded boxes in front): each is matched to the
+    next eval output of its shape, and distillation works on those.
+
+    >>> [matching_outputs([torch.zeros(2, 3), torch.zeros(2, 5)], [torch.zeros(2, 9), torch.zeros(2, 3), torch.zeros(2, 5)])]
+    [[1, 2]]
+    """
+    if len(students) == len(teachers):
+        return list(range(len(students)))
+    found, start = [], 0
+    for student in students:
+        index = next((j for j in range(start, len(teachers)) if teachers[j].shape == student.shape), None)
+        if index is None:
+            shapes = lambda ts: ", ".join("x".join(map(str, t.shape)) for t in ts)  # noqa: E731
+            raise EdgepruneError(f"in training mode the model returns {len(students)} outputs ({shapes(students)}), "
+                                 f"in eval mode {len(teachers)} ({shapes(teachers)}), and they do not match by shape")
+        found.append(index)
+        start = index + 1
+    return found
+
+
+__all__ = ["CrossEntropy", "DistillConfig", "Distillation", "check_labels", "matching_outputs"]
