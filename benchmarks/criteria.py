@@ -111,11 +111,12 @@ class Bench:
 
 
 def run_one(bench: Bench, criterion: str, cut: float, seed: int, plan: str, reading: dict, epochs: int,
-            distill: bool) -> dict:
+            distill: bool, reconstruct: bool = False) -> dict:
     from edgeprune.allocation import SensitivityPlanner
     from edgeprune.calibration import sample
     from edgeprune.recipes import RecipeConfig, RecipeData, run_recipe
     from edgeprune.train import DistillConfig
+    from edgeprune.train.reconstruct import ReconstructConfig
 
     recipe = {k: v for k, v in reading.items() if k in RECIPE_KEYS}
     options = {k: v for k, v in reading.items() if k not in RECIPE_KEYS}
@@ -125,7 +126,9 @@ def run_one(bench: Bench, criterion: str, cut: float, seed: int, plan: str, read
         target = {"flops_cut": None, "planner": SensitivityPlanner(bench.sensitivity(criterion, options, seed), cut, ROUND_TO)}
     torch.manual_seed(seed)
     config = RecipeConfig(criterion, round_to=ROUND_TO, epochs=epochs, seed=seed, criterion_options=options,
-                          recalibrate_bn=True, distill=DistillConfig() if distill else None, **recipe, **target)
+                          recalibrate_bn=True, distill=DistillConfig() if distill else None, **recipe, **target,
+                          reconstruct=ReconstructConfig(seed=seed) if reconstruct else None,
+                          keep_better=reconstruct and epochs > 0)
     data = RecipeData(train=bench.finetune, holdout=bench.holdout, calib=sample(bench.finetune, CALIB, seed=seed),
                       teacher=bench.built.model, outputs=bench.infos, label_output=0)
     start = time.perf_counter()
@@ -134,7 +137,7 @@ def run_one(bench: Bench, criterion: str, cut: float, seed: int, plan: str, read
     return {"criterion": criterion, "reading": reading, "plan": plan, "cut": cut, "seed": seed, "recipe": result.recipe,
             "macs_cut": result.macs_cut, "params_after": result.after.params, "after_cut": result.after_cut,
             "after_recovery": after if epochs else None, "criterion_seconds": result.seconds.get("prune", 0.0),
-            "total_seconds": time.perf_counter() - start, "warnings": result.warnings}
+            "total_seconds": time.perf_counter() - start, "warnings": result.warnings, "kept": result.kept}
 
 
 def _mean_sd(values: list[float]) -> list[float | None]:
@@ -230,7 +233,7 @@ def run_all(args, doc: dict, bench: Bench) -> None:
             continue
         epochs = 0 if args.readings else args.epochs
         run = run_one(bench, criterion, cut, seed, plan, {**args.options.get(criterion, {}), **reading}, epochs,
-                      not args.cross_entropy)
+                      not args.cross_entropy, args.reconstruct)
         run["reading"] = {**args.options.get(criterion, {}), **reading}
         doc["runs"].append(run)
         after, tuned = run["after_cut"], run["after_recovery"]
@@ -248,6 +251,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--plans", nargs="+", default=["uniform", "sensitivity"], choices=["uniform", "sensitivity"])
     parser.add_argument("--epochs", type=int, default=3, help="Recovery epochs (compress's default).")
+    parser.add_argument("--reconstruct", action="store_true",
+                        help="compress's recovery since reconstruction: each layer refitted right after the cut, and "
+                             "the better of the cut and the fine-tuned model (on the held-out training images) kept.")
     parser.add_argument("--cross-entropy", action="store_true", help="Recover by cross-entropy alone (no distillation).")
     parser.add_argument("--readings", action="store_true",
                         help="Part 2: SPEC's open readings of the paper criteria, right after the cut only.")
@@ -276,7 +282,7 @@ def main() -> None:
            "data": {"source": "mnist5k", "finetune_images": 4500 - HOLDOUT, "holdout_images": HOLDOUT,
                     "eval": "mnist5k val split, 500 images", "calibration_images": CALIB},
            "settings": {"epochs": args.epochs, "recovery": "cross-entropy" if args.cross_entropy else "distillation + cross-entropy",
-                        "bn_recalibrate": True, "round_to": ROUND_TO, "cuts": args.cuts, "seeds": args.seeds,
+                        "bn_recalibrate": True, "reconstruct": args.reconstruct, "round_to": ROUND_TO, "cuts": args.cuts, "seeds": args.seeds,
                         "plans": args.plans, "readings": args.readings},
            "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "load_average_at_start": os.getloadavg()},

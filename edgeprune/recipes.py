@@ -74,6 +74,8 @@ class RecipeConfig:
     max_grad_norm: float | None = 5.0  # gradient clipping while fine-tuning (see FinetuneConfig)
     reconstruct: ReconstructConfig | None = None  # refit the layers to the dense model's outputs after each cut
     device: str = "cpu"  # where fine-tuning runs (the result comes back to the CPU)
+    keep_better: bool = False  # after fine-tuning, go back to the model as it was right after the cut when
+    # that was closer to the dense model on data.holdout (a reconstructed cut can be better than a short fine-tune)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class RecipeResult:
     lr: float = 0.0
     plan: dict[str, Any] = field(default_factory=dict)  # what a custom planner reported
     reconstruction: list[dict[str, Any]] = field(default_factory=list)  # each reconstruction after a cut
+    kept: dict[str, Any] | None = None  # keep_better's judgement: each state's figures and which was kept
 
     @property
     def macs_cut(self) -> float:
@@ -133,7 +136,8 @@ class RecipeResult:
                 "seconds": self.seconds, "warnings": self.warnings,
                 "finetune": {"epochs": self.epochs, "lr": self.lr, "history": self.history} if self.epochs else None,
                 **({"plan": self.plan} if self.plan else {}),
-                **({"reconstruction": self.reconstruction} if self.reconstruction else {})}
+                **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
+                **({"kept": self.kept} if self.kept else {})}
 
 
 class _Clock:
@@ -218,9 +222,58 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
         before, after, warnings = result.before, result.after, []
         config = replace(config, epochs=config.epochs - 1 if between else config.epochs)
     accuracy = evaluate(model) if evaluate else None
+    judge = _Judge.of(config, data) if config.epochs > 0 else None
+    cut_state = judge.snapshot(model) if judge else None
     history.extend(_finetune(model, data, config, config.epochs, clock))
+    kept = judge.keep_better(model, cut_state) if judge else None
     return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy,
-                        history, warnings, plan=plan, reconstruction=recover.found)
+                        history, warnings, plan=plan, reconstruction=recover.found, kept=kept)
+
+
+class _Judge:
+    """Which is closer to the dense model on ``data.holdout`` (training images neither the cut,
+    the reconstruction nor the fine-tune saw): the model right after the cut, or fine-tuned.
+    Top-1 first where the images have labels, then the worst output's mean cosine."""
+
+    def __init__(self, teacher: nn.Module, holdout: Any, label_output: int | None, progress: Any) -> None:
+        from edgeprune.quality import torch_outputs
+
+        self.holdout, self.label_output, self.progress = holdout, label_output, progress
+        self.dense = torch_outputs(teacher, holdout.x)
+
+    @classmethod
+    def of(cls, config: RecipeConfig, data: RecipeData) -> "_Judge | None":
+        if not config.keep_better or data.teacher is None or data.holdout is None:
+            return None
+        labels = data.label_output if data.holdout.y is not None else None
+        return cls(data.teacher, data.holdout, labels, data.watch.progress)
+
+    def figures(self, model: nn.Module) -> dict[str, float]:
+        from edgeprune.quality import accuracy, torch_outputs, worst_cosine
+
+        outputs = torch_outputs(model, self.holdout.x)
+        found = {"cosine_min": worst_cosine(self.dense, outputs)}
+        if self.label_output is not None:
+            found["top1"] = accuracy(outputs, self.label_output, self.holdout.y)
+        return found
+
+    def snapshot(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, float]]:
+        state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+        return state, self.figures(model)
+
+    def keep_better(self, model: nn.Module, cut: tuple[dict[str, Any], dict[str, float]]) -> dict[str, Any]:
+        state, at_cut = cut
+        tuned = self.figures(model)
+        rank = (lambda f: (f.get("top1", 0.0), f["cosine_min"]))
+        back = rank(at_cut) > rank(tuned)
+        if back:
+            model.load_state_dict(state)
+        kept = "after the cut" if back else "fine-tuned"
+        if self.progress is not None:
+            text = (lambda f: ", ".join(f"{k} {v:.4f}" for k, v in f.items()))
+            self.progress(f"kept the model {kept}: on {len(self.holdout)} training images held out from "
+                          f"fine-tuning, after the cut {text(at_cut)}; fine-tuned {text(tuned)}")
+        return {"after_cut": at_cut, "fine_tuned": tuned, "kept": kept, "images": len(self.holdout)}
 
 
 class _AfterCut:

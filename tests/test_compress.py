@@ -127,10 +127,14 @@ def test_reconstruction_restores_accuracy_right_after_the_cut(runs):
     left_alone = runs["second"][2]["pruning"]["accuracy_before_finetune"]
     assert left_alone < 0.2 and reconstructed > 0.95  # chance -> about 0.98 with no gradient step
     [found] = report["pruning"]["reconstruction"]
-    assert found["images"] == TRAIN_IMAGES and len(found["layers"]) == 18 and found["seconds"] > 0
+    judged_on = TRAIN_IMAGES // 4  # held out from recovery to judge the cut against the fine-tuned model
+    assert found["images"] == TRAIN_IMAGES - judged_on and len(found["layers"]) == 18 and found["seconds"] > 0
     assert all(layer["error_after"] <= layer["error_before"] for layer in found["layers"])
     assert "reconstruction" not in runs["second"][2]["pruning"]
     assert "[edgeprune] reconstructed 18 of 18 layers" in runs["first"][0].stderr
+    kept = report["pruning"]["kept"]
+    assert kept["images"] == judged_on and kept["kept"] in ("after the cut", "fine-tuned")
+    assert "[edgeprune] kept the model" in runs["first"][0].stderr and "kept" not in runs["second"][2]["pruning"]
 
 
 def test_recovered_model_keeps_its_accuracy(runs):

@@ -302,7 +302,7 @@ def test_compress_rejects_latency_options_that_do_not_fit(tmp_path, args, fragme
 def test_compress_to_a_speedup_reports_predicted_and_measured(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--finetune-epochs", "0",
-                                       "--no-int8", "--runs", "5", "--min-time", "0.1", "-o", str(out)])
+                                       "--no-reconstruct", "--no-int8", "--runs", "5", "--min-time", "0.1", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     plan = report["pruning"]["plan"]
@@ -329,7 +329,7 @@ def test_a_table_measured_on_a_board_plans_from_its_prediction(tmp_path):
     table.write_text(json.dumps(data))
     out = tmp_path / "out"
     args = ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--lut", str(table), "--finetune-epochs", "0",
-            "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity", "-o", str(out)]
+            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity", "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "report.json").read_text())["pruning"]["plan"]

@@ -116,3 +116,40 @@ def test_a_layer_left_worse_by_the_fit_is_kept_as_it_was(images):
                         ReconstructConfig(ridge=0.0, positions=1))
     assert all(f.error_after <= f.error_before for f in found.layers)
     assert all(f.refit == (f.error_after < f.error_before) for f in found.layers)
+
+
+@pytest.fixture(scope="module")
+def default_job():
+    from edgeprune.calibration import sample
+    from edgeprune.models.default import build_default
+    from edgeprune.outputs import describe
+    from edgeprune.quality import torch_outputs
+    from edgeprune.recipes import split_holdout
+
+    built = build_default()
+    train, holdout = split_holdout(load_data("mnist5k", split="train", limit=1024, preprocess=built.preprocess), 256)
+    outputs = describe(torch_outputs(built.model, train.x[:128]), ["output"], label_output=0)
+    return built, train, holdout, sample(train, 384, seed=0), outputs
+
+
+@pytest.mark.parametrize("reconstructed, lr, kept", [(True, 0.5, "after the cut"), (False, 0.01, "fine-tuned")])
+def test_the_better_of_the_cut_and_the_fine_tuned_model_is_kept(default_job, reconstructed, lr, kept):
+    """A reconstructed cut (about 98 %) is worth more than an epoch at a learning rate that wrecks it,
+    and is then what comes back; a cut left to BatchNorm re-estimation (about 92 %) is worth less
+    than an epoch of distillation. Judged on training images held out from both."""
+    from edgeprune.quality import torch_outputs, worst_cosine
+    from edgeprune.recipes import RecipeConfig, RecipeData, run_recipe
+    from edgeprune.train import DistillConfig
+
+    built, train, holdout, calib, outputs = default_job
+    config = RecipeConfig("l2", flops_cut=0.5, round_to=8, epochs=1, lr=lr, recalibrate_bn=not reconstructed,
+                          distill=DistillConfig(), keep_better=True,
+                          reconstruct=ReconstructConfig(images=384) if reconstructed else None)
+    data = RecipeData(train, holdout, calib, teacher=built.model, outputs=outputs, label_output=0)
+    result = run_recipe(copy.deepcopy(built.model), built.input_shape, config, data)
+    judged = result.kept
+    assert judged["kept"] == kept and judged["images"] == 256
+    better, worse = (judged["after_cut"], judged["fine_tuned"])[::1 if reconstructed else -1]
+    assert (better["top1"], better["cosine_min"]) > (worse["top1"], worse["cosine_min"])
+    now = worst_cosine(torch_outputs(built.model, holdout.x), torch_outputs(result.model, holdout.x))
+    assert now == pytest.approx(better["cosine_min"], abs=1e-6)  # the model handed back is the better one

@@ -58,7 +58,8 @@ from edgeprune.cli.options import (
               help="Re-estimate BatchNorm statistics on the calibration images right after the cut and after fine-tuning.")
 @click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
               help="Right after the cut, refit each layer by least squares so the pruned model reproduces the dense "
-                   "model's outputs on calibration images (no labels needed).")
+                   "model's outputs on calibration images (no labels needed); after fine-tuning, keep the better of "
+                   "the reconstructed and the fine-tuned model on training images held out from recovery.")
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
 @click.option("--bake-preprocess", is_flag=True,

@@ -18,6 +18,8 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prepare import Job, Progress
 
 FIDELITY_EACH_EPOCH = 256  # held-out images the per-epoch fidelity is measured on
+KEEP_BETTER_IMAGES = 256  # training images (at most a quarter) kept from recovery to judge the cut against
+# the fine-tuned model
 
 
 def latency_planner(job: Job, progress: Progress) -> Any:
@@ -119,22 +121,29 @@ def _epoch_line(epochs: int, progress: Progress):
 
 
 def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
-    """The criterion's recipe on a copy of the model: cut, re-estimate BatchNorm, fine-tune or distil."""
+    """The criterion's recipe on a copy of the model: cut, reconstruct (or re-estimate BatchNorm), fine-tune
+    or distil; with reconstruction, the better of the cut and the fine-tuned model on training images held out
+    from recovery (256, at most a quarter of them) is kept."""
     from edgeprune.calibration import sample
-    from edgeprune.recipes import RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
+    from edgeprune.recipes import RECIPES, RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
     from edgeprune.train.reconstruct import ReconstructConfig
 
     options, data = job.options, job.data
+    reconstruct = options.reconstruct and bool(job.outputs)
+    judged_on = min(KEEP_BETTER_IMAGES, len(data.train) // 4) if data.train is not None else 0
+    keep_better = reconstruct and job.epochs > 0 and options.criterion not in RECIPES and judged_on >= 64
     train, holdout = data.train, None
     if options.criterion == "tcfp" and data.labelled:
         train, holdout = split_holdout(train, 256, options.seed)
+    elif keep_better:
+        train, holdout = split_holdout(train, judged_on, options.seed)
     calib = sample(train, 640, seed=options.seed) if train is not None else None
     config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
                           ratio=options.ratio, round_to=job.round_to, epochs=job.epochs, steps=options.steps,
                           lr=options.lr, batch_size=options.batch_size, seed=options.seed,
                           recalibrate_bn=options.recalibrate_bn, planner=planner, distill=options.distill,
-                          reconstruct=ReconstructConfig(seed=options.seed, device=job.device)
-                          if options.reconstruct and job.outputs else None, device=job.device)
+                          reconstruct=ReconstructConfig(seed=options.seed, device=job.device) if reconstruct else None,
+                          device=job.device, keep_better=keep_better)
     held_out = HeldOut(job, options.eval_images) if data.evaluation is not None and job.outputs else None
     watch = Watch(progress=progress)
     if held_out is not None:

@@ -157,11 +157,19 @@ def _recovery(tuned: dict[str, Any] | None) -> str:
     return f"; then {how} for {tuned['epochs']} epochs at lr {tuned['lr']}{after}"
 
 
+def _kept(kept: dict[str, Any] | None) -> str:
+    if not kept:
+        return ""
+    figures = (lambda f: ", ".join(f"{k.replace('_min', '')} {v:.4f}" for k, v in f.items()))
+    return (f"; kept the model {kept['kept']} (on {kept['images']} training images held out from recovery: "
+            f"after the cut {figures(kept['after_cut'])}, fine-tuned {figures(kept['fine_tuned'])})")
+
+
 def _pruning_section(pruning: dict[str, Any]) -> list[str]:
     lines = ["## Pruning", "",
              f"Criterion `{pruning['criterion']}` ({pruning['recipe']} recipe): {pruning['macs_cut']:.1%} of MACs and "
              f"{1 - pruning['params_after'] / pruning['params_before']:.1%} of params removed"
-             + _after_cut(pruning) + _recovery(pruning.get("finetune")) + ".", "",
+             + _after_cut(pruning) + _recovery(pruning.get("finetune")) + _kept(pruning.get("kept")) + ".", "",
              "| layer | in | out | MACs (M) |", "|---|---|---|---|"]
     for row in pruning.get("layers", []):
         lines.append(f"| {row['layer']} | {row['in_before']} → {row['in_after']} | {row['out_before']} → {row['out_after']} "

@@ -228,7 +228,9 @@ class YoloLike(nn.Module):
 
 
 def _settle(model: YoloLike, size: int) -> YoloLike:
-    """Deterministic weights, BatchNorm statistics from a few random images (as a trained net has)."""
+    """Deterministic weights, BatchNorm statistics from a few random images (as a trained net has).
+    heads.py settles its norms with the same lines: each file is loaded alone, as a user's FILE.py,
+    so neither can import the other."""
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
