@@ -327,9 +327,13 @@ def test_a_table_measured_on_a_board_plans_from_its_prediction(tmp_path):
     (dense_ms,) = data["models"].values()
     data["machine"]["cpu"] = "Cortex-A72 (a board)"
     table.write_text(json.dumps(data))
-    out = tmp_path / "out"
+    out, curves = tmp_path / "out", tmp_path / "sensitivity.json"  # compress measuring it itself: test_own_model
+    made = CliRunner().invoke(main, ["sensitivity", "--round-to", "8", "--images", "64", "--ratios", "0.25,0.5",
+                                     "-o", str(curves)])
+    assert made.exit_code == 0, made.output
     args = ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--lut", str(table), "--finetune-epochs", "0",
-            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity", "-o", str(out)]
+            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity",
+            "--sensitivity", str(curves), "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     plan = json.loads((out / "report.json").read_text())["pruning"]["plan"]

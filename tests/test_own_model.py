@@ -227,6 +227,17 @@ def test_labels_that_do_not_fit_the_outputs(tmp_path, labels, extra, fragment):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labelled.npz"]
 
 
+def test_compress_measures_each_groups_sensitivity_when_asked_to_spend_by_it(tmp_path):
+    out = tmp_path / "out"
+    result = run("compress", HEADS, "--calib", write_pixels(tmp_path / "p.npz", 96), *FAST, "--allocate", "sensitivity",
+                 "--flops-cut", "0.3", "--finetune-epochs", "0", "--no-reconstruct", "--no-int8", "--eval-images", "20", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "measuring each group's sensitivity" in result.output
+    pruning = json.loads((out / "report.json").read_text())["pruning"]
+    assert pruning["plan"]["allocation"] == "sensitivity" and abs(pruning["macs_cut"] - 0.3) <= 0.02
+    assert "## Allocation by sensitivity" in (out / "report.md").read_text()
+
+
 def test_labels_on_the_named_output_train_with_cross_entropy_too(tmp_path):
     data = write_pixels(tmp_path / "labelled.npz", 200, labels=np.arange(200) % 5)
     out = tmp_path / "out"
