@@ -74,8 +74,9 @@ class RecipeConfig:
     max_grad_norm: float | None = 5.0  # gradient clipping while fine-tuning (see FinetuneConfig)
     reconstruct: ReconstructConfig | None = None  # refit the layers to the dense model's outputs after each cut
     device: str = "cpu"  # where fine-tuning runs (the result comes back to the CPU)
-    keep_better: bool = False  # after fine-tuning, go back to the model as it was right after the cut when
-    # that was closer to the dense model on data.holdout (a reconstructed cut can be better than a short fine-tune)
+    keep_better: bool = False  # after fine-tuning, keep whichever state was closest to the dense model on
+    # data.holdout: right after the cut (a reconstructed cut can beat a short fine-tune), fine-tuned, or that
+    # with BatchNorm re-estimated
 
 
 @dataclass
@@ -163,7 +164,7 @@ def objective_for(config: RecipeConfig, data: RecipeData) -> Any:
 
 
 def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: int, clock: _Clock,
-              epoch_end=None, limit: int | None = None) -> list[dict[str, Any]]:
+              epoch_end=None, limit: int | None = None, judge: "_Judge | None" = None) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
     from edgeprune.calibration import make_loader, sample
@@ -178,6 +179,8 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
     result = finetune(model, loader, None, tuning,
                       epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
                       on_epoch=data.watch.on_epoch)
+    if judge is not None and config.recalibrate_bn:
+        judge.offer("fine-tuned", model)
     _reestimate_batchnorm(model, config, data)  # a short run leaves BatchNorm's running averages behind the weights
     clock.add("finetune", start)
     return [{"epoch": r.epoch, "loss": r.loss, **r.parts, "held_out": r.figures, "images": len(arrays)}
@@ -223,23 +226,27 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
         config = replace(config, epochs=config.epochs - 1 if between else config.epochs)
     accuracy = evaluate(model) if evaluate else None
     judge = _Judge.of(config, data) if config.epochs > 0 else None
-    cut_state = judge.snapshot(model) if judge else None
-    history.extend(_finetune(model, data, config, config.epochs, clock))
-    kept = judge.keep_better(model, cut_state) if judge else None
+    if judge is not None:
+        judge.offer("after the cut", model)
+    history.extend(_finetune(model, data, config, config.epochs, clock, judge=judge))
+    kept = judge.keep_best(model, "fine-tuned, BatchNorm re-estimated" if config.recalibrate_bn else "fine-tuned") \
+        if judge else None
     return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy,
                         history, warnings, plan=plan, reconstruction=recover.found, kept=kept)
 
 
 class _Judge:
-    """Which is closer to the dense model on ``data.holdout`` (training images neither the cut,
-    the reconstruction nor the fine-tune saw): the model right after the cut, or fine-tuned.
-    Top-1 first where the images have labels, then the worst output's mean cosine."""
+    """Which state of the model is closest to the dense one on ``data.holdout`` (training images
+    that neither the cut, the reconstruction nor the fine-tune saw): right after the cut, fine-tuned,
+    or fine-tuned with BatchNorm re-estimated. Top-1 first where the images have labels, then the
+    worst output's mean cosine; on a tie the later state."""
 
     def __init__(self, teacher: nn.Module, holdout: Any, label_output: int | None, progress: Any) -> None:
         from edgeprune.quality import torch_outputs
 
         self.holdout, self.label_output, self.progress = holdout, label_output, progress
         self.dense = torch_outputs(teacher, holdout.x)
+        self.states: list[tuple[str, dict[str, Any] | None, dict[str, float]]] = []
 
     @classmethod
     def of(cls, config: RecipeConfig, data: RecipeData) -> "_Judge | None":
@@ -257,23 +264,22 @@ class _Judge:
             found["top1"] = accuracy(outputs, self.label_output, self.holdout.y)
         return found
 
-    def snapshot(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, float]]:
-        state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-        return state, self.figures(model)
+    def offer(self, name: str, model: nn.Module) -> None:
+        state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        self.states.append((name, state, self.figures(model)))
 
-    def keep_better(self, model: nn.Module, cut: tuple[dict[str, Any], dict[str, float]]) -> dict[str, Any]:
-        state, at_cut = cut
-        tuned = self.figures(model)
-        rank = (lambda f: (f.get("top1", 0.0), f["cosine_min"]))
-        back = rank(at_cut) > rank(tuned)
-        if back:
+    def keep_best(self, model: nn.Module, name: str) -> dict[str, Any]:
+        """Judge ``model`` as it is now (``name``) beside the states offered; load the best into it."""
+        self.states.append((name, None, self.figures(model)))
+        rank = (lambda entry: (entry[2].get("top1", 0.0), entry[2]["cosine_min"]))
+        kept, state, _ = max(reversed(self.states), key=rank)
+        if state is not None:
             model.load_state_dict(state)
-        kept = "after the cut" if back else "fine-tuned"
         if self.progress is not None:
-            text = (lambda f: ", ".join(f"{k} {v:.4f}" for k, v in f.items()))
-            self.progress(f"kept the model {kept}: on {len(self.holdout)} training images held out from "
-                          f"fine-tuning, after the cut {text(at_cut)}; fine-tuned {text(tuned)}")
-        return {"after_cut": at_cut, "fine_tuned": tuned, "kept": kept, "images": len(self.holdout)}
+            text = (lambda f: ", ".join(f"{k.replace('_min', '')} {v:.4f}" for k, v in f.items()))
+            self.progress(f"kept the model {kept}, judged on {len(self.holdout)} training images held out from recovery: "
+                          + "; ".join(f"{n} {text(f)}" for n, _, f in self.states))
+        return {"states": [{"state": n, **f} for n, _, f in self.states], "kept": kept, "images": len(self.holdout)}
 
 
 class _AfterCut:

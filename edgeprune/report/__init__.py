@@ -160,9 +160,9 @@ def _recovery(tuned: dict[str, Any] | None) -> str:
 def _kept(kept: dict[str, Any] | None) -> str:
     if not kept:
         return ""
-    figures = (lambda f: ", ".join(f"{k.replace('_min', '')} {v:.4f}" for k, v in f.items()))
-    return (f"; kept the model {kept['kept']} (on {kept['images']} training images held out from recovery: "
-            f"after the cut {figures(kept['after_cut'])}, fine-tuned {figures(kept['fine_tuned'])})")
+    states = "; ".join(f"{st['state']}: " + ", ".join(f"{k.replace('_min', '')} {v:.4f}" for k, v in st.items()
+                                                      if k != "state") for st in kept["states"])
+    return f"; kept the model {kept['kept']} (on {kept['images']} training images held out from recovery: {states})"
 
 
 def _pruning_section(pruning: dict[str, Any]) -> list[str]:
