@@ -18,6 +18,7 @@ lowest >= 0.8.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -209,23 +210,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cuts", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "runtimes.json")
+    parser.add_argument("--update", action="store_true",
+                        help="Re-measure only --models into the existing --json: its other rows and its alignments "
+                             "stay (the alignment probe is not re-run, so the rows stay comparable).")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     runtimes = ["onnxruntime", *(r.name for r in RUNTIMES.values() if r.missing() is None)]
     skipped = {r.name: r.missing() for r in RUNTIMES.values() if r.missing()}
     start = time.perf_counter()
-    alignments = preferred_alignments(runtimes)
+    previous = json.loads(args.json.read_text()) if args.update else None
+    alignments = previous["alignments"] if previous else preferred_alignments(runtimes)
     aligned = {r: a["preferred"] for r, a in alignments.items()}
+    kept = [r for r in previous["rows"] if r["model"] not in args.models] if previous else []
     rows: list[dict[str, Any]] = []
     for name in args.models:
         rows += measure(name, MODELS.get(name), args.cuts, runtimes, aligned, args.runs)
-        write_json_atomic({"rows": rows, "complete": False}, str(args.json))  # nothing lost if a later model fails
-    payload = {"command": " ".join(["python", "benchmarks/runtimes.py", *(argv or sys.argv[1:])]),
+        if not previous:  # nothing lost if a later model fails (an update writes once, at the end)
+            write_json_atomic({"rows": rows, "complete": False}, str(args.json))
+    order = list(MODELS)
+    rows = sorted(kept + rows, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
+    command = " ".join(["python", "benchmarks/runtimes.py", *(argv or sys.argv[1:])])
+    payload = {"command": f"{previous['command']}; then {command}" if previous else command,
                "threads": 1, "target_round_to": TARGET_ALIGNMENT, "alignments": alignments, "criterion": "l2",
                "not_installed": skipped, "int8_missing": {r.name: r.int8_missing for r in RUNTIMES.values()
                                                           if r.int8_missing and r.missing() is None},
                "rows": rows, "complete": True,
-               "verdicts": verdicts(rows, alignments), "seconds": round(time.perf_counter() - start, 1)}
+               "verdicts": verdicts(rows, alignments),
+               "seconds": round(time.perf_counter() - start + (previous["seconds"] if previous else 0.0), 1)}
     write_json_atomic(payload, str(args.json))
     print("\n" + markdown(rows))
     print("\n".join(payload["verdicts"]))

@@ -179,7 +179,7 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
     result = finetune(model, loader, None, tuning,
                       epoch_end=epoch_end, objective=objective, validate=data.watch.validate,
                       on_epoch=data.watch.on_epoch)
-    if judge is not None and config.recalibrate_bn:
+    if judge is not None and _reestimates_batchnorm(model, config, data):
         judge.offer("fine-tuned", model)
     _reestimate_batchnorm(model, config, data)  # a short run leaves BatchNorm's running averages behind the weights
     clock.add("finetune", start)
@@ -229,8 +229,8 @@ def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Eva
     if judge is not None:
         judge.offer("after the cut", model)
     history.extend(_finetune(model, data, config, config.epochs, clock, judge=judge))
-    kept = judge.keep_best(model, "fine-tuned, BatchNorm re-estimated" if config.recalibrate_bn else "fine-tuned") \
-        if judge else None
+    last = "fine-tuned, BatchNorm re-estimated" if _reestimates_batchnorm(model, config, data) else "fine-tuned"
+    kept = judge.keep_best(model, last) if judge else None
     return RecipeResult(model, recipe_name(config.criterion, steps), criterion.name, before, after, clock.seconds, accuracy,
                         history, warnings, plan=plan, reconstruction=recover.found, kept=kept)
 
@@ -338,8 +338,13 @@ def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluat
                         history, list(graph.warnings))
 
 
+def _reestimates_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeData) -> bool:
+    return config.recalibrate_bn and data.calib is not None and \
+        any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def _reestimate_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeData) -> None:
-    if config.recalibrate_bn and data.calib is not None:
+    if _reestimates_batchnorm(model, config, data):
         from edgeprune.train import recalibrate_batchnorm
 
         recalibrate_batchnorm(model, data.calib)
