@@ -55,6 +55,11 @@ def test_a_target_that_misses_the_floor_is_refused_with_the_nearest_point(tmp_pa
     assert last.startswith("edgeprune: error: worst output cosine >= 0.9 is not met: reached ")
     assert "the nearest point measured that meets it: " in last and "channel ratio 0.07" in last  # 0.15 misses
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+    kept = tmp_path / "out.curve.json"  # the minutes of trials are not lost with the refusal
+    assert last.endswith(f"the 4 points measured are in {kept}")  # the target's own trial and three shallower
+    measured = json.loads(kept.read_text())
+    assert len(measured["curve"]) == 4 and measured["search"]["floor"]["min_cosine"] == 0.9
+    assert any(p["meets"] for p in measured["curve"]) and not any(p["chosen"] for p in measured["curve"])
 
 
 @pytest.mark.parametrize("args, fragment", [

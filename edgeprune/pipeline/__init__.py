@@ -47,7 +47,7 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
     started = time.perf_counter()
     try:
         job = prepare(model, options, target, progress)
-        found = search.search(job, progress) if options.floor_given else None
+        found = _search(job, progress, out_dir) if options.floor_given else None
         result = found.result if found is not None else _prune_and_recover(job, progress)
         if found is None and options.curve:
             found = search.curve_only(job, progress, result)
@@ -65,6 +65,19 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def _search(job: Any, progress: Progress, out_dir: Path) -> search.Search:
+    """The floor's search; refused, it leaves the points it measured beside the output folder
+    (``OUT.curve.json``, the report's ``curve`` and ``search``) and says where."""
+    try:
+        return search.search(job, progress)
+    except search.FloorNotMet as refused:
+        from edgeprune.latency.measure import write_json_atomic
+
+        kept = out_dir.parent / f"{out_dir.name}.curve.json"
+        write_json_atomic(refused.found.report(), str(kept))
+        raise EdgepruneError(f"{refused}; the {len(refused.found.curve)} points measured are in {kept}") from None
 
 
 def _prune_and_recover(job: Any, progress: Progress) -> Any:

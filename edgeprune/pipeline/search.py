@@ -23,7 +23,6 @@ True
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -113,6 +112,15 @@ class Search:
                            "trials": len(self.curve), "seconds": round(self.seconds, 1)}}
 
 
+class FloorNotMet(EdgepruneError):
+    """The floor cannot be met where the options ask; ``found`` holds every trial measured (its
+    ``result`` is None), so that the minutes of measuring are not lost with the refusal."""
+
+    def __init__(self, message: str, found: Search) -> None:
+        super().__init__(message)
+        self.found = found
+
+
 class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
@@ -124,8 +132,8 @@ class _Trials:
         self.job, self.progress, self.floor = job, progress, floor
         self.held_out = HeldOut(job, job.options.eval_images)
         self.dense_top1 = self.held_out.figures(job.loaded.model).get("top1")
-        threads = min(job.target.threads, os.cpu_count() or 1)
-        config = BenchConfig.from_target(job.target, intra_threads=threads, min_runs=20, min_time=0.5)
+        config = BenchConfig.from_target(job.target, intra_threads=job.target.host_threads(), min_runs=20,
+                                         min_time=0.5)
         self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
         self.points: list[tuple[Point, Any]] = []
 
@@ -206,6 +214,11 @@ def search(job: Job, progress: Progress) -> Search:
             shallowest = min((p for p, _ in trials.points), key=lambda p: p.macs_cut)
             raise EdgepruneError(f"{floor.describe()} is not met by any cut measured; the shallowest, "
                                  f"{shallowest.describe()}, misses it: lower the floor")
+    except EdgepruneError as exc:
+        if not trials.points:
+            raise
+        curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
+        raise FloorNotMet(str(exc), Search(None, curve, floor, job.runtime, time.perf_counter() - start)) from None
     finally:
         trials.close()
     chosen.chosen = True
