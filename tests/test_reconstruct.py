@@ -127,9 +127,9 @@ def default_job():
     from edgeprune.recipes import split_holdout
 
     built = build_default()
-    train, holdout = split_holdout(load_data("mnist5k", split="train", limit=1024, preprocess=built.preprocess), 256)
+    train, holdout = split_holdout(load_data("mnist5k", split="train", limit=768, preprocess=built.preprocess), 256)
     outputs = describe(torch_outputs(built.model, train.x[:128]), ["output"], label_output=0)
-    return built, train, holdout, sample(train, 384, seed=0), outputs
+    return built, train, holdout, sample(train, 256, seed=0), outputs
 
 
 @pytest.mark.parametrize("reconstructed, lr, kept", [(True, 0.5, "after the cut"), (False, 0.01, "fine-tuned")])
@@ -144,7 +144,7 @@ def test_the_best_state_of_the_recovery_is_kept(default_job, reconstructed, lr, 
     built, train, holdout, calib, outputs = default_job
     config = RecipeConfig("l2", flops_cut=0.5, round_to=8, epochs=1, lr=lr, recalibrate_bn=not reconstructed,
                           distill=DistillConfig(), keep_better=True,
-                          reconstruct=ReconstructConfig(images=384) if reconstructed else None)
+                          reconstruct=ReconstructConfig(images=256) if reconstructed else None)
     data = RecipeData(train, holdout, calib, teacher=built.model, outputs=outputs, label_output=0)
     result = run_recipe(copy.deepcopy(built.model), built.input_shape, config, data)
     judged = result.kept
