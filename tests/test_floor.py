@@ -69,3 +69,13 @@ def test_a_target_that_misses_the_floor_is_refused_with_the_nearest_point(tmp_pa
 def test_floors_that_cannot_apply_fail_before_any_work(tmp_path, pixels, args, fragment):
     assert_one_line_error(compress(HEADS, "--calib", pixels, *FAST, *args, "-o", str(tmp_path / "out")), fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_trials_of_a_search_share_one_sensitivity_measurement(tmp_path, pixels):
+    out = tmp_path / "out"
+    result = compress(HEADS, "--calib", pixels, *FAST, "--flops-cut", "0.5", "--allocate", "sensitivity",
+                      "--min-cosine", "0.9", "--search-trials", "1", "-o", str(out))
+    trials = [line for line in result.stderr.splitlines() if line.endswith("then recovery")]
+    assert len(trials) >= 2, result.output
+    assert result.stderr.count("measuring each group's sensitivity") == 1  # the dense model's curves, once
+    assert result.stderr.count("widths from each group's sensitivity") == len(trials)

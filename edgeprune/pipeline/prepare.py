@@ -65,6 +65,8 @@ class Job:
     label_output: int | None = None
     latency: LatencyTable | None = None
     device: str = "cpu"  # resolved from options.device
+    measured: dict[Any, Any] = field(default_factory=dict)  # what the dense model measured once, shared by
+    # the copies a floor's search makes of the job (dataclasses.replace passes the same dict): sensitivity curves
 
     @property
     def runtime(self) -> str:

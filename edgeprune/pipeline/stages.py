@@ -60,13 +60,16 @@ def sensitivity_planner(job: Job, progress: Progress) -> Any:
 def sensitivity_curves(job: Job, progress: Progress) -> Any:
     """The given curves, or each group's sensitivity measured now on training images (BatchNorm
     re-estimated on 256 of them, outputs compared on 256 others; the held-out split that the
-    report's figures come from is not used to choose)."""
+    report's figures come from is not used to choose), once per job: a floor's trials share them."""
     from edgeprune.calibration import sample
     from edgeprune.sensitivity import Sensitivity, analyse
 
     options = job.options
+    key = ("sensitivity", options.criterion, job.round_to)
     if options.sensitivity is not None:
         curves = Sensitivity.load(options.sensitivity)
+    elif key in job.measured:  # an earlier trial of a floor's search measured them on the same dense model
+        curves = job.measured[key]
     else:
         if job.data.train is None:
             raise EdgepruneError("--allocate sensitivity measures each group on real images: give --calib SOURCE")
@@ -76,6 +79,7 @@ def sensitivity_curves(job: Job, progress: Progress) -> Any:
         curves = analyse(job.loaded.model, job.shape, options.criterion, calib.x, compared.x, outputs=job.outputs,
                          round_to=job.round_to, criterion_data=sample(job.data.train, 640, seed=options.seed).x)
         progress(f"sensitivity of {len(curves.curves)} groups measured in {curves.seconds:.0f} s")
+        job.measured[key] = curves
     return curves
 
 
