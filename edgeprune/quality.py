@@ -45,8 +45,7 @@ def compare(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray],
         if info.kind == "detections":
             rows += _detection_rows(info.name, dense, variant)
             continue
-        d = dense.reshape(len(dense), -1).astype(np.float64)
-        v = variant.reshape(len(variant), -1).astype(np.float64)
+        d, v = _per_image(dense), _per_image(variant)
         row = {"output": info.name, "kind": info.kind, "rel_l2": _rel_l2(d, v), "cosine": _cosine(d, v)}
         if info.kind in ("logits", "probs"):
             row["top1_agreement"] = float(np.mean(dense.argmax(axis=1) == variant.argmax(axis=1)))
@@ -71,7 +70,7 @@ def _detection_rows(name: str, dense: np.ndarray, variant: np.ndarray) -> list[d
 
     rows = []
     for part, (d, v) in (("boxes", (boxes, variant[:, :4])), ("scores", (scores, variant[:, 4:]))):
-        flat_d, flat_v = d.reshape(len(d), -1).astype(np.float64), v.reshape(len(v), -1).astype(np.float64)
+        flat_d, flat_v = _per_image(d), _per_image(v)
         rows.append({"output": f"{name}.{part}", "kind": part, "rel_l2": _rel_l2(flat_d, flat_v),
                      "cosine": _cosine(flat_d, flat_v)})
     rows[0]["box_iou"] = float(np.round(_iou(pick(boxes), pick(variant[:, :4])).mean(), 6))
@@ -88,6 +87,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.clip(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0, None) * np.clip(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0, None)
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 1.0)
+
+
+def _per_image(x: np.ndarray) -> np.ndarray:
+    """One float64 row per image."""
+    return x.reshape(len(x), -1).astype(np.float64)
 
 
 def _rel_l2(dense: np.ndarray, variant: np.ndarray) -> float:
@@ -110,8 +114,7 @@ def worst_cosine(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray
     >>> worst_cosine([np.ones((2, 3)), np.ones((2, 2))], [np.ones((2, 3)), -np.ones((2, 2))])
     -1.0
     """
-    return min(_cosine(r.reshape(len(r), -1).astype(np.float64), c.reshape(len(c), -1).astype(np.float64))
-               for r, c in zip(reference, candidate))
+    return min(_cosine(_per_image(r), _per_image(c)) for r, c in zip(reference, candidate))
 
 
 def judge_int8(reference: Sequence[np.ndarray], quantised: Sequence[np.ndarray], name: str,

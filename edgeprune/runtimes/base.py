@@ -157,12 +157,13 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
     Returns the :class:`~edgeprune.export.checks.Diff`; past the tolerance, a one-line error.
     """
     from edgeprune.export.checks import Diff, check_batches
+    from edgeprune.quality import torch_outputs
 
     runtime = get_runtime(exported.runtime)
     session = runtime.open(exported.path, threads=1)
     diff = Diff(0.0, 0.0, True)
     for x in check_batches(exported.inputs["input"], n_checks, inputs, seed):
-        expected = _torch_outputs(model, x)
+        expected = torch_outputs(model, x)
         actual = [_like(np.asarray(a), e) for a, e in zip(session.run([x]), expected)]
         diff = diff.combine(Diff.between(actual, expected, atol, rtol, runtime=runtime.name))
     if not diff.ok:
@@ -171,21 +172,6 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
                              f"{diff.max_abs:.3g} ({diff.max_rel:.3g} of the output's scale; allowed atol={atol:g}, "
                              f"rtol={rtol:g})")
     return diff
-
-
-def _torch_outputs(model: Any, x: np.ndarray) -> list[np.ndarray]:
-    """``model``'s outputs on ``x`` in eval mode (its mode restored after), flattened, as NumPy."""
-    import torch
-
-    from edgeprune.outputs import flatten
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return [t.detach().numpy() for t in flatten(model(torch.from_numpy(x)))]
-    finally:
-        model.train(was_training)
 
 
 def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str | Path,
@@ -213,18 +199,13 @@ def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str
 def _judge_int8(model: Any, exported: RuntimeFile, calibration: np.ndarray) -> Any:
     """How far an INT8 file is from float PyTorch (the Diff, for the record) and its judgement."""
     from edgeprune.export.checks import Diff
-    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8
+    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, runtime_outputs, torch_outputs
 
-    session = get_runtime(exported.runtime).open(exported.path, threads=1)
-    expected, actual = [], []
-    for image in np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32):
-        x = np.ascontiguousarray(image[None])
-        reference = _torch_outputs(model, x)
-        expected.append(reference)
-        actual.append([_like(np.asarray(a), e) for a, e in zip(session.run([x]), reference)])
-    columns = [[np.concatenate(c) for c in zip(*rows)] for rows in (expected, actual)]
-    exported.int8_cosine = judge_int8(columns[0], columns[1], exported.path.name)
-    return Diff.between(columns[1], columns[0], float("inf"), 0.0, runtime=exported.runtime)
+    images = np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32)
+    expected = torch_outputs(model, images)
+    actual = [_like(a, e) for a, e in zip(runtime_outputs(exported.path, images), expected)]
+    exported.int8_cosine = judge_int8(expected, actual, exported.path.name)
+    return Diff.between(actual, expected, float("inf"), 0.0, runtime=exported.runtime)
 
 
 def _like(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
