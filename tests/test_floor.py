@@ -79,3 +79,21 @@ def test_the_trials_of_a_search_share_one_sensitivity_measurement(tmp_path, pixe
     assert len(trials) >= 2, result.output
     assert result.stderr.count("measuring each group's sensitivity") == 1  # the dense model's curves, once
     assert result.stderr.count("widths from each group's sensitivity") == len(trials)
+
+
+def test_a_plan_an_earlier_trial_recovered_is_not_recovered_again(tmp_path, pixels, monkeypatch):
+    from edgeprune.allocation import SensitivityPlanner
+    from edgeprune.pipeline import stages
+
+    def staircase(job, progress):  # a planner whose every target lands on the same plan, as speed targets can
+        return SensitivityPlanner(stages.sensitivity_curves(job, progress), 0.5, job.round_to)
+
+    monkeypatch.setattr(stages, "sensitivity_planner", staircase)
+    result = compress(HEADS, "--calib", pixels, *FAST, "--flops-cut", "0.5", "--allocate", "sensitivity",
+                      "--min-cosine", "0.9999", "--search-trials", "2", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    trials = [line for line in result.stderr.splitlines() if line.endswith("then recovery")]
+    assert len(trials) == 3  # the target, then two bisected shallower ones
+    assert result.stderr.count("reconstructing the layers") == 1  # one recovery: the other two are its plan
+    assert result.stderr.count("the plan of an earlier trial (MACs cut 50%), not recovered again") == 2
+    assert len(json.loads((tmp_path / "out.curve.json").read_text())["curve"]) == 1

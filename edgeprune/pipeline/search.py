@@ -31,6 +31,8 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prepare import Job, Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
+SPEED_ROUNDS = 3  # a trial's speedup is the median of this many side-by-side measurements (a model of
+# half a millisecond measured 1.43-1.66x in three rounds on an idle machine)
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
 
@@ -121,6 +123,30 @@ class FloorNotMet(EdgepruneError):
         self.found = found
 
 
+class _Repeated(Exception):
+    """The planner chose a plan an earlier trial recovered (``key``): its point stands for this one."""
+
+    def __init__(self, key: tuple) -> None:
+        super().__init__("a plan measured before")
+        self.key = key
+
+
+class _Distinct:
+    """A planner that stops a trial whose plan an earlier trial already recovered. Speed targets
+    map onto a staircase of plans: on the face net three bisected targets (1.25x, 1.125x, 1.0625x)
+    gave one plan, and each cost a whole recovery."""
+
+    def __init__(self, planner: Any, known: dict[tuple, Point]) -> None:
+        self.planner, self.known, self.key = planner, known, None
+
+    def __call__(self, graph: Any, scores: Any) -> Any:
+        plan = self.planner(graph, scores)
+        self.key = tuple(sorted((g, tuple(units.tolist())) for g, units in plan.removed.items() if len(units)))
+        if self.key in self.known:
+            raise _Repeated(self.key)
+        return plan
+
+
 class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
@@ -136,6 +162,7 @@ class _Trials:
                                          min_time=0.5)
         self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
         self.points: list[tuple[Point, Any]] = []
+        self.by_plan: dict[tuple, Point] = {}
 
     def run(self, depth: float | None = None, toward: tuple[Point, float] | None = None) -> Point | None:
         """One trial: the cut of ``depth`` (see the module's docstring); or, with ``toward`` (the
@@ -160,8 +187,14 @@ class _Trials:
 
         planner = (stages.latency_planner(job, inner) if options.latency_driven else
                    stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
+        distinct = _Distinct(planner, self.by_plan) if planner is not None else None
         try:
-            result = stages.prune_and_recover(job, inner, planner)
+            result = stages.prune_and_recover(job, inner, distinct)
+        except _Repeated as repeated:
+            point = self.by_plan[repeated.key]
+            self.progress(f"trial {number}: the plan of an earlier trial ({point.plan}), not recovered again: "
+                          f"{point.describe()}")
+            return point
         except EdgepruneError as exc:
             if depth is None and toward is None:
                 raise
@@ -170,16 +203,25 @@ class _Trials:
         finally:
             if getattr(planner, "measure", None) is not None:
                 planner.measure.close()
-        figures = self.held_out.figures(result.model)
-        dense_ms, pruned_ms = self.timer([self.job.loaded.model, result.model])
-        point = Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
-                      figures.get("top1"), self.floor.holds(figures, self.dense_top1) if self.floor.given else None,
-                      time.perf_counter() - start,
-                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]})
+        point = self.measure(label, result, start)
         self.points.append((point, result))
+        if distinct is not None:
+            self.by_plan[distinct.key] = point
         verdict = "" if point.meets is None else (" meets the floor" if point.meets else " misses the floor")
         self.progress(f"trial {number}: {point.describe()}{verdict} ({point.seconds:.0f} s)")
         return point
+
+    def measure(self, label: str, result: Any, start: float, chosen: bool = False) -> Point:
+        """The recovered model's point: fidelity on the held-out images, and its speed against the
+        dense model's, side by side, the median of :data:`SPEED_ROUNDS` rounds."""
+        figures = self.held_out.figures(result.model)
+        rounds = sorted((self.timer([self.job.loaded.model, result.model]) for _ in range(SPEED_ROUNDS)),
+                        key=lambda times: times[0] / times[1])
+        dense_ms, pruned_ms = rounds[len(rounds) // 2]
+        meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
+        return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
+                     figures.get("top1"), meets, time.perf_counter() - start, chosen,
+                     outputs={row["output"]: row["cosine"] for row in figures["outputs"]})
 
     @staticmethod
     def _label(options: Any) -> str:
@@ -290,11 +332,8 @@ def curve_only(job: Job, progress: Progress, result: Any) -> Search:
     start = time.perf_counter()
     trials = _Trials(job, progress, floor)
     try:
-        figures = trials.held_out.figures(result.model)
-        dense_ms, pruned_ms = trials.timer([job.loaded.model, result.model])
-        own = Point(trials._label(job.options), result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms,
-                    figures["cosine_min"], figures.get("top1"), None, 0.0, chosen=True,
-                    outputs={row["output"]: row["cosine"] for row in figures["outputs"]})
+        own = trials.measure(trials._label(job.options), result, time.perf_counter(), chosen=True)
+        own.seconds = 0.0
         trials.points.append((own, result))
         for depth in CURVE_DEPTHS:
             if abs(1 - (1 - depth) ** 2 - result.macs_cut) > 0.1:
