@@ -239,27 +239,29 @@ class _Judge:
     """Which state of the model is closest to the dense one on ``data.holdout`` (training images
     that neither the cut, the reconstruction nor the fine-tune saw): right after the cut, fine-tuned,
     or fine-tuned with BatchNorm re-estimated. Top-1 first where the images have labels, then the
-    worst output's mean cosine; on a tie the later state."""
+    worst output's mean cosine, output by output as the report judges them (a detector's decoded
+    output as its boxes and its scores, :func:`edgeprune.quality.compare`); on a tie the later state."""
 
-    def __init__(self, teacher: nn.Module, holdout: Any, label_output: int | None, progress: Any) -> None:
+    def __init__(self, teacher: nn.Module, holdout: Any, outputs: list[OutputInfo], label_output: int | None,
+                 progress: Any) -> None:
         from edgeprune.quality import torch_outputs
 
-        self.holdout, self.label_output, self.progress = holdout, label_output, progress
+        self.holdout, self.outputs, self.label_output, self.progress = holdout, outputs, label_output, progress
         self.dense = torch_outputs(teacher, holdout.x)
         self.states: list[tuple[str, dict[str, Any] | None, dict[str, float]]] = []
 
     @classmethod
     def of(cls, config: RecipeConfig, data: RecipeData) -> "_Judge | None":
-        if not config.keep_better or data.teacher is None or data.holdout is None:
+        if not config.keep_better or data.teacher is None or data.holdout is None or not data.outputs:
             return None
         labels = data.label_output if data.holdout.y is not None else None
-        return cls(data.teacher, data.holdout, labels, data.watch.progress)
+        return cls(data.teacher, data.holdout, data.outputs, labels, data.watch.progress)
 
     def figures(self, model: nn.Module) -> dict[str, float]:
-        from edgeprune.quality import accuracy, torch_outputs, worst_cosine
+        from edgeprune.quality import accuracy, compare, torch_outputs
 
         outputs = torch_outputs(model, self.holdout.x)
-        found = {"cosine_min": worst_cosine(self.dense, outputs)}
+        found = {"cosine_min": min(row["cosine"] for row in compare(self.dense, outputs, self.outputs))}
         if self.label_output is not None:
             found["top1"] = accuracy(outputs, self.label_output, self.holdout.y)
         return found

@@ -154,3 +154,29 @@ def test_the_best_state_of_the_recovery_is_kept(default_job, reconstructed, lr, 
     assert judged["kept"] == best["state"] and best["state"].startswith(kept)
     now = worst_cosine(torch_outputs(built.model, holdout.x), torch_outputs(result.model, holdout.x))
     assert now == pytest.approx(best["cosine_min"], abs=1e-6)  # the model handed back is the best state
+
+
+def test_the_judge_weighs_a_detectors_scores_apart_from_its_boxes():
+    """Boxes in pixels dwarf scores in [0, 1] in one decoded tensor: judged as one, a model whose
+    scores are wrong would look as close as the dense one; judged as the report does, it is not."""
+    from edgeprune.calibration import LabeledArrays
+    from edgeprune.outputs import OutputInfo
+    from edgeprune.quality import torch_outputs, worst_cosine
+    from edgeprune.recipes import _Judge
+
+    class Decoded(torch.nn.Module):
+        def __init__(self, flip: bool) -> None:
+            super().__init__()
+            self.flip = flip
+
+        def forward(self, x):
+            boxes = 100 + 50 * x[:, :1, 0, :8].repeat(1, 4, 1)  # N x 4 x 8 anchors, in pixels
+            scores = torch.sigmoid(20 * (x[:, :2, 1, :8] - 0.5))  # N x 2 classes x 8 anchors, near 0 or 1
+            return torch.cat([boxes, scores.flip(1) if self.flip else scores], 1)
+
+    images = LabeledArrays(torch.rand(16, 2, 2, 8).numpy(), None, 0, None, "noise", "train")
+    judge = _Judge(Decoded(False), images, [OutputInfo("y", (6, 8), "detections")], None, None)
+    wrong = Decoded(True)
+    assert worst_cosine(judge.dense, torch_outputs(wrong, images.x)) > 0.99  # the raw tensor hides it
+    assert judge.figures(wrong)["cosine_min"] < 0.95
+    assert judge.figures(Decoded(False))["cosine_min"] == pytest.approx(1.0)
