@@ -397,3 +397,25 @@ def test_lut_align_reports_each_runtime_in_json(tmp_path, monkeypatch):
     (found,) = json.loads(result.stdout)["alignments"]
     assert found["runtime"] == "onnxruntime" and found["preferred"] in (1, 2, 4, 8, 16)
     assert set(found["score"]) == {"2", "4", "8", "16"} and (tmp_path / "cache" / "lut").is_dir()
+
+
+def test_a_model_timer_takes_each_models_median_over_its_rounds(monkeypatch):
+    """One side-by-side round of two small models is noisy; the timer reports each model's median
+    over its rounds, and exports each model once."""
+    from types import SimpleNamespace
+
+    from edgeprune.latency import confirm
+    from edgeprune.profile import BenchConfig
+
+    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3]])  # a round that ran slow, one that ran fast
+
+    def fake_profile(paths, config):
+        assert len(paths) == 2
+        return [SimpleNamespace(p50_ms=ms) for ms in next(rounds)]
+
+    monkeypatch.setattr(confirm, "profile_models", fake_profile)
+    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0))
+    models = [nn.Conv2d(3, 4, 3), nn.Conv2d(3, 2, 3)]
+    assert timer.rounds == 3 and timer(models) == [0.6, 0.3]
+    assert len(timer._exported) == 2
+    timer.close()

@@ -31,8 +31,6 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prepare import Job, Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
-SPEED_ROUNDS = 3  # a trial's speedup is the median of this many side-by-side measurements (a model of
-# half a millisecond measured 1.43-1.66x in three rounds on an idle machine)
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
 
@@ -213,11 +211,9 @@ class _Trials:
 
     def measure(self, label: str, result: Any, start: float, chosen: bool = False) -> Point:
         """The recovered model's point: fidelity on the held-out images, and its speed against the
-        dense model's, side by side, the median of :data:`SPEED_ROUNDS` rounds."""
+        dense model's, side by side (:class:`~edgeprune.latency.ModelTimer`: the median of three rounds)."""
         figures = self.held_out.figures(result.model)
-        rounds = sorted((self.timer([self.job.loaded.model, result.model]) for _ in range(SPEED_ROUNDS)),
-                        key=lambda times: times[0] / times[1])
-        dense_ms, pruned_ms = rounds[len(rounds) // 2]
+        dense_ms, pruned_ms = self.timer([self.job.loaded.model, result.model])
         meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
                      figures.get("top1"), meets, time.perf_counter() - start, chosen,
