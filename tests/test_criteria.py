@@ -12,7 +12,7 @@ from torch import nn
 
 from edgeprune.api import prune, prune_iteratively
 from edgeprune.counter import count, count_model
-from edgeprune.criteria import create_criterion, list_criteria
+from edgeprune.criteria import create_criterion, list_criteria, score_groups
 from edgeprune.criteria.activations import batched_rank
 from edgeprune.criteria.csctfp import CSCTFP, key_filter_scores
 from edgeprune.criteria.rank import fms_redundant, fms_scores, replace_fc_head_with_gap
@@ -568,7 +568,7 @@ def _hooks(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("name, options", [
-    ("hrank", {}), ("fms", {}), ("tcfp", {"function": "probe"}), ("tcfp", {"steps": 3, "image_size": 8}),
+    ("hrank", {}), ("fms", {}), ("tcfp", {"function": "probe"}), ("tcfp", {"steps": 3, "image_size": 8}), ("thinet", {}),
 ])
 def test_data_driven_criteria_leave_the_model_as_it_was(name, options):
     model = build("resnet20-cifar").model.train()
@@ -677,3 +677,36 @@ def test_tcfp_maximises_layers_side_by_side_with_the_same_results(monkeypatch):
     serial = TCFP(steps=20, image_size=8, check_every=5, stop_ari=2.0)
     serial.prepare(graph)
     assert all(torch.equal(side_by_side.per_space[k], serial.per_space[k]) for k in serial.per_space)
+
+
+# ---------------------------------------------------------------------------------------------
+# ThiNet: greedy removal by the consumer's least-squares refit
+
+
+def test_thinet_removes_greedily_by_the_consumers_refit_error():
+    """Each unit removed is the one whose loss the next conv's refit (on the criterion's own
+    XᵀX, solved from scratch here) feels least, and its score is that refit's error: the
+    incremental inverse updates agree with solving every subset anew."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6 * 6 * 6, 4)).eval()
+    graph = build_graph(model, (1, 3, 10, 10))
+    criterion = create_criterion("thinet", ridge=1e-3)
+    scores = score_groups(graph, criterion, torch.randn(32, 3, 10, 10))
+    group = next(g for g in graph.prunable_groups() if g.n_units == 8)
+    gram = criterion.grams["2"]
+    w = torch.cat([model[2].weight.detach().double().reshape(6, -1).T, model[2].bias.detach().double()[None]])
+    target, norm = gram @ w, float(torch.einsum("io,ij,jo->", w, gram, w))
+    regularised = gram + 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+
+    def error(units: list[int]) -> float:  # the ridge objective of the refit from these input channels
+        cols = torch.tensor([u * 9 + k for u in units for k in range(9)] + [len(gram) - 1])
+        g = target[cols]
+        return (norm - float((g * torch.linalg.solve(regularised[cols][:, cols], g)).sum())) / norm
+
+    order = torch.argsort(scores[group.index]).tolist()
+    kept, start = list(range(8)), error(list(range(8)))
+    for unit in order:
+        assert unit == min(kept, key=lambda u: error([k for k in kept if k != u]))
+        kept.remove(unit)
+        assert float(scores[group.index][unit]) == pytest.approx(error(kept) - start, rel=1e-6, abs=1e-9)

@@ -8,6 +8,7 @@ from edgeprune.criteria import rank as _rank  # noqa: F401  (registers hrank, fm
 from edgeprune.criteria import csctfp as _csctfp  # noqa: F401  (registers csctfp)
 from edgeprune.criteria import tcfp as _tcfp  # noqa: F401  (registers tcfp)
 from edgeprune.criteria import soft as _soft  # noqa: F401  (registers sfp)
+from edgeprune.criteria import thinet as _thinet  # noqa: F401  (registers thinet)
 from edgeprune.criteria.base import (Criterion, combine, create_criterion, filters, list_criteria, register_criterion,
                                     score_groups)
 

@@ -202,7 +202,7 @@ class _Stop(Exception):
     """Raised by a hook once every layer of interest has run: the rest of the forward is not needed."""
 
 
-def _collect(model: nn.Module, modules: dict[str, nn.Module], batch: torch.Tensor, want_input: bool) -> dict[str, torch.Tensor]:
+def collect_tensors(model: nn.Module, modules: dict[str, nn.Module], batch: torch.Tensor, want_input: bool) -> dict[str, torch.Tensor]:
     """Each named module's first input (or output) on ``batch``; the forward stops once all have run."""
     found: dict[str, torch.Tensor] = {}
 
@@ -236,7 +236,7 @@ def _waves(model: nn.Module, names: list[str], probe: torch.Tensor) -> list[list
     """
     modules = dict(model.named_modules())
     layers = {n: modules[n] for n in names}
-    base = _collect(model, layers, probe, want_input=True)
+    base = collect_tensors(model, layers, probe, want_input=True)
     feeds: dict[str, set[str]] = {}
     for i, name in enumerate(names):
         weight = layers[name].weight
@@ -245,7 +245,7 @@ def _waves(model: nn.Module, names: list[str], probe: torch.Tensor) -> list[list
             weight.add_(torch.randn_like(weight) * (saved.abs().mean() + 1e-3))
         try:
             later = {n: layers[n] for n in names[i + 1:]}
-            moved = _collect(model, later, probe, want_input=True) if later else {}
+            moved = collect_tensors(model, later, probe, want_input=True) if later else {}
         finally:
             with torch.no_grad():
                 weight.copy_(saved)
@@ -335,11 +335,11 @@ def _refit_wave(wave: list[KeptLayer], modules: dict[str, nn.Module], pruned: nn
     fits = {kept.module: _Fit(kept, modules[kept.module], norms.get(kept.module), config) for kept in wave}
     for number, batch in enumerate(batches):
         batch = batch.to(device)
-        sources = _collect(pruned, {n: modules[n] for n in fits}, batch, want_input=True)
+        sources = collect_tensors(pruned, {n: modules[n] for n in fits}, batch, want_input=True)
         wanted = targets.rows(list(fits), number, batch)
         for name, fit in fits.items():
             picks = targets.picks(name, number)
-            fit.add(_source_rows(fit.layer, sources[name], fit.groups, picks), wanted[name],
+            fit.add(input_rows(fit.layer, sources[name], fit.groups, picks), wanted[name],
                     number * config.batch_size, len(batch))
     return [fit.finish() for fit in fits.values()]
 
@@ -358,7 +358,7 @@ class _Targets:
         self.batches = batches
         self.spots: dict[str, int] = {}
         self.cache: dict[tuple[str, int], torch.Tensor] | None = None
-        probe = _collect(dense, self.modules, batches[0][:1].to(config.device), want_input=False)
+        probe = collect_tensors(dense, self.modules, batches[0][:1].to(config.device), want_input=False)
         for name, out in probe.items():
             self.spots[name] = 1 if out.ndim < 4 else out.shape[-1] * out.shape[-2]
         per_image = sum(min(self.spots[n], config.positions) * len(m.outputs) * 4 for n, m in maps.items())
@@ -379,7 +379,7 @@ class _Targets:
         if self.cache is not None and (names[0], number) in self.cache:
             return {n: self.cache[(n, number)] for n in names}
         wanted = list(self.maps) if self.cache is not None else names
-        outputs = _collect(self.dense, {n: self.modules[n] for n in wanted}, batch, want_input=False)
+        outputs = collect_tensors(self.dense, {n: self.modules[n] for n in wanted}, batch, want_input=False)
         rows = {n: self._target_rows(n, out, number) for n, out in outputs.items()}
         if self.cache is not None:
             self.cache.update({(n, number): r for n, r in rows.items()})
@@ -398,7 +398,7 @@ class _Targets:
         return y.permute(0, 2, 1).reshape(-1, groups, y.shape[1] // groups)
 
 
-def _source_rows(layer: nn.Module, source: torch.Tensor, groups: int, picks: torch.Tensor | None) -> torch.Tensor:
+def input_rows(layer: nn.Module, source: torch.Tensor, groups: int, picks: torch.Tensor | None) -> torch.Tensor:
     """A layer's input as regressors, rows x G x D, at the positions its targets were taken."""
     if isinstance(layer, nn.Linear):
         return source.reshape(-1, 1, source.shape[-1])
