@@ -96,4 +96,23 @@ def test_a_plan_an_earlier_trial_recovered_is_not_recovered_again(tmp_path, pixe
     assert len(trials) == 3  # the target, then two bisected shallower ones
     assert result.stderr.count("reconstructing the layers") == 1  # one recovery: the other two are its plan
     assert result.stderr.count("the plan of an earlier trial (MACs cut 50%), not recovered again") == 2
-    assert len(json.loads((tmp_path / "out.curve.json").read_text())["curve"]) == 1
+    assert [line.split(":")[0] for line in trials] == [f"[edgeprune] trial {n}" for n in (1, 2, 3)]
+    [point] = json.loads((tmp_path / "out.curve.json").read_text())["curve"]
+    assert point["widths"] and all(kept <= dense for dense, kept in point["widths"].values())  # which plan it was
+    assert any(kept < dense for dense, kept in point["widths"].values())
+
+
+def test_a_floors_trials_recover_longer_and_gentler_unless_told():
+    """10 epochs at lr 0.003 in a floor's trials (3 at 0.01 kept the face net's box output below its
+    reconstructed cut); a plain run keeps 3 at 0.01; what the user gives wins."""
+    from types import SimpleNamespace
+
+    from edgeprune.pipeline import CompressOptions
+    from edgeprune.pipeline.prepare import finetune_epochs, finetune_lr
+
+    unlabelled = SimpleNamespace(labelled=False, train=object(), spec="images:crops/")
+    plain, floor = CompressOptions(), CompressOptions(min_cosine=0.99)
+    assert (finetune_epochs(unlabelled, plain), finetune_lr(plain)) == (3, 0.01)
+    assert (finetune_epochs(unlabelled, floor), finetune_lr(floor)) == (10, 0.003)
+    told = CompressOptions(min_cosine=0.99, finetune_epochs=2, lr=0.05)
+    assert (finetune_epochs(unlabelled, told), finetune_lr(told)) == (2, 0.05)

@@ -51,9 +51,11 @@ from edgeprune.cli.options import (
               help="Curves from `edgeprune sensitivity -o FILE` for --allocate sensitivity (default: measured now).")
 @click.option("--calib", help="Data for criteria, recovery, INT8 and the quality figures, labelled or not "
                                "(default model: its bundled data).")
-@click.option("--finetune-epochs", type=click.IntRange(min=0), help="Fine-tune epochs (default: 3 when there is data).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0),
+              help="Fine-tune epochs (default: 3 when there is data; 10 in each trial of a quality floor).")
 @click.option("--steps", type=click.IntRange(min=1), help="Prune in T rounds, fine-tuning between them (default: the criterion's; csctfp 4).")
-@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Fine-tune learning rate (default: 0.01; 0.003 in each trial of a quality floor).")
 @click.option("--bn-recalibrate/--no-bn-recalibrate", default=True, show_default=True,
               help="Re-estimate BatchNorm statistics on the calibration images right after the cut and after fine-tuning.")
 @click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,

@@ -17,11 +17,12 @@ class CompressOptions:
     ratio: float | None = None
     round_to: int | None = None
     calib: str | None = None
-    finetune_epochs: int | None = None  # None: 3 epochs when data is at hand (distillation needs no labels)
+    finetune_epochs: int | None = None  # None: 3 epochs when data is at hand (distillation needs no labels),
+    # 10 in each trial of a quality floor
     steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on calibration images after the cut
     reconstruct: bool = True  # refit the layers after the cut to the dense model's outputs (no labels needed)
-    lr: float = 0.01
+    lr: float | None = None  # None: 0.01, or 0.003 in each trial of a quality floor
     batch_size: int = 128
     int8: bool | None = None
     ort: bool = False

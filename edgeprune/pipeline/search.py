@@ -89,6 +89,7 @@ class Point:
     seconds: float
     chosen: bool = False
     outputs: dict[str, float] = field(default_factory=dict)
+    widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
@@ -161,6 +162,7 @@ class _Trials:
         self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
         self.points: list[tuple[Point, Any]] = []
         self.by_plan: dict[tuple, Point] = {}
+        self.tried = 0  # trials asked for, a plan met before included
 
     def run(self, depth: float | None = None, toward: tuple[Point, float] | None = None) -> Point | None:
         """One trial: the cut of ``depth`` (see the module's docstring); or, with ``toward`` (the
@@ -178,7 +180,8 @@ class _Trials:
             options = _part_of_the_way(options, *toward)
         job = replace(self.job, options=options)
         label = self._label(options)
-        number = len(self.points) + 1
+        self.tried += 1
+        number = self.tried
         self.progress(f"trial {number}: {label}, then recovery")
         def inner(message: str) -> None:
             self.progress(f"trial {number}: {message}")
@@ -217,7 +220,8 @@ class _Trials:
         meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
                      figures.get("top1"), meets, time.perf_counter() - start, chosen,
-                     outputs={row["output"]: row["cosine"] for row in figures["outputs"]})
+                     outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
+                     widths=dict(result.plan.get("widths", {})))
 
     @staticmethod
     def _label(options: Any) -> str:
@@ -306,13 +310,17 @@ def _deepest(trials: _Trials) -> Point | None:
 
 def _bisect(trials: _Trials, run: Any, start: float) -> Point | None:
     """Bisect f in (0, 1) (0: dense, 1: the deepest asked) with ``run(f) -> Point`` for the deepest
-    point that meets the floor (None if none measured does)."""
+    point that meets the floor: the fastest measured for a speed target, else the largest MACs cut
+    (None if none measured meets it)."""
+    def depth(point: Point) -> float:
+        return point.speedup if trials.job.options.latency_driven else point.macs_cut
+
     low, high, f = 0.0, 1.0, start
     best = None
     for _ in range(trials.job.options.search_trials):
         point = run(f)
         if point is not None and point.meets:
-            best = point if best is None or point.macs_cut > best.macs_cut else best
+            best = point if best is None or depth(point) > depth(best) else best
             low = f
         else:
             high = f

@@ -83,6 +83,15 @@ def sensitivity_curves(job: Job, progress: Progress) -> Any:
     return curves
 
 
+def _reconstruct_config(job: Job) -> Any:
+    """How the run reconstructs right after a cut (None: it re-estimates BatchNorm instead)."""
+    from edgeprune.train.reconstruct import ReconstructConfig
+
+    if not (job.options.reconstruct and job.outputs):
+        return None
+    return ReconstructConfig(seed=job.options.seed, device=job.device)
+
+
 # --- prune and recover --------------------------------------------------------------------------
 
 class HeldOut:
@@ -130,12 +139,11 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     from recovery (256, at most a quarter of them) is kept."""
     from edgeprune.calibration import sample
     from edgeprune.recipes import RECIPES, RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
-    from edgeprune.train.reconstruct import ReconstructConfig
 
     options, data = job.options, job.data
-    reconstruct = options.reconstruct and bool(job.outputs)
+    reconstruct = _reconstruct_config(job)
     judged_on = min(KEEP_BETTER_IMAGES, len(data.train) // 4) if data.train is not None else 0
-    keep_better = reconstruct and job.epochs > 0 and options.criterion not in RECIPES and judged_on >= 64
+    keep_better = reconstruct is not None and job.epochs > 0 and options.criterion not in RECIPES and judged_on >= 64
     train, holdout = data.train, None
     if options.criterion == "tcfp" and data.labelled:
         train, holdout = split_holdout(train, 256, options.seed)
@@ -144,9 +152,9 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     calib = sample(train, 640, seed=options.seed) if train is not None else None
     config = RecipeConfig(options.criterion, flops_cut=options.flops_cut if options.ratio is None else None,
                           ratio=options.ratio, round_to=job.round_to, epochs=job.epochs, steps=options.steps,
-                          lr=options.lr, batch_size=options.batch_size, seed=options.seed,
+                          lr=job.lr, batch_size=options.batch_size, seed=options.seed,
                           recalibrate_bn=options.recalibrate_bn, planner=planner, distill=options.distill,
-                          reconstruct=ReconstructConfig(seed=options.seed, device=job.device) if reconstruct else None,
+                          reconstruct=reconstruct,
                           device=job.device, keep_better=keep_better)
     held_out = HeldOut(job, options.eval_images) if data.evaluation is not None and job.outputs else None
     watch = Watch(progress=progress)
