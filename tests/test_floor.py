@@ -116,3 +116,34 @@ def test_a_floors_trials_recover_longer_and_gentler_unless_told():
     assert (finetune_epochs(unlabelled, floor), finetune_lr(floor)) == (10, 0.003)
     told = CompressOptions(min_cosine=0.99, finetune_epochs=2, lr=0.05)
     assert (finetune_epochs(unlabelled, told), finetune_lr(told)) == (2, 0.05)
+
+
+def test_a_speed_target_that_misses_the_floor_tries_its_most_cut_groups_one_step_wider():
+    """The face net's 2x plan cut conv2 to 32 (2.27x, cosine 0.978) where 48 measured 2x at 0.991:
+    the most cut groups are tried one alignment step wider, and one that meets the floor at the
+    speed asked is delivered; one that is too slow is not."""
+    from types import SimpleNamespace
+
+    from edgeprune.pipeline.search import Floor, Point, _widened
+
+    class Trials:
+        def __init__(self, speeds):
+            self.job = SimpleNamespace(options=SimpleNamespace(latency_driven=True, speedup=2.0, latency_budget=None),
+                                       round_to=16)
+            self.floor, self.speeds, self.asked = Floor(min_cosine=0.99), speeds, []
+
+        def run(self, widths):
+            label, plan = widths
+            self.asked.append(plan)
+            speed, cosine = self.speeds[label.split(", ")[-1]]
+            return Point(label, 0.5, speed, 1.0, 1 / speed, cosine, None, cosine >= 0.99, 1.0, widths=plan)
+
+    target = Point("speedup 2x", 0.63, 2.27, 1.0, 0.44, 0.978, None, False, 1.0,
+                   widths={"conv1": [32, 16], "conv2": [64, 32], "conv3": [64, 48], "conv4": [128, 128]})
+    trials = Trials({"conv1 widened to 32": (1.2, 0.999), "conv2 widened to 48": (2.05, 0.991)})
+    chosen = _widened(trials, target)
+    assert [plan["conv1"] for plan in trials.asked] == [[32, 32], [32, 16]]  # the two most cut, one at a time
+    assert [plan["conv2"] for plan in trials.asked] == [[64, 32], [64, 48]]
+    assert chosen.plan == "speedup 2x, conv2 widened to 48" and chosen.speedup == 2.05
+    slow = Trials({"conv1 widened to 32": (1.2, 0.999), "conv2 widened to 48": (1.9, 0.991)})
+    assert _widened(slow, target) is None  # meets the floor, but not the speed asked: the bisection goes on

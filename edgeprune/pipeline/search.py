@@ -8,9 +8,10 @@ trial is one point of the trade-off curve.
 
 - With a speed target (``--speedup`` / ``--latency-budget``), a ``--flops-cut`` or a ``--ratio``:
   that plan is the first trial; if it meets the floor it is delivered (and two shallower targets
-  of the same kind are measured for the curve), else targets of the same kind part of the way
-  from dense to it are bisected and the run stops with one line: what was reached, and the
-  fastest point measured that meets the floor.
+  of the same kind are measured for the curve). Else a speed target's most cut groups are tried
+  one alignment step wider, each alone (delivered if it meets both the floor and the speed,
+  measured); then targets of the same kind part of the way from dense to it are bisected and the
+  run stops with one line: what was reached, and the fastest point measured that meets the floor.
 - With a floor alone: cuts are bisected for the deepest one that meets the floor.
 
 A trial's depth d is a uniform channel ratio (every group loses d of its channels, aligned; about
@@ -31,6 +32,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prepare import Job, Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
+WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
 
@@ -146,6 +148,25 @@ class _Distinct:
         return plan
 
 
+class _Widths:
+    """A planner for given widths (group name -> [dense, kept] units), each group cut in its
+    criterion's order."""
+
+    def __init__(self, widths: dict[str, list[int]], round_to: int) -> None:
+        self.widths, self.round_to = widths, round_to
+
+    def __call__(self, graph: Any, scores: Any) -> Any:
+        from edgeprune.counter import count
+        from edgeprune.plan import Plan, pick_units
+
+        groups = {g.name: g for g in graph.prunable_groups() if g.index in scores}
+        removed = {groups[name].index: pick_units(groups[name], scores[groups[name].index], dense - kept, self.round_to)
+                   for name, (dense, kept) in self.widths.items() if name in groups and kept < dense}
+        keep = graph.keep_mask(removed)
+        return Plan(removed, keep, count(graph), count(graph, keep), None,
+                    {"widths": {name: list(width) for name, width in self.widths.items()}})
+
+
 class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
@@ -164,10 +185,12 @@ class _Trials:
         self.by_plan: dict[tuple, Point] = {}
         self.tried = 0  # trials asked for, a plan met before included
 
-    def run(self, depth: float | None = None, toward: tuple[Point, float] | None = None) -> Point | None:
+    def run(self, depth: float | None = None, toward: tuple[Point, float] | None = None,
+            widths: tuple[str, dict[str, list[int]]] | None = None) -> Point | None:
         """One trial: the cut of ``depth`` (see the module's docstring); or, with ``toward`` (the
         target's point, f), the options' own kind of target taken the fraction f of the way from
-        dense to it; or, with neither, the options' own target."""
+        dense to it; or, with ``widths`` (a label, and each group's [dense, kept] units), that plan;
+        or, with none, the options' own target."""
         from edgeprune.pipeline import stages
 
         start = time.perf_counter()
@@ -179,14 +202,15 @@ class _Trials:
         elif toward is not None:
             options = _part_of_the_way(options, *toward)
         job = replace(self.job, options=options)
-        label = self._label(options)
+        label = self._label(options) if widths is None else widths[0]
         self.tried += 1
         number = self.tried
         self.progress(f"trial {number}: {label}, then recovery")
         def inner(message: str) -> None:
             self.progress(f"trial {number}: {message}")
 
-        planner = (stages.latency_planner(job, inner) if options.latency_driven else
+        planner = (_Widths(widths[1], job.round_to) if widths is not None else
+                   stages.latency_planner(job, inner) if options.latency_driven else
                    stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
         distinct = _Distinct(planner, self.by_plan) if planner is not None else None
         try:
@@ -197,7 +221,7 @@ class _Trials:
                           f"{point.describe()}")
             return point
         except EdgepruneError as exc:
-            if depth is None and toward is None:
+            if depth is None and toward is None and widths is None:
                 raise
             self.progress(f"trial {number}: {exc}")
             return None
@@ -294,12 +318,44 @@ def _with_target(trials: _Trials) -> Point:
         for fraction in (0.5, 0.25):  # two shallower points of the same kind, for the curve
             trials.run(toward=(target, fraction))
         return target
-    nearest = _bisect(trials, lambda f: trials.run(toward=(target, f)), start=0.5)
+    widened = _widened(trials, target)
+    if widened is not None:
+        return widened
+    _bisect(trials, lambda f: trials.run(toward=(target, f)), start=0.5)
+    nearest = max((p for p, _ in trials.points if p.meets),
+                  key=lambda p: p.speedup if trials.job.options.latency_driven else p.macs_cut, default=None)
     if nearest is None:
         raise EdgepruneError(f"{trials.floor.describe()} is not met at {target.describe()}, nor at any shallower cut "
                              "measured: lower the floor")
     raise EdgepruneError(f"{trials.floor.describe()} is not met: reached {target.describe()}; the nearest point "
                          f"measured that meets it: {nearest.describe()}")
+
+
+def _widened(trials: _Trials, target: Point) -> Point | None:
+    """A speed target's plan that missed the floor, with one of its most cut groups widened by one
+    alignment step (at most :data:`WIDEN_TRIALS` of them): delivered if it meets the floor at the
+    speed asked, measured. Speed comes in steps: on the face net the 2x plan cut conv2 to 32
+    channels (2.27x, 0.978) where 48 measured 2x at 0.991, and the bisected targets in between gave
+    other plans."""
+    options = trials.job.options
+    if not options.latency_driven or not target.widths:
+        return None
+    cut = sorted((kept / dense, name) for name, (dense, kept) in target.widths.items() if kept < dense)
+    found = []
+    for _, name in cut[:WIDEN_TRIALS]:
+        dense, kept = target.widths[name]
+        wider = min(dense, kept + trials.job.round_to)
+        widths = {**target.widths, name: [dense, wider]}
+        point = trials.run(widths=(f"{target.plan}, {name} widened to {wider}", widths))
+        if point is not None and point.meets and _fast_enough(point, options):
+            found.append(point)
+    return max(found, key=lambda p: p.speedup, default=None)
+
+
+def _fast_enough(point: Point, options: Any) -> bool:
+    if options.speedup is not None:
+        return point.speedup >= options.speedup
+    return point.pruned_ms <= options.latency_budget
 
 
 def _deepest(trials: _Trials) -> Point | None:
