@@ -119,7 +119,7 @@ def test_a_floors_trials_recover_longer_and_gentler_unless_told():
 
 
 def test_a_speed_target_that_misses_the_floor_tries_its_most_cut_groups_one_step_wider():
-    """The face net's 2x plan cut conv2 to 32 (2.27x, cosine 0.978) where 48 measured 2x at 0.991:
+    """The face net's 2x plan cut conv2 to 32 (2.27x, cosine 0.978) where 48 measured about 2x:
     the most cut groups are tried one alignment step wider, and one that meets the floor at the
     speed asked is delivered; one that is too slow is not."""
     from types import SimpleNamespace

@@ -335,8 +335,8 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
     """A speed target's plan that missed the floor, with one of its most cut groups widened by one
     alignment step (at most :data:`WIDEN_TRIALS` of them): delivered if it meets the floor at the
     speed asked, measured. Speed comes in steps: on the face net the 2x plan cut conv2 to 32
-    channels (2.27x, 0.978) where 48 measured 2x at 0.991, and the bisected targets in between gave
-    other plans."""
+    channels (2.27x, 0.978) where 48 measured about 2x (0.986), and the bisected targets in between
+    gave other plans."""
     options = trials.job.options
     if not options.latency_driven or not target.widths:
         return None
