@@ -202,9 +202,10 @@ def load_data(spec: str | None, shape: tuple[int, ...], preprocess: Any, seed: i
 
 
 # A floor's trials recover longer and gentler: a reconstructed cut starts close to the dense model,
-# and on the face net 3 epochs at 0.01 left its box output below where the reconstruction had put
-# it (thinet, 51 % of MACs: 0.985 after the cut, 0.980 after), 3 at 0.003 reached 0.990, 10 at
-# 0.003 0.991. The plain run keeps 3 at 0.01: the default model's figure (98.4 %; 98.2 % at 0.003).
+# and on face crops 3 epochs at 0.01 left the face net's box output below where the reconstruction
+# had put it (thinet, 51 % of MACs: 0.985 after the cut, 0.980 after), 3 at 0.003 reached 0.990,
+# 10 at 0.003 0.991 (docs/recovery.md). The plain run keeps 3 at 0.01: the default model's figure
+# (98.4 %; 98.2 % at 0.003).
 FLOOR_EPOCHS, FLOOR_LR = 10, 0.003
 PLAIN_EPOCHS, PLAIN_LR = 3, 0.01
 
