@@ -50,10 +50,10 @@ def _columns_per_input(layer: nn.Module) -> int:
 
 
 def _judges(layer: nn.Module | None) -> bool:
-    if isinstance(layer, nn.Linear):
-        return True
-    return isinstance(layer, nn.Conv2d) and layer.groups == 1 and layer.padding_mode == "zeros" \
-        and not isinstance(layer.padding, str)
+    """A layer the refit handles, and whose every output reads every input (not grouped)."""
+    from edgeprune.train.reconstruct import refittable
+
+    return refittable(layer) and getattr(layer, "groups", 1) == 1
 
 
 @register_criterion("thinet")
@@ -68,12 +68,16 @@ class ThiNet(Criterion):
         self.images, self.positions, self.batch_size = images, positions, batch_size
         self.ridge, self.seed = ridge, seed
         self.grams: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, torch.Tensor] = {}
         self.consumers: dict[int, list[_Consumer]] = {}
 
     def prepare(self, graph: DependencyGraph, data: Any = None) -> None:
+        from edgeprune.train.reconstruct import weight_matrix
+
         modules = dict(graph.model.named_modules())
         self.consumers = {g.index: self._consumers_of(graph, g, modules) for g in graph.prunable_groups()}
         wanted = sorted({c.module for found in self.consumers.values() for c in found})
+        self.weights = {name: weight_matrix(modules[name], 1, bias=True)[0] for name in wanted}
         self.grams = {}
         for names in _passes(wanted, modules):
             self.grams.update(self._gather(graph.model, {n: modules[n] for n in names}, data))
@@ -122,8 +126,7 @@ class ThiNet(Criterion):
             from edgeprune.criteria.magnitude import L2
 
             return L2()(graph, group)
-        modules = dict(graph.model.named_modules())
-        fits = [_Refit(self.grams[c.module], _weights(modules[c.module]), c.columns, self.ridge) for c in consumers]
+        fits = [_Refit(self.grams[c.module], self.weights[c.module], c.columns, self.ridge) for c in consumers]
         alive = torch.zeros(group.n_units, dtype=torch.bool)
         alive[sorted({u for c in consumers for u in c.columns})] = True
         scores = torch.full((group.n_units,), float("inf"), dtype=torch.float64)
@@ -142,14 +145,6 @@ class ThiNet(Criterion):
         finite = scores[torch.isfinite(scores)]
         top = float(finite.max()) if len(finite) else 0.0
         return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, top + 1.0))
-
-
-def _weights(layer: nn.Module) -> torch.Tensor:
-    """The layer's weights as D x O rows matching :func:`input_rows`' columns, then its bias row."""
-    w = layer.weight.detach().double().cpu()
-    w = w.reshape(w.shape[0], -1).T
-    bias = layer.bias.detach().double().cpu() if layer.bias is not None else torch.zeros(w.shape[1], dtype=torch.float64)
-    return torch.cat([w, bias[None]], dim=0)
 
 
 class _Refit:
@@ -192,7 +187,8 @@ class _Refit:
         self.inverse[:, b] = 0
         self.solution[b] = 0
         gone = torch.tensor(units)
-        self.batches = [(kept[~torch.isin(kept, gone)], index[~torch.isin(kept, gone)]) for kept, index in self.batches]
+        stay = [~torch.isin(kept, gone) for kept, _ in self.batches]
+        self.batches = [(kept[s], index[s]) for (kept, index), s in zip(self.batches, stay)]
 
 
 def _passes(names: list[str], modules: dict[str, nn.Module]) -> list[list[str]]:

@@ -228,7 +228,7 @@ class _Trials:
         finally:
             if getattr(planner, "measure", None) is not None:
                 planner.measure.close()
-        point = self.measure(label, result, start)
+        point = self.measure(label, result, time.perf_counter() - start)
         self.points.append((point, result))
         if distinct is not None:
             self.by_plan[distinct.key] = point
@@ -236,14 +236,18 @@ class _Trials:
         self.progress(f"trial {number}: {point.describe()}{verdict} ({point.seconds:.0f} s)")
         return point
 
-    def measure(self, label: str, result: Any, start: float, chosen: bool = False) -> Point:
+    def depth(self, point: Point) -> float:
+        """How far a point went: its measured speedup for a speed target, else its MACs cut."""
+        return point.speedup if self.job.options.latency_driven else point.macs_cut
+
+    def measure(self, label: str, result: Any, seconds: float, chosen: bool = False) -> Point:
         """The recovered model's point: fidelity on the held-out images, and its speed against the
         dense model's, side by side (:class:`~edgeprune.latency.ModelTimer`: the median of three rounds)."""
         figures = self.held_out.figures(result.model)
         dense_ms, pruned_ms = self.timer([self.job.loaded.model, result.model])
         meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
-                     figures.get("top1"), meets, time.perf_counter() - start, chosen,
+                     figures.get("top1"), meets, seconds, chosen,
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
                      widths=dict(result.plan.get("widths", {})))
 
@@ -322,8 +326,7 @@ def _with_target(trials: _Trials) -> Point:
     if widened is not None:
         return widened
     _bisect(trials, lambda f: trials.run(toward=(target, f)), start=0.5)
-    nearest = max((p for p, _ in trials.points if p.meets),
-                  key=lambda p: p.speedup if trials.job.options.latency_driven else p.macs_cut, default=None)
+    nearest = max((p for p, _ in trials.points if p.meets), key=trials.depth, default=None)
     if nearest is None:
         raise EdgepruneError(f"{trials.floor.describe()} is not met at {target.describe()}, nor at any shallower cut "
                              "measured: lower the floor")
@@ -368,15 +371,12 @@ def _bisect(trials: _Trials, run: Any, start: float) -> Point | None:
     """Bisect f in (0, 1) (0: dense, 1: the deepest asked) with ``run(f) -> Point`` for the deepest
     point that meets the floor: the fastest measured for a speed target, else the largest MACs cut
     (None if none measured meets it)."""
-    def depth(point: Point) -> float:
-        return point.speedup if trials.job.options.latency_driven else point.macs_cut
-
     low, high, f = 0.0, 1.0, start
     best = None
     for _ in range(trials.job.options.search_trials):
         point = run(f)
         if point is not None and point.meets:
-            best = point if best is None or depth(point) > depth(best) else best
+            best = point if best is None or trials.depth(point) > trials.depth(best) else best
             low = f
         else:
             high = f
@@ -392,8 +392,7 @@ def curve_only(job: Job, progress: Progress, result: Any) -> Search:
     start = time.perf_counter()
     trials = _Trials(job, progress, floor)
     try:
-        own = trials.measure(trials._label(job.options), result, time.perf_counter(), chosen=True)
-        own.seconds = 0.0
+        own = trials.measure(trials._label(job.options), result, 0.0, chosen=True)  # its recovery was the run's own
         trials.points.append((own, result))
         for depth in CURVE_DEPTHS:
             if abs(1 - (1 - depth) ** 2 - result.macs_cut) > 0.1:

@@ -141,7 +141,7 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
     if not batches:
         raise EdgepruneError("reconstruction needs calibration images (give --calib SOURCE, or --no-reconstruct)")
     modules = dict(pruned.named_modules())
-    layers = [m for m in _from_first_cut(maps, dict(dense.named_modules())) if _supported(modules.get(m.module))]
+    layers = [m for m in _from_first_cut(maps, dict(dense.named_modules())) if refittable(modules.get(m.module))]
     was = pruned.training, dense.training
     homes = [next(m.parameters()).device for m in (pruned, dense)]
     pruned.eval().to(device)
@@ -192,7 +192,8 @@ def _is_depthwise(module: Any) -> bool:
     return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
 
 
-def _supported(module: Any) -> bool:
+def refittable(module: Any) -> bool:
+    """A layer the least-squares refit handles: a linear layer, or a conv with zero padding."""
     if isinstance(module, nn.Linear):
         return True
     return isinstance(module, nn.Conv2d) and module.padding_mode == "zeros" and not isinstance(module.padding, str)
@@ -415,7 +416,7 @@ class _Fit:
         self.kept, self.layer, self.norm, self.config = kept, layer, norm, config
         self.bias = "own" if layer.bias is not None else "batchnorm" if norm is not None else "none"
         self.groups = layer.groups if isinstance(layer, nn.Conv2d) else 1
-        self.current = _as_matrix(layer, self.groups, self.bias != "none")
+        self.current = weight_matrix(layer, self.groups, self.bias != "none")
         g, d, o = self.current.shape
         if len(kept.outputs) != layer.weight.shape[0]:
             raise EdgepruneError(f"reconstruction: {kept.module} has {layer.weight.shape[0]} outputs, "
@@ -445,7 +446,7 @@ class _Fit:
         return LayerFit(self.kept.module, before, min(after, before), refit, self.bias, ridge)
 
 
-def _as_matrix(layer: nn.Module, groups: int, bias: bool) -> torch.Tensor:
+def weight_matrix(layer: nn.Module, groups: int, bias: bool) -> torch.Tensor:
     """The layer's current weights as G x D x O (with the bias row when fitting one)."""
     w = layer.weight.detach().double().cpu()
     out = w.shape[0]
