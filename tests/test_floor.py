@@ -39,11 +39,16 @@ def test_a_floor_alone_delivers_the_deepest_cut_that_meets_it(tmp_path, pixels):
     assert chosen["macs_cut"] == max(p["macs_cut"] for p in curve if p["meets"])  # the deepest that meets it
     assert any(not p["meets"] for p in curve)  # the first trial (half the MACs) does not
     assert all(p["speedup"] > 0 and set(p["outputs"]) == {"scores", "boxes", "embedding"} for p in curve)
+    assert all(len(p["speedup_rounds"]) == 3 and min(p["speedup_rounds"]) <= p["speedup"] * 1.0001 for p in curve)
     pruned = next(v for v in report["variants"] if v["name"] == "pruned")
     assert pruned["macs"] == pytest.approx(report["variants"][0]["macs"] * (1 - chosen["macs_cut"]), rel=1e-6)
     assert pruned["cosine_min"] >= 0.9 - 0.02  # the ONNX file on the same held-out images
     assert "## Trade-off curve" in (out / "report.md").read_text()
     assert "trade-off curve:" in result.stdout and "chosen" in result.stdout
+    promise = report["promise"]  # the floor asked, against the delivered ONNX file's own figures
+    assert promise["report"]["cosine_min"] == pruned["cosine_min"] and promise["speed_held"] is None
+    assert promise["floor_held"] == (pruned["cosine_min"] >= 0.9) and promise["search"]["cosine_min"] == chosen["cosine_min"]
+    assert "promise in onnxruntime: worst output cosine >= 0.9: " in result.stdout
 
 
 def test_a_target_that_misses_the_floor_is_refused_with_the_nearest_point(tmp_path, pixels):
@@ -147,3 +152,27 @@ def test_a_speed_target_that_misses_the_floor_tries_its_most_cut_groups_one_step
     assert chosen.plan == "speedup 2x, conv2 widened to 48" and chosen.speedup == 2.05
     slow = Trials({"conv1 widened to 32": (1.2, 0.999), "conv2 widened to 48": (1.9, 0.991)})
     assert _widened(slow, target) is None  # meets the floor, but not the speed asked: the bisection goes on
+
+
+def test_the_promise_is_judged_on_the_reports_own_measurement_of_the_delivered_files():
+    """The face net's chosen point measured 2.02x in the search and 1.91x in the report's profile:
+    the report says the speed was not kept there, instead of repeating the search's figure."""
+    from edgeprune.pipeline.search import Floor, Point, Search, SpeedTarget
+    from edgeprune.report import promise_lines
+
+    chosen = Point("speedup 2x", 0.39, 2.02, 0.50, 0.2475, 0.9942, None, True, 391.0, chosen=True,
+                   speedup_rounds=[1.95, 2.02, 2.10])
+    found = Search(object(), [chosen], Floor(min_cosine=0.99), "onnxruntime", 1108.0, SpeedTarget(speedup=2.0))
+    slow = found.promise({"dense_ms": 0.507, "pruned_ms": 0.265, "cosine_min": 0.9942, "top1": None, "dense_top1": None})
+    assert slow["search"]["speedup"] == 2.02 and slow["report"]["speedup"] == pytest.approx(1.913, abs=1e-3)
+    assert slow["floor_held"] and slow["speed_held"] is False and not slow["held"]
+    [line] = promise_lines({"promise": slow})
+    assert line.startswith("promise in onnxruntime: 2x the dense model's speed, worst output cosine >= 0.99: "
+                           "the speed not kept in this report's own measurement")
+    assert "rounds 1.95x, 2.02x, 2.10x" in line and "this report 1.91x, worst cosine 0.9942" in line
+    kept = found.promise({"dense_ms": 0.507, "pruned_ms": 0.25, "cosine_min": 0.9942, "top1": None, "dense_top1": None})
+    assert kept["held"] and "2x the dense model's speed, worst output cosine >= 0.99: kept." in promise_lines({"promise": kept})[0]
+    worse = found.promise({"dense_ms": 0.507, "pruned_ms": 0.25, "cosine_min": 0.989, "top1": None, "dense_top1": None})
+    assert not worse["floor_held"] and worse["speed_held"] and not worse["held"]
+    budget = Search(object(), [chosen], Floor(min_cosine=0.99), "onnxruntime", 1.0, SpeedTarget(latency_budget=0.26))
+    assert budget.promise({"dense_ms": 0.507, "pruned_ms": 0.265, "cosine_min": 0.995})["speed_held"] is False

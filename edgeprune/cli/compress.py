@@ -88,7 +88,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
-    from edgeprune.report import curve_lines, format_table, runtime_lines, shipped_files
+    from edgeprune.report import curve_lines, format_table, promise_lines, runtime_lines, shipped_files
 
     latency = latency_budget is not None or speedup is not None
     if latency and (flops_cut is not None or ratio is not None):
@@ -128,4 +128,6 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
         click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
     if report.get("curve"):
         click.echo("\n" + "\n".join(curve_lines(report)))
+    if report.get("promise"):
+        click.echo("\n" + "\n".join(promise_lines(report)))
     click.echo(f"\nwrote {output}/: {', '.join(shipped_files(report))}")

@@ -58,7 +58,9 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
         runtimes = stages.runtime_files(job, result, staging, progress)
         stages.runtime_quality(job, runtimes, staging, progress)
         report = stages.build_report(job, result, variants, exports, settings, time.perf_counter() - started, runtimes)
-        report.update(found.report() if found is not None else {})
+        if found is not None:
+            report.update(found.report())
+            report["promise"] = found.promise(stages.delivered(job, variants, runtimes))
         write_report(report, staging)
         _publish(staging, out_dir)
     except BaseException:

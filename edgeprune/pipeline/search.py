@@ -24,6 +24,7 @@ True
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -76,6 +77,27 @@ class Floor:
         return " and ".join(parts)
 
 
+@dataclass(frozen=True)
+class SpeedTarget:
+    """``--speedup`` (times the dense model's speed) or ``--latency-budget`` (ms) in the runtime planned for."""
+
+    speedup: float | None = None
+    latency_budget: float | None = None
+
+    @classmethod
+    def of(cls, options: Any) -> SpeedTarget | None:
+        return cls(options.speedup, options.latency_budget) if options.latency_driven else None
+
+    def met(self, dense_ms: float, pruned_ms: float) -> bool:
+        if self.speedup is not None:
+            return dense_ms / pruned_ms >= self.speedup
+        return pruned_ms <= self.latency_budget
+
+    def describe(self) -> str:
+        return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
+            f"at most {self.latency_budget:g} ms"
+
+
 @dataclass
 class Point:
     """One trial: its plan, the recovered model's speed and fidelity, and the seconds it took."""
@@ -92,6 +114,7 @@ class Point:
     chosen: bool = False
     outputs: dict[str, float] = field(default_factory=dict)
     widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
+    speedup_rounds: list[float] = field(default_factory=list)  # each side-by-side round's dense / pruned
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
@@ -107,12 +130,36 @@ class Search:
     floor: Floor
     runtime: str
     seconds: float
+    target: SpeedTarget | None = None
 
     def report(self) -> dict[str, Any]:
-        """The report's ``curve`` (every point) and ``search`` (the floor, the trials, their cost)."""
+        """The report's ``curve`` (every point) and ``search`` (the floor, the speed target, the
+        trials, their cost)."""
         return {"curve": [asdict(p) for p in self.curve],
                 "search": {"floor": asdict(self.floor) if self.floor.given else None, "runtime": self.runtime,
+                           "target": asdict(self.target) if self.target is not None else None,
                            "trials": len(self.curve), "seconds": round(self.seconds, 1)}}
+
+    def promise(self, delivered: dict[str, Any]) -> dict[str, Any] | None:
+        """The floor and speed asked, against what the search measured of the chosen point and
+        what the report measured of the delivered files (``delivered``: dense_ms, pruned_ms,
+        cosine_min, top1, dense_top1 in the runtime planned for). A half-millisecond model's
+        speedup moves by a tenth or more between runs, so a point the search found just fast
+        enough can fall short in the report's own profile: the report says so rather than hide it."""
+        chosen = next((p for p in self.curve if p.chosen), None)
+        if chosen is None or not self.floor.given:
+            return None
+        speed = delivered["dense_ms"] / delivered["pruned_ms"] if delivered.get("pruned_ms") else None
+        floor_held = self.floor.holds(delivered, delivered.get("dense_top1"))
+        speed_held = None if self.target is None or speed is None else \
+            self.target.met(delivered["dense_ms"], delivered["pruned_ms"])
+        return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
+                "runtime": self.runtime,
+                "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
+                           "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1},
+                "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
+                           "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1")},
+                "floor_held": floor_held, "speed_held": speed_held, "held": floor_held and speed_held is not False}
 
 
 class FloorNotMet(EdgepruneError):
@@ -244,12 +291,14 @@ class _Trials:
         """The recovered model's point: fidelity on the held-out images, and its speed against the
         dense model's, side by side (:class:`~edgeprune.latency.ModelTimer`: the median of three rounds)."""
         figures = self.held_out.figures(result.model)
-        dense_ms, pruned_ms = self.timer([self.job.loaded.model, result.model])
+        rounds = self.timer.rounds_of([self.job.loaded.model, result.model])
+        dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
         meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
                      figures.get("top1"), meets, seconds, chosen,
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
-                     widths=dict(result.plan.get("widths", {})))
+                     widths=dict(result.plan.get("widths", {})),
+                     speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds])
 
     @staticmethod
     def _label(options: Any) -> str:
@@ -288,12 +337,14 @@ def search(job: Job, progress: Progress) -> Search:
         if not trials.points:
             raise
         curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
-        raise FloorNotMet(str(exc), Search(None, curve, floor, job.runtime, time.perf_counter() - start)) from None
+        raise FloorNotMet(str(exc), Search(None, curve, floor, job.runtime, time.perf_counter() - start,
+                                           SpeedTarget.of(job.options))) from None
     finally:
         trials.close()
     chosen.chosen = True
     curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
-    found = Search(trials.result_of(chosen), curve, floor, job.runtime, time.perf_counter() - start)
+    found = Search(trials.result_of(chosen), curve, floor, job.runtime, time.perf_counter() - start,
+                   SpeedTarget.of(job.options))
     progress(f"search: {len(curve)} trials in {found.seconds:.0f} s; chosen {chosen.describe()}")
     return found
 
@@ -350,15 +401,9 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
         wider = min(dense, kept + trials.job.round_to)
         widths = {**target.widths, name: [dense, wider]}
         point = trials.run(widths=(f"{target.plan}, {name} widened to {wider}", widths))
-        if point is not None and point.meets and _fast_enough(point, options):
+        if point is not None and point.meets and SpeedTarget.of(options).met(point.dense_ms, point.pruned_ms):
             found.append(point)
     return max(found, key=lambda p: p.speedup, default=None)
-
-
-def _fast_enough(point: Point, options: Any) -> bool:
-    if options.speedup is not None:
-        return point.speedup >= options.speedup
-    return point.pruned_ms <= options.latency_budget
 
 
 def _deepest(trials: _Trials) -> Point | None:

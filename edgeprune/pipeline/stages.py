@@ -390,6 +390,16 @@ def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) 
     return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms")}
 
 
+def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
+    """What the report measured of the delivered files in the runtime planned for: dense and pruned
+    p50 ms, the pruned file's worst cosine and top-1 on the held-out images (onnxruntime's where that
+    runtime could not run them), and the dense model's top-1."""
+    pruned = (runtimes or {}).get(job.runtime, {}).get("pruned", {})
+    quality = pruned if pruned.get("cosine_min") is not None else variants[1]
+    return {**_final_times(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
+            "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy")}
+
+
 def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,
                  seconds: float, runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     from edgeprune.counter import compare_layers

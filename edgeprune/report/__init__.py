@@ -93,6 +93,7 @@ def markdown(report: dict[str, Any]) -> str:
               "the lowest over the model's outputs (per output below).",
               f"Latency measured with onnxruntime on {report['host']['machine']} ({report['host']['cpus']} CPUs) "
               f"under the target's settings: {json.dumps(report['bench_settings'])}.", ""]
+    lines += promise_lines(report, markdown=True)
     lines += _inputs_section(report.get("inputs", {}))
     lines += _quality_section(report)
     lines += _pruning_section(report["pruning"])
@@ -208,8 +209,9 @@ def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
     curve, search = report.get("curve"), report.get("search") or {}
     if not curve:
         return []
-    header = ["plan", "MACs cut", "speedup", "worst cosine", "top-1", "meets floor", "seconds", ""]
-    rows = [[p["plan"], f"{p['macs_cut']:.1%}", f"{p['speedup']:.2f}x", f"{p['cosine_min']:.4f}",
+    header = ["plan", "MACs cut", "speedup", "rounds", "worst cosine", "top-1", "meets floor", "seconds", ""]
+    rows = [[p["plan"], f"{p['macs_cut']:.1%}", f"{p['speedup']:.2f}x", _spread(p.get("speedup_rounds")),
+             f"{p['cosine_min']:.4f}",
              "-" if p["top1"] is None else f"{p['top1']:.2%}", {None: "-", True: "yes", False: "no"}[p["meets"]],
              f"{p['seconds']:.0f}", "chosen" if p["chosen"] else ""] for p in curve]
     floor = search.get("floor")
@@ -221,9 +223,41 @@ def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         return [f"trade-off curve: {title}"] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
                                                 for r in [header] + rows]
-    return (["## Trade-off curve", "", title[0].upper() + title[1:] + " (held-out images; speedup measured against "
-             "dense, side by side).", "", "| " + " | ".join(header[:-1]) + " | |", "|" + "---|" * len(header)]
+    return (["## Trade-off curve", "", title[0].upper() + title[1:] + " (held-out images; speedup: the median of "
+             "side-by-side rounds against dense, the lowest and highest round beside it).", "", "| " + " | ".join(header[:-1]) + " | |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+
+
+def _spread(rounds: list[float] | None) -> str:
+    """The lowest and highest of a point's side-by-side rounds: how far its speedup can be trusted."""
+    return f"{min(rounds):.2f}-{max(rounds):.2f}x" if rounds else "-"
+
+
+def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
+    """What was asked (floor, speed) against what the search measured of the chosen point and what
+    this report measured of the delivered files."""
+    promise = report.get("promise")
+    if not promise:
+        return []
+    target = promise["target"] or {}
+    asked = ([f"{target['speedup']:g}x the dense model's speed" if target.get("speedup") is not None else
+              f"at most {target['latency_budget']:g} ms"] if target else []) + [_floor_text(promise["floor"])]
+    found, here = promise["search"], promise["report"]
+
+    def figures(measured: dict[str, Any], rounds: list[float] | None = None) -> str:
+        speed = "" if measured["speedup"] is None else f"{measured['speedup']:.2f}x"
+        spread = f" (rounds {', '.join(f'{r:.2f}x' for r in rounds)})" if rounds else ""
+        top1 = f", top-1 {measured['top1']:.2%}" if measured.get("top1") is not None else ""
+        return f"{speed}{spread}, worst cosine {measured['cosine_min']:.4f}{top1}".lstrip(", ")
+
+    missed = [part for part, held in (("the floor", promise["floor_held"]), ("the speed", promise["speed_held"]))
+              if held is False]
+    verdict = ("kept" if promise["held"] else
+               f"{' and '.join(missed)} not kept in this report's own measurement; timings of a model this small move "
+               "between runs: check on the device (`edgeprune bench`)")
+    line = (f"promise in {promise['runtime']}: {', '.join(asked)}: {verdict}. The search measured "
+            f"{figures(found, found['speedup_rounds'])}; this report {figures(here)}.")
+    return ["## Promise", "", line[0].upper() + line[1:], ""] if markdown else [line]
 
 
 def _floor_text(floor: dict[str, Any]) -> str:
