@@ -4,6 +4,7 @@ tests/models/heads.py, recovered by reconstruction alone (no epochs) to stay fas
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 from click.testing import CliRunner
@@ -176,3 +177,28 @@ def test_the_promise_is_judged_on_the_reports_own_measurement_of_the_delivered_f
     assert not worse["floor_held"] and worse["speed_held"] and not worse["held"]
     budget = Search(object(), [chosen], Floor(min_cosine=0.99), "onnxruntime", 1.0, SpeedTarget(latency_budget=0.26))
     assert budget.promise({"dense_ms": 0.507, "pruned_ms": 0.265, "cosine_min": 0.995})["speed_held"] is False
+
+
+def test_a_close_call_on_the_speed_target_is_measured_longer():
+    """Three rounds on both sides of 2x get six more, and the median of all nine decides; rounds
+    that agree are not measured again."""
+    from edgeprune.pipeline.search import CLOSE_CALL_ROUNDS, SpeedTarget, speed_rounds
+
+    class Timer:
+        def __init__(self, ratios):
+            self.ratios, self.asked = iter(ratios), []
+
+        def rounds_of(self, models, rounds=None):
+            self.asked.append(rounds or 3)
+            return [[1.0, 1.0 / next(self.ratios)] for _ in range(rounds or 3)]
+
+    said = []
+    close = Timer([2.1, 1.9, 2.05] + [1.8] * CLOSE_CALL_ROUNDS)
+    rounds = speed_rounds(close, ["dense", "pruned"], SpeedTarget(speedup=2.0), said.append)
+    assert close.asked == [3, CLOSE_CALL_ROUNDS] and len(rounds) == 3 + CLOSE_CALL_ROUNDS
+    assert not SpeedTarget(speedup=2.0).met(*(statistics.median(t) for t in zip(*rounds)))  # 1.8x, measured longer
+    assert said == [f"its rounds fall on both sides of 2x the dense model's speed; {CLOSE_CALL_ROUNDS} more"]
+    agreed = Timer([2.1, 2.2, 2.05])
+    assert len(speed_rounds(agreed, ["dense", "pruned"], SpeedTarget(speedup=2.0), said.append)) == 3
+    assert len(speed_rounds(Timer([2.1, 1.9, 2.0]), ["dense", "pruned"], None, said.append)) == 3  # no target
+    assert SpeedTarget(latency_budget=0.5).close_call([[1.0, 0.4], [1.0, 0.6]])

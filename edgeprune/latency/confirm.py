@@ -49,10 +49,10 @@ class ModelTimer:
     def __call__(self, models: list[nn.Module]) -> list[float]:
         return [statistics.median(times) for times in zip(*self.rounds_of(models))]
 
-    def rounds_of(self, models: list[nn.Module]) -> list[list[float]]:
-        """Each round's p50 ms of every model (``rounds`` lists, the models in order)."""
+    def rounds_of(self, models: list[nn.Module], rounds: int | None = None) -> list[list[float]]:
+        """Each round's p50 ms of every model (``rounds`` lists, default the timer's, the models in order)."""
         paths = [self._path(m) for m in models]
-        return [[p.p50_ms for p in profile_models(paths, self.config)] for _ in range(self.rounds)]
+        return [[p.p50_ms for p in profile_models(paths, self.config)] for _ in range(rounds or self.rounds)]
 
     def close(self) -> None:
         self._exported.clear()
