@@ -153,6 +153,10 @@ def test_a_speed_target_that_misses_the_floor_tries_its_most_cut_groups_one_step
     assert chosen.plan == "speedup 2x, conv2 widened to 48" and chosen.speedup == 2.05
     slow = Trials({"conv1 widened to 32": (1.2, 0.999), "conv2 widened to 48": (1.9, 0.991)})
     assert _widened(slow, target) is None  # meets the floor, but not the speed asked: the bisection goes on
+    unaligned = Point("speedup 2x", 0.55, 1.88, 1.0, 0.53, 0.983, None, False, 1.0,
+                      widths={"conv1": [32, 16], "conv2": [64, 44]})  # the latency planner's grid is finer
+    trials = Trials({"conv1 widened to 32": (1.1, 0.989), "conv2 widened to 48": (2.0, 0.991)})
+    assert _widened(trials, unaligned).plan == "speedup 2x, conv2 widened to 48"  # the next aligned width, not 60
 
 
 def test_the_promise_is_judged_on_the_reports_own_measurement_of_the_delivered_files():

@@ -282,7 +282,7 @@ class _Trials:
         finally:
             if getattr(planner, "measure", None) is not None:
                 planner.measure.close()
-        point = self.measure(label, result, time.perf_counter() - start)
+        point = self.measure(label, result, time.perf_counter() - start, say=inner)
         self.points.append((point, result))
         if distinct is not None:
             self.by_plan[distinct.key] = point
@@ -294,13 +294,14 @@ class _Trials:
         """How far a point went: its measured speedup for a speed target, else its MACs cut."""
         return point.speedup if self.job.options.latency_driven else point.macs_cut
 
-    def measure(self, label: str, result: Any, seconds: float, chosen: bool = False) -> Point:
+    def measure(self, label: str, result: Any, seconds: float, chosen: bool = False,
+                say: Progress | None = None) -> Point:
         """The recovered model's point: fidelity on the held-out images, and its speed against the
         dense model's, side by side (:class:`~edgeprune.latency.ModelTimer`: the median of three rounds,
         and of :data:`CLOSE_CALL_ROUNDS` more when they disagree on whether the speed target is met)."""
         figures = self.held_out.figures(result.model)
         rounds = speed_rounds(self.timer, [self.job.loaded.model, result.model], self.target,
-                              lambda message: self.progress(f"{label}: {message}"))
+                              say or (lambda message: self.progress(f"{label}: {message}")))
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
         meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
@@ -418,7 +419,7 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
     found = []
     for _, name in cut[:WIDEN_TRIALS]:
         dense, kept = target.widths[name]
-        wider = min(dense, kept + trials.job.round_to)
+        wider = min(dense, (kept // trials.job.round_to + 1) * trials.job.round_to)  # the next aligned width
         widths = {**target.widths, name: [dense, wider]}
         point = trials.run(widths=(f"{target.plan}, {name} widened to {wider}", widths))
         if point is not None and point.meets and SpeedTarget.of(options).met(point.dense_ms, point.pruned_ms):
