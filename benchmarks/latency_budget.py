@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from criteria import _say, load_splits, write_json  # noqa: E402  (the benchmarks share their helpers)
-from latency import machine  # noqa: E402
+from criteria import _say, load_splits  # noqa: E402  (the benchmarks share their helpers)
+from latency import machine, write_json  # noqa: E402
 
 MODELS = ["resnet56-cifar", "mobilenetv1-cifar", "torchvision:mobilenet_v2"]
 UNIFORM_CUTS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
