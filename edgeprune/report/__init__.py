@@ -250,11 +250,12 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
         top1 = f", top-1 {measured['top1']:.2%}" if measured.get("top1") is not None else ""
         return f"{speed}{spread}, worst cosine {measured['cosine_min']:.4f}{top1}".lstrip(", ")
 
+    why = {"the floor": "the shipped file scores below the search's figures",
+           "the speed": "timings move between runs on a busy host: time the files on the device (`edgeprune bench`)"}
     missed = [part for part, held in (("the floor", promise["floor_held"]), ("the speed", promise["speed_held"]))
               if held is False]
     verdict = ("kept" if promise["held"] else
-               f"{' and '.join(missed)} not kept in this report's own measurement; timings of a model this small move "
-               "between runs: check on the device (`edgeprune bench`)")
+               f"{' and '.join(missed)} not kept in this report's own measurement ({'; '.join(why[m] for m in missed)})")
     line = (f"promise in {promise['runtime']}: {', '.join(asked)}: {verdict}. The search measured "
             f"{figures(found, found['speedup_rounds'])}; this report {figures(here)}.")
     return ["## Promise", "", line[0].upper() + line[1:], ""] if markdown else [line]
