@@ -1,13 +1,13 @@
 """Latency-driven pruning plans: per-group widths that meet a latency budget on the target.
 
 In the spirit of NetAdapt and HALP: every prunable group may shrink to any of its grid widths
-(:func:`~edgeprune.latency.table.axis`) taken up to the runtime's alignment (``round_to``, as
-MACs plans keep it), dropping its lowest-scoring units first. Starting from the dense model,
-the planner repeatedly makes the cheapest move per millisecond saved, as the latency table
-predicts (see :class:`Search`), until the prediction meets the budget, then widens groups back
-one grid width at a time while the prediction stays within it. The alignment is not left to the
-table: one noisy entry (on the face net's conv3, 64 -> 60 channels timed 36 % faster than 64,
-where the kernels block channels by 16) made plans cut 4 channels for fidelity and no speed. The plan is then confirmed by exporting and measuring the whole pruned model; if the
+(:func:`~edgeprune.latency.table.axis`, multiples of 4 and of 8 alike), dropping its
+lowest-scoring units first. Starting from the dense model, the planner repeatedly makes the
+cheapest move per millisecond saved, as the latency table predicts (see :class:`Search`),
+until the prediction meets the budget, then widens groups back one grid width at a time while
+the prediction stays within it. A width the kernels dislike saves nothing in the table,
+so it is never chosen: each group's alignment comes from the measurements, not from one fixed
+multiple. The plan is then confirmed by exporting and measuring the whole pruned model; if the
 measurement misses the budget, the prediction's aim is corrected by the ratio measured and the
 plan is made again for it (a few rounds at most).
 """
@@ -78,7 +78,7 @@ def _choices(group: Group, scores: torch.Tensor | None, round_to: int, max_group
     floor = max(n - math.floor(max_group_ratio * n), n - group.n_prunable + (group.n_prunable == n), 1)
     s = scores.double().numpy()
     counts, masks = [], []
-    for c in sorted({min(n, round_to * math.ceil(c / round_to)) for c in axis(n, axis_points)}):
+    for c in axis(n, axis_points):
         if c < floor or c % blocks:
             continue
         mask = np.zeros(n, dtype=bool)
