@@ -130,12 +130,12 @@ def test_a_speed_target_that_misses_the_floor_tries_its_most_cut_groups_one_step
     speed asked is delivered; one that is too slow is not."""
     from types import SimpleNamespace
 
-    from edgeprune.pipeline.search import Floor, Point, _widened
+    from edgeprune.pipeline.search import Floor, Point, SpeedTarget, _widened
 
     class Trials:
         def __init__(self, speeds):
-            self.job = SimpleNamespace(options=SimpleNamespace(latency_driven=True, speedup=2.0, latency_budget=None),
-                                       round_to=16)
+            self.job = SimpleNamespace(round_to=16)
+            self.target = SpeedTarget(speedup=2.0)
             self.floor, self.speeds, self.asked = Floor(min_cosine=0.99), speeds, []
 
         def run(self, widths):

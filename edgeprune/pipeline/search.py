@@ -159,8 +159,9 @@ class Search:
         floor_held = self.floor.holds(delivered, delivered.get("dense_top1"))
         speed_held = None if self.target is None or speed is None else \
             self.target.met(delivered["dense_ms"], delivered["pruned_ms"])
+        asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
         return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
-                "runtime": self.runtime,
+                "asked": ", ".join(asked), "runtime": self.runtime,
                 "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
                            "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1},
                 "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
@@ -292,7 +293,7 @@ class _Trials:
 
     def depth(self, point: Point) -> float:
         """How far a point went: its measured speedup for a speed target, else its MACs cut."""
-        return point.speedup if self.job.options.latency_driven else point.macs_cut
+        return point.speedup if self.target is not None else point.macs_cut
 
     def measure(self, label: str, result: Any, seconds: float, chosen: bool = False,
                 say: Progress | None = None) -> Point:
@@ -359,13 +360,13 @@ def search(job: Job, progress: Progress) -> Search:
             raise
         curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
         raise FloorNotMet(str(exc), Search(None, curve, floor, job.runtime, time.perf_counter() - start,
-                                           SpeedTarget.of(job.options))) from None
+                                           trials.target)) from None
     finally:
         trials.close()
     chosen.chosen = True
     curve = sorted((p for p, _ in trials.points), key=lambda p: p.macs_cut)
     found = Search(trials.result_of(chosen), curve, floor, job.runtime, time.perf_counter() - start,
-                   SpeedTarget.of(job.options))
+                   trials.target)
     progress(f"search: {len(curve)} trials in {found.seconds:.0f} s; chosen {chosen.describe()}")
     return found
 
@@ -412,8 +413,7 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
     speed asked, measured. Speed comes in steps: on the face net the 2x plan cut conv2 to 32
     channels (2.27x, 0.978) where 48 measured about 2x (0.986), and the bisected targets in between
     gave other plans."""
-    options = trials.job.options
-    if not options.latency_driven or not target.widths:
+    if trials.target is None or not target.widths:
         return None
     cut = sorted((kept / dense, name) for name, (dense, kept) in target.widths.items() if kept < dense)
     found = []
@@ -422,7 +422,7 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
         wider = min(dense, (kept // trials.job.round_to + 1) * trials.job.round_to)  # the next aligned width
         widths = {**target.widths, name: [dense, wider]}
         point = trials.run(widths=(f"{target.plan}, {name} widened to {wider}", widths))
-        if point is not None and point.meets and SpeedTarget.of(options).met(point.dense_ms, point.pruned_ms):
+        if point is not None and point.meets and trials.target.met(point.dense_ms, point.pruned_ms):
             found.append(point)
     return max(found, key=lambda p: p.speedup, default=None)
 

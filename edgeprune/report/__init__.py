@@ -239,9 +239,6 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
     promise = report.get("promise")
     if not promise:
         return []
-    target = promise["target"] or {}
-    asked = ([f"{target['speedup']:g}x the dense model's speed" if target.get("speedup") is not None else
-              f"at most {target['latency_budget']:g} ms"] if target else []) + [_floor_text(promise["floor"])]
     found, here = promise["search"], promise["report"]
 
     def figures(measured: dict[str, Any], rounds: list[float] | None = None) -> str:
@@ -256,7 +253,7 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
               if held is False]
     verdict = ("kept" if promise["held"] else
                f"{' and '.join(missed)} not kept in this report's own measurement ({'; '.join(why[m] for m in missed)})")
-    line = (f"promise in {promise['runtime']}: {', '.join(asked)}: {verdict}. The search measured "
+    line = (f"promise in {promise['runtime']}: {promise['asked']}: {verdict}. The search measured "
             f"{figures(found, found['speedup_rounds'])}; this report {figures(here)}.")
     return ["## Promise", "", line[0].upper() + line[1:], ""] if markdown else [line]
 
