@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgeprune.calibration.preprocess import Preprocess, override
-from edgeprune.calibration.sources import KINDS, Fit, RawSource, parse_spec
+from edgeprune.calibration.sources import KINDS, Fit, RawSource, box_array, check_box_classes, parse_spec
 from edgeprune.errors import EdgepruneError
 
 SPLITS = ("train", "val", "test", "all")
@@ -34,7 +34,9 @@ class LabeledArrays:
     """Model inputs: ``x`` float32 N x C x H x W, ``y`` int64 or None.
 
     ``preprocess`` is what turned the source's pixels into ``x`` (None: the source held model
-    inputs, used as given), so a deployment can apply the same.
+    inputs, used as given), so a deployment can apply the same. ``boxes`` (detection labels): per
+    image an M x 5 float32 array, class then x1, y1, x2, y2 in the model input's pixels (after the
+    letterbox or crop that placed the image).
     """
 
     x: np.ndarray
@@ -43,9 +45,15 @@ class LabeledArrays:
     preprocess: Preprocess | None
     name: str
     split: str
+    boxes: np.ndarray | None = None  # an object array, one M x 5 array per image
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def subset(self, keep: np.ndarray) -> LabeledArrays:
+        """The images ``keep`` indexes, with their labels."""
+        return replace(self, x=self.x[keep], y=None if self.y is None else self.y[keep],
+                       boxes=None if self.boxes is None else self.boxes[keep])
 
     def black(self) -> np.ndarray:
         """Per-channel input value of a black pixel (the padding of a crop); as-given inputs: their minimum."""
@@ -111,17 +119,27 @@ def load_data(
     preprocess = preprocess or Preprocess()
     fit = _fit(size, preprocess)
     raw = _read(spec, fit)
-    x, y = _select(raw, split, val_fraction, seed)
+    x, y, boxes = _select(raw, split, val_fraction, seed)
     if limit is not None:
         keep = _subset(len(x), limit, seed)
-        x, y = x[keep], None if y is None else y[keep]
+        x, y, boxes = x[keep], None if y is None else y[keep], None if boxes is None else boxes[keep]
     if raw.inputs:
         x, used = _as_given(x, channels, fit, raw.name), None
     else:
         _check_memory(len(x), channels or x.shape[1], fit.size if fit else x.shape[2:])
-        x, used = preprocess.apply(_pixels(x, channels, fit), inplace=True), preprocess
+        placed = parse_spec(spec)[0].resizes_on_read  # the reader already brought the images to the size
+        x, used = preprocess.apply(_pixels(x, channels, None if placed else fit), inplace=True), preprocess
     _check_finite(x, raw.name)
-    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split)
+    boxes = None if boxes is None else box_array([b[:, :5] for b in boxes])
+    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split, boxes)
+
+
+def check_classes(spec: str, classes: int, size: int | tuple[int, int] | None = None,
+                  preprocess: Preprocess | None = None) -> None:
+    """``spec``'s detection boxes all name one of a detector's ``classes`` (one line naming the file and row)."""
+    raw = _read(spec, _fit(size, preprocess))
+    if raw.train_boxes is not None:
+        check_box_classes(raw, classes)
 
 
 def data_statistics(spec: str, *, channels: int | None = None, size: int | tuple[int, int] | None = None,
@@ -166,8 +184,7 @@ def sample(arrays: LabeledArrays, n: int, seed: int = 0) -> LabeledArrays:
     >>> len(sample(val, 64, seed=1)), sample(val, 64, seed=1).y.tolist() == sample(val, 64, seed=1).y.tolist()
     (64, True)
     """
-    keep = _subset(len(arrays), n, seed)
-    return replace(arrays, x=arrays.x[keep], y=None if arrays.y is None else arrays.y[keep])
+    return arrays.subset(_subset(len(arrays), n, seed))
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -209,21 +226,27 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _select(raw: RawSource, split: str, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+Selected = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]  # images, class labels, boxes
+
+
+def _select(raw: RawSource, split: str, val_fraction: float, seed: int) -> Selected:
     if split == "test":
         if raw.test_x is None:
             raise EdgepruneError(f"'{raw.name}' has no test split; use split 'val' (held out from its training images)")
-        return raw.test_x, raw.test_y
+        return raw.test_x, raw.test_y, raw.test_boxes
     if split == "all":
         if raw.test_x is None:
-            return raw.train_x, raw.train_y
+            return raw.train_x, raw.train_y, raw.train_boxes
         labels = None if raw.train_y is None or raw.test_y is None else np.concatenate([raw.train_y, raw.test_y])
-        return np.concatenate([raw.train_x, raw.test_x]), labels
+        boxes = None if raw.train_boxes is None or raw.test_boxes is None else \
+            np.concatenate([raw.train_boxes, raw.test_boxes])
+        return np.concatenate([raw.train_x, raw.test_x]), labels, boxes
     train, val = _split_indices(len(raw.train_x), val_fraction, seed)
     keep = train if split == "train" else val
     if len(keep) == 0:
         raise EdgepruneError(f"'{raw.name}': the {split} split is empty (val_fraction={val_fraction})")
-    return raw.train_x[keep], None if raw.train_y is None else raw.train_y[keep]
+    return (raw.train_x[keep], None if raw.train_y is None else raw.train_y[keep],
+            None if raw.train_boxes is None else raw.train_boxes[keep])
 
 
 def _subset(n: int, limit: int, seed: int) -> np.ndarray:

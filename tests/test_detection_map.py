@@ -1,0 +1,124 @@
+"""A detector's own yardstick: mAP after NMS against labelled boxes (``yolo:`` and ``coco:`` data),
+in every variant's figures, the report and the floor; bad labels refused in one line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgeprune.calibration import clear_cache, load_data
+from edgeprune.cli import main
+from edgeprune.metrics.detection import detections_from_output, map50_95
+from edgeprune.pipeline.search import Floor
+
+from conftest import assert_one_line_error
+
+SPEC = "tests/models/yolo_like.py:yolo_like"
+FAST = ["--target", "x86-avx2", "--runs", "3", "--min-time", "0.05", "--no-int8", "--finetune-epochs", "0",
+        "--no-reconstruct", "--eval-images", "8"]
+
+
+def test_map_pins_a_hand_computed_case():
+    """Two images. Class 0: a perfect box (score 0.9) on image 0; on image 1 a box of IoU 0.625 with
+    its label (0.8) and one far off (0.7). Class 1: one perfect box on image 1.
+
+    Class 0 at IoU 0.50, 0.55, 0.60: both labels found before the miss, precision 1 at every recall:
+    AP 1. At 0.65 ... 0.95 (7 thresholds): only the first, precision 1 up to recall 0.5 then 0: COCO's
+    101 recall points give 51/101. Class 1: AP 1 everywhere.
+    mAP50 = 1; mAP50-95 = (1 + (3 + 7 * 51/101) / 10) / 2 = 0.8267326..."""
+    labels = [np.array([[0, 0, 0, 10, 10]], np.float32),
+              np.array([[0, 20, 20, 30, 30], [1, 40, 0, 50, 20]], np.float32)]
+    predictions = [np.array([[0, 0, 10, 10, 0.9, 0]], np.float32),
+                   np.array([[20, 20, 30, 26.25, 0.8, 0], [60, 60, 70, 70, 0.7, 0], [40, 0, 50, 20, 0.6, 1]], np.float32)]
+    found = map50_95(predictions, labels)
+    assert found["map50"] == pytest.approx(1.0)
+    assert found["map50_95"] == pytest.approx((1 + (3 + 7 * 51 / 101) / 10) / 2, abs=1e-9)
+    worse = [predictions[0], predictions[1][[1, 0, 2]] * [1, 1, 1, 1, 0, 1] + [0, 0, 0, 0, 0, 0]]
+    worse[1][:, 4] = [0.8, 0.7, 0.6]  # the far-off box now ranks first: class 0's precision at recall 1 is 2/3
+    assert map50_95(worse, labels)["map50"] == pytest.approx((1 + (51 + 50 * 2 / 3) / 101) / 2, abs=1e-3)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_per_class():
+    out = np.zeros((1, 4 + 2, 16), np.float32)
+    out[0, :4, 0], out[0, 4, 0] = [10, 10, 10, 10], 0.9  # class 0
+    out[0, :4, 1], out[0, 4, 1] = [11, 10, 10, 10], 0.8  # overlaps it (IoU 0.82): suppressed
+    out[0, :4, 2], out[0, 5, 2] = [11, 10, 10, 10], 0.7  # same place, class 1: kept
+    out[0, :4, 3], out[0, 4, 3] = [40, 40, 10, 10], 0.0005  # below --conf 0.001: dropped
+    found = detections_from_output(out, conf=0.001, iou=0.7)[0]
+    assert found[:, 5].tolist() == [0, 1] and found[:, 4].tolist() == pytest.approx([0.9, 0.7])
+    assert found[0, :4].tolist() == [5, 5, 15, 15]
+    assert len(detections_from_output(out, conf=0.001, iou=0.9)[0]) == 3  # IoU 0.82 < 0.9: both kept
+
+
+def test_floor_counts_map_points_for_a_detector():
+    floor = Floor(max_drop=1.0, metric="map50_95")
+    assert floor.holds({"cosine_min": 1.0, "top1": None, "map50_95": 0.505}, 0.51)
+    assert not floor.holds({"cosine_min": 1.0, "top1": None, "map50_95": 0.49}, 0.51)
+    assert "mAP50-95 within 1 points" in floor.describe()
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def _write(root, images: dict[str, tuple[int, int]], labels: dict[str, str]):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, (w, h) in images.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "images" / name)
+    for name, text in labels.items():
+        (root / "labels" / name).write_text(text)
+    clear_cache()
+    return root
+
+
+def test_yolo_boxes_follow_the_letterbox(tmp_path):
+    """A 32 x 16 image letterboxed into 64 x 64: scaled 2x, 16 rows of grey above and below."""
+    root = _write(tmp_path / "d", {"a.png": (32, 16)}, {"a.txt": "3 0.5 0.5 0.25 0.5\n"})
+    arrays = load_data(f"yolo:{root}", split="all", channels=3, size=64)
+    assert arrays.y is None and arrays.x.shape == (1, 3, 64, 64)
+    assert arrays.boxes[0].tolist() == [[3, 24, 24, 40, 40]]  # cx 16 cy 8 w 8 h 8 -> x 24..40, y 8*2+16 -8..+8
+    assert arrays.x[0, :, 0, 0] * 255 == pytest.approx([114, 114, 114])
+
+
+def test_coco_gives_the_boxes_yolo_gives(tmp_path):
+    root = _write(tmp_path / "d", {"a.png": (32, 16)}, {"a.txt": "1 0.5 0.5 0.25 0.5\n"})
+    coco = {"images": [{"id": 7, "file_name": "a.png", "width": 32, "height": 16}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 5, "bbox": [12, 4, 8, 8], "iscrowd": 0}],
+            "categories": [{"id": 2}, {"id": 5}]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    from_coco = load_data(f"coco:{tmp_path / 'ann.json'}:{root / 'images'}", split="all", channels=3, size=64)
+    from_yolo = load_data(f"yolo:{root}", split="all", channels=3, size=64)
+    assert from_coco.boxes[0].tolist() == from_yolo.boxes[0].tolist()
+    assert np.array_equal(from_coco.x, from_yolo.x)
+
+
+# --- bad yolo: inputs, one line each, nothing written --------------------------------------------------
+
+IMAGES = {f"{name}.png": (64, 64) for name in "abcdefghij"}  # ten: one held out
+LABELS = {f"{name}.txt": "0 0.5 0.5 0.2 0.2\n" for name in "abcdefghij"}
+
+
+@pytest.mark.parametrize("case, labels, fragments", [
+    ("four numbers", {"b.txt": "1 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2\n"}, ["b.txt row 2", "4 numbers, expected 5"]),
+    ("class past the head", {"b.txt": "\n4 0.1 0.1 0.1 0.1\n7 0.5 0.5 0.2 0.2\n"}, ["b.txt row 3", "class 7", "5 classes"]),
+    ("box outside", {"a.txt": "0 0.5 1.5 0.2 0.2\n", "b.txt": ""}, ["a.txt row 1", "outside [0, 1]"]),
+    ("no label file", {"b.txt": None}, ["b.png", "no label file", "b.txt"]),
+])
+def test_bad_yolo_labels_fail_in_one_line_naming_the_file_and_row(tmp_path, case, labels, fragments):
+    given = {name: text for name, text in {**LABELS, **labels}.items() if text is not None}
+    root = _write(tmp_path / "d", IMAGES, given)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["compress", SPEC, "--calib", f"yolo:{root}", *FAST, "-o", str(out)])
+    assert_one_line_error(result, *fragments)
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_an_empty_yolo_folder_fails_in_one_line(tmp_path):
+    root = _write(tmp_path / "d", {}, {})
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["compress", SPEC, "--calib", f"yolo:{root}", *FAST, "-o", str(out)])
+    assert_one_line_error(result, str(root / "images"), "no images")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
