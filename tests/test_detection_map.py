@@ -122,3 +122,69 @@ def test_an_empty_yolo_folder_fails_in_one_line(tmp_path):
     result = CliRunner().invoke(main, ["compress", SPEC, "--calib", f"yolo:{root}", *FAST, "-o", str(out)])
     assert_one_line_error(result, str(root / "images"), "no images")
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+# --- the figures reach the report ------------------------------------------------------------------
+
+def _job(boxes):
+    from types import SimpleNamespace
+
+    from edgeprune.outputs import OutputInfo
+    from edgeprune.pipeline.options import CompressOptions
+
+    return SimpleNamespace(options=CompressOptions(conf=0.001, iou=0.7), shape=(1, 3, 64, 64), box_output=0,
+                           label_output=None, outputs=[OutputInfo("output0", (6, 8), "detections")],
+                           data=SimpleNamespace(reference=None))
+
+
+def _decoded(boxes_xywh, scores):
+    out = np.zeros((1, 6, 8), np.float32)
+    for k, (box, score) in enumerate(zip(boxes_xywh, scores)):
+        out[0, :4, k], out[0, 4, k] = box, score
+    return out
+
+
+def test_each_variant_gets_map_against_the_held_out_boxes():
+    """``_against_dense`` (each ONNX file, INT8 and each runtime's file go through it) adds mAP50 and
+    mAP50-95 from the boxes; the box beyond the input is clipped to it before matching."""
+    from edgeprune.calibration.sources import box_array
+    from edgeprune.pipeline import stages
+    from edgeprune.calibration.data import LabeledArrays
+
+    held_out = LabeledArrays(np.zeros((1, 3, 64, 64), np.float32), None, 2, None, "t", "val",
+                             box_array([np.array([[0, 0, 0, 20, 20], [0, 40, 40, 64, 64]], np.float32)]))
+    dense = _decoded([[10, 10, 20, 20], [56, 56, 32, 32]], [0.9, 0.8])  # the second spills past 64: clipped
+    job = _job(held_out.boxes)
+    job.data.reference = (held_out, [dense])
+    found = stages._against_dense(job, [dense])
+    assert found["map50"] == pytest.approx(1.0) and found["map50_95"] == pytest.approx(1.0)
+    shifted = _decoded([[10, 10, 20, 20], [36, 36, 32, 32]], [0.9, 0.8])  # the second box missed
+    assert stages._against_dense(job, [shifted])["map50_95"] == pytest.approx(51 / 101, abs=1e-6)
+
+
+def test_the_floor_and_the_promise_use_map_for_a_detector():
+    from edgeprune.pipeline.search import Point, Search
+
+    chosen = Point("MACs cut 50%", 0.5, 1.5, 1.0, 0.66, 0.95, None, True, 1.0, chosen=True, map50_95=0.60)
+    found = Search(object(), [chosen], Floor(max_drop=2.0, metric="map50_95"), "onnxruntime", 1.0)
+    delivered = {"dense_ms": 1.0, "pruned_ms": 0.66, "cosine_min": 0.95, "top1": None, "dense_top1": None,
+                 "map50_95": 0.60, "dense_map50_95": 0.61}
+    assert found.promise(delivered)["floor_held"] is True
+    assert found.promise({**delivered, "map50_95": 0.58})["floor_held"] is False  # 3 points below dense
+    assert "mAP50-95 within 2 points" in found.promise(delivered)["asked"]
+
+
+def test_the_report_shows_map_in_the_table_the_markdown_and_the_figure(tmp_path):
+    from edgeprune.report import format_table, markdown, plot
+
+    variants = [{"name": "dense", "map50": 0.9, "map50_95": 0.6, "macs": 2e6, "p50_ms": 1.0},
+                {"name": "pruned", "map50": 0.8, "map50_95": 0.5, "macs": 1e6, "p50_ms": 0.5}]
+    report = {"model": "m", "target": {"name": "arm"}, "variants": variants, "host": {"machine": "x", "cpus": 2},
+              "bench_settings": {}, "options": {"conf": 0.001, "iou": 0.7},
+              "pruning": {"criterion": "l2", "recipe": "oneshot", "macs_cut": 0.5, "params_before": 2,
+                          "params_after": 1, "layers": []}}
+    table = format_table(report).splitlines()
+    assert "mAP50" in table[0] and "mAP50-95" in table[0] and "0.5000" in table[2]
+    assert "| mAP50 | mAP50-95 |" in markdown(report) and "IoU 0.7" in markdown(report)
+    plot(report, tmp_path / "r.png")
+    assert (tmp_path / "r.png").stat().st_size > 0

@@ -47,9 +47,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float =
     return kept.numpy()
 
 
-def detections_from_output(output: np.ndarray, conf: float = CONF, iou: float = IOU,
-                           max_det: int = MAX_DET) -> list[np.ndarray]:
-    """Per image, the detections kept after NMS: rows of x1, y1, x2, y2, score, class."""
+def detections_from_output(output: np.ndarray, conf: float = CONF, iou: float = IOU, max_det: int = MAX_DET,
+                           size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Per image, the detections kept after NMS: rows of x1, y1, x2, y2, score, class; ``size``
+    (width, height): boxes clipped to the input, as ultralytics' val clips them to the image."""
     found = []
     for image in np.asarray(output, np.float32):
         scores = image[4:].T  # A x K
@@ -57,6 +58,8 @@ def detections_from_output(output: np.ndarray, conf: float = CONF, iou: float = 
         best = scores[np.arange(len(scores)), classes]
         keep = best > conf
         boxes = xywh_to_xyxy(image[:4].T[keep])
+        if size is not None:
+            boxes = np.clip(boxes, 0, [size[0], size[1], size[0], size[1]])
         order = nms(boxes, best[keep], classes[keep], iou)[:max_det]
         found.append(np.column_stack([boxes[order], best[keep][order], classes[keep][order]]).astype(np.float32)
                      if len(order) else np.zeros((0, 6), np.float32))
@@ -110,7 +113,7 @@ def _numbered(annotations: list[dict]) -> list[dict]:
 
 
 def box_map(output: np.ndarray, labels: Sequence[np.ndarray], conf: float = CONF, iou: float = IOU,
-            max_det: int = MAX_DET) -> dict[str, float]:
+            max_det: int = MAX_DET, size: tuple[int, int] | None = None) -> dict[str, float]:
     """mAP50 and mAP50-95 of a decoded detections output (N x (4 + K) x A) against per-image
-    labels (class, x1, y1, x2, y2 rows), after NMS."""
-    return map50_95(detections_from_output(output, conf, iou, max_det), labels, max_det)
+    labels (class, x1, y1, x2, y2 rows), after NMS (boxes clipped to ``size``, width and height)."""
+    return map50_95(detections_from_output(output, conf, iou, max_det, size), labels, max_det)

@@ -126,7 +126,8 @@ def box_figures(job: Job, outputs: list, arrays: Any) -> dict[str, float]:
         return {}
     from edgeprune.metrics.detection import box_map
 
-    return box_map(outputs[job.box_output], list(arrays.boxes), job.options.conf, job.options.iou)
+    return box_map(outputs[job.box_output], list(arrays.boxes), job.options.conf, job.options.iou,
+                   size=(job.shape[-1], job.shape[-2]))
 
 
 HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
