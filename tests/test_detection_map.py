@@ -188,3 +188,37 @@ def test_the_report_shows_map_in_the_table_the_markdown_and_the_figure(tmp_path)
     assert "| mAP50 | mAP50-95 |" in markdown(report) and "IoU 0.7" in markdown(report)
     plot(report, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0
+
+
+# --- a segmenter's mIoU -------------------------------------------------------------------------------
+
+def test_miou_pins_a_hand_computed_case():
+    """2 images of 2 x 2 pixels, 3 classes, 255 unlabelled (its prediction does not count).
+    Class 0: predicted {a00, a01, a10}, labelled {a00, a01}: 2/3. Class 1: predicted {a11}, labelled
+    {a10, a11, b00}: 1/3. Class 2: predicted {b00, b01, b11}, labelled {b01, b11}: 2/3."""
+    from edgeprune.metrics.segmentation import mean_iou
+
+    masks = np.array([[[0, 0], [1, 1]], [[1, 2], [255, 2]]])
+    predicted = np.array([[[0, 0], [0, 1]], [[2, 2], [0, 2]]])
+    logits = np.eye(3)[predicted].transpose(0, 3, 1, 2)
+    assert mean_iou(logits, masks) == pytest.approx((2 / 3 + 1 / 3 + 2 / 3) / 3, abs=1e-9)
+
+
+def test_npz_masks_reach_the_segmenter_figures(tmp_path):
+    from types import SimpleNamespace
+
+    from edgeprune.pipeline import stages
+
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 3, (10, 8, 8))
+    np.savez(tmp_path / "seg.npz", x=rng.integers(0, 255, (10, 3, 8, 8), dtype=np.uint8), masks=masks)
+    clear_cache()
+    val = load_data(str(tmp_path / "seg.npz"), split="val", channels=3, size=8)
+    assert val.masks.shape == (1, 8, 8) and val.y is None
+    job = SimpleNamespace(box_output=None, mask_output=0)
+    perfect = np.eye(3)[val.masks].transpose(0, 3, 1, 2)
+    assert stages.label_figures(job, [perfect], val) == {"miou": 1.0}
+    assert stages.label_figures(job, [perfect[:, ::-1]], val)["miou"] < 1.0
+    np.savez(tmp_path / "bad.npz", x=rng.integers(0, 255, (10, 3, 8, 8), dtype=np.uint8), masks=masks[:, :4])
+    with pytest.raises(Exception, match="'masks' must be integer class ids N x H x W = 10 x 8 x 8"):
+        load_data(str(tmp_path / "bad.npz"), split="val", channels=3, size=8)

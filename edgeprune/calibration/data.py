@@ -46,14 +46,15 @@ class LabeledArrays:
     name: str
     split: str
     boxes: np.ndarray | None = None  # an object array, one M x 5 array per image
+    masks: np.ndarray | None = None  # segmentation labels: N x H x W class ids at the input size (255: no class)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def subset(self, keep: np.ndarray) -> LabeledArrays:
         """The images ``keep`` indexes, with their labels."""
-        return replace(self, x=self.x[keep], y=None if self.y is None else self.y[keep],
-                       boxes=None if self.boxes is None else self.boxes[keep])
+        return replace(self, x=self.x[keep], y=_pick(self.y, keep), boxes=_pick(self.boxes, keep),
+                       masks=_pick(self.masks, keep))
 
     def black(self) -> np.ndarray:
         """Per-channel input value of a black pixel (the padding of a crop); as-given inputs: their minimum."""
@@ -119,10 +120,10 @@ def load_data(
     preprocess = preprocess or Preprocess()
     fit = _fit(size, preprocess)
     raw = _read(spec, fit)
-    x, y, boxes = _select(raw, split, val_fraction, seed)
+    x, y, boxes, masks = _select(raw, split, val_fraction, seed)
     if limit is not None:
         keep = _subset(len(x), limit, seed)
-        x, y, boxes = x[keep], None if y is None else y[keep], None if boxes is None else boxes[keep]
+        x, y, boxes, masks = x[keep], _pick(y, keep), _pick(boxes, keep), _pick(masks, keep)
     if raw.inputs:
         x, used = _as_given(x, channels, fit, raw.name), None
     else:
@@ -131,7 +132,10 @@ def load_data(
         x, used = preprocess.apply(_pixels(x, channels, None if placed else fit), inplace=True), preprocess
     _check_finite(x, raw.name)
     boxes = None if boxes is None else box_array([b[:, :5] for b in boxes])
-    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split, boxes)
+    if masks is not None and masks.shape[1:] != x.shape[2:]:
+        raise EdgepruneError(f"{raw.name}: masks are {'x'.join(map(str, masks.shape[1:]))}, but the model takes "
+                             f"{'x'.join(map(str, x.shape[2:]))} images: store images and masks at the input size")
+    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split, boxes, masks)
 
 
 def check_classes(spec: str, classes: int, size: int | tuple[int, int] | None = None,
@@ -226,27 +230,33 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-Selected = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]  # images, class labels, boxes
+def _pick(values: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[keep]
+
+
+def _joined(train: np.ndarray | None, test: np.ndarray | None) -> np.ndarray | None:
+    return None if train is None or test is None else np.concatenate([train, test])
+
+
+Selected = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None", "np.ndarray | None"]  # images, class
+# labels, boxes, masks
 
 
 def _select(raw: RawSource, split: str, val_fraction: float, seed: int) -> Selected:
     if split == "test":
         if raw.test_x is None:
             raise EdgepruneError(f"'{raw.name}' has no test split; use split 'val' (held out from its training images)")
-        return raw.test_x, raw.test_y, raw.test_boxes
+        return raw.test_x, raw.test_y, raw.test_boxes, raw.test_masks
     if split == "all":
         if raw.test_x is None:
-            return raw.train_x, raw.train_y, raw.train_boxes
-        labels = None if raw.train_y is None or raw.test_y is None else np.concatenate([raw.train_y, raw.test_y])
-        boxes = None if raw.train_boxes is None or raw.test_boxes is None else \
-            np.concatenate([raw.train_boxes, raw.test_boxes])
-        return np.concatenate([raw.train_x, raw.test_x]), labels, boxes
+            return raw.train_x, raw.train_y, raw.train_boxes, raw.train_masks
+        return (np.concatenate([raw.train_x, raw.test_x]), _joined(raw.train_y, raw.test_y),
+                _joined(raw.train_boxes, raw.test_boxes), _joined(raw.train_masks, raw.test_masks))
     train, val = _split_indices(len(raw.train_x), val_fraction, seed)
     keep = train if split == "train" else val
     if len(keep) == 0:
         raise EdgepruneError(f"'{raw.name}': the {split} split is empty (val_fraction={val_fraction})")
-    return (raw.train_x[keep], None if raw.train_y is None else raw.train_y[keep],
-            None if raw.train_boxes is None else raw.train_boxes[keep])
+    return raw.train_x[keep], _pick(raw.train_y, keep), _pick(raw.train_boxes, keep), _pick(raw.train_masks, keep)
 
 
 def _subset(n: int, limit: int, seed: int) -> np.ndarray:

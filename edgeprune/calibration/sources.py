@@ -33,6 +33,8 @@ class RawSource:
     train_boxes: np.ndarray | None = None  # detection labels: per image (an object array), boxes (see :data:`BOX_COLUMNS`)
     test_boxes: np.ndarray | None = None
     label_files: tuple[str, ...] = ()  # where each image's boxes came from, train then test (for errors)
+    train_masks: np.ndarray | None = None  # segmentation labels: N x H x W class ids (255: no class)
+    test_masks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -480,13 +482,29 @@ def read_npz(text: str, fit: Fit | None = None) -> RawSource:
             xt = _npz_images(archive, "x_test", path) if "x_test" in archive.files else None
             has_yt = xt is not None and "y_test" in archive.files
             yt = _labels(archive["y_test"], len(xt), f"{path} 'y_test'") if has_yt else None
+            masks = _npz_masks(archive, "masks", x, path)
+            masks_test = _npz_masks(archive, "masks_test", xt, path) if xt is not None else None
     except EdgepruneError:
         raise
     except Exception as exc:  # zip, header or pickle-refusal errors of a bad file
         raise EdgepruneError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from exc
     if xt is not None and (xt.shape[1:] != x.shape[1:] or xt.dtype != x.dtype):
         raise EdgepruneError(f"{path}: 'x_test' {xt.dtype} {xt.shape[1:]} differs from 'x' {x.dtype} {x.shape[1:]}")
-    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt), inputs=x.dtype != np.uint8)
+    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt), inputs=x.dtype != np.uint8,
+                     train_masks=masks, test_masks=masks_test)
+
+
+def _npz_masks(archive: np.lib.npyio.NpzFile, key: str, x: np.ndarray, path: Path) -> np.ndarray | None:
+    """Per-pixel class ids, N x H x W beside N x C x H x W images (255: no class)."""
+    if key not in archive.files:
+        return None
+    masks = archive[key]
+    if masks.shape != (len(x), *x.shape[2:]) or not np.issubdtype(masks.dtype, np.integer):
+        raise EdgepruneError(f"{path}: '{key}' must be integer class ids N x H x W = {len(x)} x "
+                             f"{' x '.join(map(str, x.shape[2:]))} (its images'), found {masks.dtype} {masks.shape}")
+    if masks.size and masks.min() < 0:
+        raise EdgepruneError(f"{path}: '{key}' holds a negative class id {masks.min()}")
+    return masks.astype(np.int64)
 
 
 # --- bundled sets -------------------------------------------------------------------------------
@@ -521,7 +539,8 @@ def _kinds() -> dict[str, SourceKind]:
                    "box, normalised: detection labels)", read_yolo, resizes_on_read=True),
         SourceKind("coco", "coco:ANNOTATIONS.json[:IMAGES_DIR] (COCO detection boxes; images default to the "
                    "JSON's folder)", read_coco, resizes_on_read=True),
-        SourceKind("npz", "PATH.npz (x: N x C x H x W model inputs as given, or uint8 pixels; optional y)", read_npz),
+        SourceKind("npz", "PATH.npz (x: N x C x H x W model inputs as given, or uint8 pixels; optional y, or "
+                   "masks N x H x W for a segmenter)", read_npz),
         SourceKind("mnist5k", "mnist5k (5,000 real MNIST digits, bundled)", read_mnist5k, needs_path=False),
     ]
     if importlib.util.find_spec("sklearn") is not None:

@@ -70,6 +70,7 @@ class Job:
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
     box_output: int | None = None  # the detections output that the data's boxes (detection labels) belong to
+    mask_output: int | None = None  # the N x K x H x W output that the data's masks (segmentation labels) belong to
     latency: LatencyTable | None = None
     device: str = "cpu"  # resolved from options.device
     measured: dict[Any, Any] = field(default_factory=dict)  # what the dense model measured once, shared by
@@ -263,6 +264,25 @@ def describe_outputs(job: Job) -> None:
     job.outputs = describe(arrays, job.output_names, label_output=job.label_output, kinds=job.options.output_kinds)
     if data.boxed:
         job.box_output = pick_box_output(job)
+    if data.train.masks is not None:
+        job.mask_output = pick_mask_output(job, arrays)
+
+
+def pick_mask_output(job: Job, arrays: list) -> int:
+    """The N x K x H x W output (class scores per pixel at the masks' size) that the masks belong to."""
+    size = tuple(job.data.train.masks.shape[1:])
+    found = [i for i, a in enumerate(arrays) if a.ndim == 4 and a.shape[1] > 1 and tuple(a.shape[2:]) == size]
+    if not found:
+        listed = ", ".join(f"{n} ({'x'.join(['N', *map(str, a.shape[1:])])})" for n, a in zip(job.output_names, arrays))
+        raise EdgepruneError(f"{job.data.spec} has masks (segmentation labels) of {'x'.join(map(str, size))}, but no "
+                             f"output of the model is class scores N x K x {'x'.join(map(str, size))} ({listed})")
+    classes = arrays[found[0]].shape[1]
+    masks = np.concatenate([m.reshape(-1) for m in (job.data.train.masks, job.data.evaluation.masks) if m is not None])
+    beyond = masks[(masks >= classes) & (masks != 255)]
+    if beyond.size:
+        raise EdgepruneError(f"{job.data.spec} has mask class {int(beyond.max())}, but output "
+                             f"{job.output_names[found[0]]} has {classes} classes (255 marks pixels of no class)")
+    return found[0]
 
 
 def pick_box_output(job: Job) -> int:

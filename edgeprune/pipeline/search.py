@@ -72,8 +72,8 @@ class Floor:
         """A floor is measured on held-out images; a top-1 (mAP) floor needs their labels (boxes)."""
         if self.given and (job.data.evaluation is None or not job.outputs):
             raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
-        labelled = job.box_output is not None if self.metric == "map50_95" else \
-            job.data.evaluation.y is not None and job.label_output is not None
+        labelled = {"map50_95": job.box_output is not None, "miou": job.mask_output is not None}.get(
+            self.metric, job.data.evaluation.y is not None and job.label_output is not None)
         if self.max_drop is not None and not labelled:
             raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
                                  "(use --min-cosine)")
@@ -84,12 +84,14 @@ class Floor:
         return " and ".join(parts)
 
 
-METRICS = {"top1": "top-1", "map50_95": "mAP50-95"}
+METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}
 
 
 def floor_of(job: Job) -> Floor:
-    """The options' floor; ``--max-drop`` in mAP50-95 points for a detector with boxes."""
-    return Floor(job.options.min_cosine, job.options.max_drop, "map50_95" if job.box_output is not None else "top1")
+    """The options' floor; ``--max-drop`` in mAP50-95 points for a detector with boxes, mIoU points
+    for a segmenter with masks."""
+    metric = "map50_95" if job.box_output is not None else "miou" if job.mask_output is not None else "top1"
+    return Floor(job.options.min_cosine, job.options.max_drop, metric)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class Point:
     seconds: float
     chosen: bool = False
     map50_95: float | None = None  # a detector's, with boxes
+    miou: float | None = None  # a segmenter's, with masks
     outputs: dict[str, float] = field(default_factory=dict)
     widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
     speedup_rounds: list[float] = field(default_factory=list)  # each side-by-side round's dense / pruned
@@ -140,6 +143,7 @@ class Point:
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
         top1 += f", mAP50-95 {self.map50_95:.4f}" if self.map50_95 is not None else ""
+        top1 += f", mIoU {self.miou:.4f}" if self.miou is not None else ""
         return f"{self.speedup:.2f}x ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
 
 
@@ -180,10 +184,10 @@ class Search:
                 "asked": ", ".join(asked), "runtime": self.runtime,
                 "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
                            "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1,
-                           "map50_95": chosen.map50_95},
+                           "map50_95": chosen.map50_95, "miou": chosen.miou},
                 "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
                            "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1"),
-                           "map50_95": delivered.get("map50_95")},
+                           "map50_95": delivered.get("map50_95"), "miou": delivered.get("miou")},
                 "floor_held": floor_held, "speed_held": speed_held, "held": floor_held and speed_held is not False}
 
 
@@ -324,7 +328,7 @@ class _Trials:
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
         meets = self.floor.holds(figures, self.dense_score) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
-                     figures.get("top1"), meets, seconds, chosen, figures.get("map50_95"),
+                     figures.get("top1"), meets, seconds, chosen, figures.get("map50_95"), figures.get("miou"),
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
                      widths=dict(result.plan.get("widths", {})),
                      speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds])

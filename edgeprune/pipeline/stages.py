@@ -110,7 +110,7 @@ class HeldOut:
 
         outputs = torch_outputs(model, self.arrays.x)
         rows = compare(self.dense, outputs, self.job.outputs)
-        found: dict[str, Any] = {**summary(rows), "outputs": rows, **box_figures(self.job, outputs, self.arrays)}
+        found: dict[str, Any] = {**summary(rows), "outputs": rows, **label_figures(self.job, outputs, self.arrays)}
         if self.arrays.y is not None and self.job.label_output is not None:
             found["top1"] = accuracy(outputs, self.job.label_output, self.arrays.y)
         return found
@@ -119,20 +119,25 @@ class HeldOut:
         return {k: v for k, v in self.figures(model).items() if k != "outputs" and v is not None}
 
 
-def box_figures(job: Job, outputs: list, arrays: Any) -> dict[str, float]:
-    """mAP50 and mAP50-95 of the detections output against the images' boxes, after NMS (the
-    options' --conf and --iou); nothing without boxes."""
-    if arrays.boxes is None or job.box_output is None:
-        return {}
-    from edgeprune.metrics.detection import box_map
+def label_figures(job: Job, outputs: list, arrays: Any) -> dict[str, float]:
+    """A detector's mAP50 and mAP50-95 against the images' boxes, after NMS (the options' --conf and
+    --iou); a segmenter's mIoU against their masks; nothing without either."""
+    found: dict[str, float] = {}
+    if arrays.boxes is not None and job.box_output is not None:
+        from edgeprune.metrics.detection import box_map
 
-    return box_map(outputs[job.box_output], list(arrays.boxes), job.options.conf, job.options.iou,
-                   size=(job.shape[-1], job.shape[-2]))
+        found.update(box_map(outputs[job.box_output], list(arrays.boxes), job.options.conf, job.options.iou,
+                             size=(job.shape[-1], job.shape[-2])))
+    if arrays.masks is not None and job.mask_output is not None:
+        from edgeprune.metrics.segmentation import mean_iou
+
+        found["miou"] = mean_iou(outputs[job.mask_output], arrays.masks)
+    return found
 
 
 HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
                     ("top1_agreement_min", "top-1 agreement {:.1%}"), ("box_iou_min", "box IoU {:.4f}"),
-                    ("top1", "top-1 {:.1%}"), ("map50_95", "mAP50-95 {:.4f}"))
+                    ("top1", "top-1 {:.1%}"), ("map50_95", "mAP50-95 {:.4f}"), ("miou", "mIoU {:.4f}"))
 
 
 def _epoch_line(epochs: int, progress: Progress):
@@ -292,7 +297,7 @@ def _against_dense(job: Job, outputs: list) -> dict[str, Any]:
     held_out, dense = job.data.reference
     fidelity = compare(dense, outputs, job.outputs)
     labelled = held_out.y is not None and job.label_output is not None
-    return {"fidelity": fidelity, **summary(fidelity), **box_figures(job, outputs, held_out),
+    return {"fidelity": fidelity, **summary(fidelity), **label_figures(job, outputs, held_out),
             "accuracy": accuracy(outputs, job.label_output, held_out.y) if labelled else None}
 
 
@@ -409,7 +414,8 @@ def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None =
     quality = pruned if pruned.get("cosine_min") is not None else variants[1]
     return {**_final_times(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
             "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy"),
-            "map50_95": quality.get("map50_95"), "dense_map50_95": variants[0].get("map50_95")}
+            "map50_95": quality.get("map50_95"), "dense_map50_95": variants[0].get("map50_95"),
+            "miou": quality.get("miou"), "dense_miou": variants[0].get("miou")}
 
 
 def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,

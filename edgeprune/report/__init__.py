@@ -13,12 +13,15 @@ from edgeprune.paths import replaced_on_success, write_atomic
 
 COLUMNS = [
     ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("mAP50", "map50", "{:.4f}"),
-    ("mAP50-95", "map50_95", "{:.4f}"), ("cosine", "cosine_min", "{:.4f}"),
+    ("mAP50-95", "map50_95", "{:.4f}"), ("mIoU", "miou", "{:.4f}"), ("cosine", "cosine_min", "{:.4f}"),
     ("top-1 agree", "top1_agreement_min", "{:.2%}"), ("box IoU", "box_iou_min", "{:.4f}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
     ("params (M)", "params", lambda v: f"{v / 1e6:.3f}"), ("file (MB)", "size_bytes", lambda v: f"{v / 1e6:.2f}"),
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("speedup", "speedup", "{:.2f}x"), ("MACs ratio", "macs_ratio", "{:.2f}x"),
 ]
+
+
+FLOOR_METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}  # what --max-drop counts
 
 
 def _cell(value: Any, fmt) -> str:
@@ -27,8 +30,8 @@ def _cell(value: Any, fmt) -> str:
     return fmt(value) if callable(fmt) else fmt.format(value)
 
 
-DETECTOR_ONLY = {"box_iou_min", "map50", "map50_95"}  # shown when a variant has it (a detector's decoded output,
-# boxes in the data)
+DETECTOR_ONLY = {"box_iou_min", "map50", "map50_95", "miou"}  # shown when a variant has it (a detector's decoded
+# output, boxes or masks in the data)
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -266,6 +269,7 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
         spread = f" (rounds {', '.join(f'{r:.2f}x' for r in rounds)})" if rounds else ""
         top1 = f", top-1 {measured['top1']:.2%}" if measured.get("top1") is not None else ""
         top1 += f", mAP50-95 {measured['map50_95']:.4f}" if measured.get("map50_95") is not None else ""
+        top1 += f", mIoU {measured['miou']:.4f}" if measured.get("miou") is not None else ""
         return f"{speed}{spread}, worst cosine {measured['cosine_min']:.4f}{top1}".lstrip(", ")
 
     why = {"the floor": "the shipped file scores below the search's figures",
@@ -281,7 +285,7 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
 
 def _floor_text(floor: dict[str, Any]) -> str:
     parts = ([f"worst output cosine >= {floor['min_cosine']:g}"] if floor.get("min_cosine") is not None else []) + (
-        [f"{'mAP50-95' if floor.get('metric') == 'map50_95' else 'top-1'} within {floor['max_drop']:g} points of "
+        [f"{FLOOR_METRICS[floor.get('metric', 'top1')]} within {floor['max_drop']:g} points of "
          "dense"] if floor.get("max_drop") is not None else [])
     return " and ".join(parts)
 
