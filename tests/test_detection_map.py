@@ -222,3 +222,39 @@ def test_npz_masks_reach_the_segmenter_figures(tmp_path):
     np.savez(tmp_path / "bad.npz", x=rng.integers(0, 255, (10, 3, 8, 8), dtype=np.uint8), masks=masks[:, :4])
     with pytest.raises(Exception, match="'masks' must be integer class ids N x H x W = 10 x 8 x 8"):
         load_data(str(tmp_path / "bad.npz"), split="val", channels=3, size=8)
+
+
+def _self_labelled(root, images: int = 4):
+    """``images/val`` (and one ``images/train``) labelled with the dense detector's own boxes (NMS,
+    clipped to the 64 x 64 image) that score among its ten best over all the images, so that every
+    box it scores higher is labelled: its mAP on them is 1 only if the images reach it and the boxes
+    come back in the coordinates and classes its output uses."""
+    import torch
+
+    from models.yolo_like import yolo_like
+
+    pixels = np.random.default_rng(1).integers(0, 255, (images, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        decoded, _ = yolo_like()(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255)
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+    detections = detections_from_output(decoded.numpy(), iou=0.7, size=(64, 64))
+    threshold = np.sort(np.concatenate([d[:, 4] for d in detections]))[-10]
+    for k, found in enumerate(detections):
+        rows = [f"{int(c)} {(x1 + x2) / 128} {(y1 + y2) / 128} {(x2 - x1) / 64} {(y2 - y1) / 64}"
+                for x1, y1, x2, y2, score, c in found.astype(np.float64) if score >= threshold]
+        for split in ("val",) if k else ("val", "train"):
+            Image.fromarray(pixels[k]).save(root / "images" / split / f"{k}.png")
+            (root / "labels" / split / f"{k}.txt").write_text("\n".join(rows) + "\n")
+    clear_cache()
+    return root
+
+
+def test_eval_scores_a_detector_on_its_own_boxes_at_map_1(tmp_path):
+    root = _self_labelled(tmp_path / "d")
+    result = CliRunner().invoke(main, ["eval", SPEC, "--data", f"yolo:{root}", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["split"] == "test" and found["images"] == 4
+    assert found["map50"] == pytest.approx(1.0) and found["map50_95"] == pytest.approx(1.0, abs=1e-3)

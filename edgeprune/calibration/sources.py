@@ -345,11 +345,8 @@ def _read_boxed(items: list[tuple[Path, str, np.ndarray]], fit: Fit | None,
 
 
 def _yolo_split(images: Path, labels: Path) -> list[tuple[Path, str, np.ndarray]]:
-    found = _images_in(images)
-    if not found:
-        raise EdgepruneError(f"{images}: no images found (suffixes: {', '.join(sorted(IMAGE_SUFFIXES))})")
-    items = []
-    for image in found:
+    items = []  # none: _stack says the folder holds no images
+    for image in _images_in(images):
         label = labels / image.relative_to(images).with_suffix(".txt")
         if not label.is_file():
             raise EdgepruneError(f"{image}: no label file {label} (an image without objects needs an empty one)")

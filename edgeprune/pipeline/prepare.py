@@ -270,6 +270,8 @@ def describe_outputs(job: Job) -> None:
 
 def pick_mask_output(job: Job, arrays: list) -> int:
     """The N x K x H x W output (class scores per pixel at the masks' size) that the masks belong to."""
+    from edgeprune.metrics.segmentation import IGNORE
+
     size = tuple(job.data.train.masks.shape[1:])
     found = [i for i, a in enumerate(arrays) if a.ndim == 4 and a.shape[1] > 1 and tuple(a.shape[2:]) == size]
     if not found:
@@ -278,22 +280,18 @@ def pick_mask_output(job: Job, arrays: list) -> int:
                              f"output of the model is class scores N x K x {'x'.join(map(str, size))} ({listed})")
     classes = arrays[found[0]].shape[1]
     masks = np.concatenate([m.reshape(-1) for m in (job.data.train.masks, job.data.evaluation.masks) if m is not None])
-    beyond = masks[(masks >= classes) & (masks != 255)]
+    beyond = masks[(masks >= classes) & (masks != IGNORE)]
     if beyond.size:
         raise EdgepruneError(f"{job.data.spec} has mask class {int(beyond.max())}, but output "
-                             f"{job.output_names[found[0]]} has {classes} classes (255 marks pixels of no class)")
+                             f"{job.output_names[found[0]]} has {classes} classes ({IGNORE} marks pixels of no class)")
     return found[0]
 
 
 def pick_box_output(job: Job) -> int:
     """The detections output that the data's boxes belong to; every box's class must be one of its classes."""
     from edgeprune.calibration.data import check_classes
+    from edgeprune.outputs import pick_box_output as pick
 
-    found = [i for i, info in enumerate(job.outputs) if info.kind == "detections"]
-    if not found:
-        listed = ", ".join(f"{o.name} ({o.kind}, {'x'.join(['N', *map(str, o.shape)])})" for o in job.outputs)
-        raise EdgepruneError(f"{job.data.spec} has boxes (detection labels), but no output of the model is a "
-                             f"detector's N x (4 + K) x A (outputs: {listed}); name it with --output-kind NAME=detections")
-    index = found[0]
+    index = pick(job.outputs, job.data.spec)
     check_classes(job.data.spec, job.outputs[index].shape[0] - 4, tuple(job.shape[2:]), job.preprocess)
     return index
