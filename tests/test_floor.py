@@ -34,7 +34,7 @@ def test_a_floor_alone_delivers_the_deepest_cut_that_meets_it(tmp_path, pixels):
     report = json.loads((out / "report.json").read_text())
     curve = report["curve"]
     assert len(curve) == 3 and report["search"]["trials"] == 3 and report["search"]["seconds"] > 0
-    assert report["search"]["floor"] == {"min_cosine": 0.9, "max_drop": None}
+    assert report["search"]["floor"] == {"min_cosine": 0.9, "max_drop": None, "metric": "top1"}
     [chosen] = [p for p in curve if p["chosen"]]
     assert chosen["meets"] and chosen["cosine_min"] >= 0.9
     assert chosen["macs_cut"] == max(p["macs_cut"] for p in curve if p["meets"])  # the deepest that meets it
