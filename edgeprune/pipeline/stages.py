@@ -439,7 +439,6 @@ def build_report(job: Job, result: Any, variants: list[dict], exports: dict, set
         "pruning": {**summary, "round_to": job.round_to, "layers": compare_layers(job.loaded.model, result.model, job.shape),
                     "eval_data": {"source": data.spec, "split": data.eval_split,
                                   "images": data.quality_images,
-                                  "labelled": data.evaluation is not None and data.evaluation.y is not None,
-                                  "boxes": data.evaluation is not None and data.evaluation.boxes is not None}},
+                                  "labelled": data.evaluation is not None and data.evaluation.y is not None}},
         "warnings": result.warnings, "seconds_total": round(seconds, 2), "runtimes": runtimes or {},
     }
