@@ -258,3 +258,13 @@ def test_eval_scores_a_detector_on_its_own_boxes_at_map_1(tmp_path):
     found = json.loads(result.stdout)
     assert found["split"] == "test" and found["images"] == 4
     assert found["map50"] == pytest.approx(1.0) and found["map50_95"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_coco_box_outside_its_image_fails_in_one_line_naming_the_annotation(tmp_path):
+    root = _write(tmp_path / "d", {"a.png": (32, 16)}, {})
+    coco = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 3}],
+            "annotations": [{"image_id": 1, "category_id": 3, "bbox": [2, 2, 4, 4]},
+                            {"image_id": 1, "category_id": 3, "bbox": [20, 4, 16, 4]}]}  # 20 + 16 > 32 + 1
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    with pytest.raises(Exception, match=r"ann.json annotation 2: box outside its image"):
+        load_data(f"coco:{tmp_path / 'ann.json'}:{root / 'images'}", split="all", channels=3, size=64)

@@ -32,7 +32,8 @@ class RawSource:
     inputs: bool = False  # the arrays are already the model's inputs: no conversion, resizing or preprocessing
     train_boxes: np.ndarray | None = None  # detection labels: per image (an object array), boxes (see :data:`BOX_COLUMNS`)
     test_boxes: np.ndarray | None = None
-    label_files: tuple[str, ...] = ()  # where each image's boxes came from, train then test (for errors)
+    label_files: tuple[str, ...] = ()  # where each image's boxes came from, train then test, written so that
+    # a box's row number follows it ("labels/a.txt row", "ann.json annotation")
     train_masks: np.ndarray | None = None  # segmentation labels: N x H x W class ids (255: no class)
     test_masks: np.ndarray | None = None
 
@@ -252,6 +253,7 @@ def read_images(text: str, fit: Fit | None = None) -> RawSource:
 
 BOX_COLUMNS = ("class", "x1", "y1", "x2", "y2", "row")  # pixels of the image as read; row: where in its label file
 LETTERBOX_GREY = 114  # ultralytics' letterbox padding
+COCO_SLACK = 1.0  # pixels a COCO box may pass its image's edge (rounding in real annotation files); clipped
 
 
 def _placement(size: tuple[int, int], fit: Fit | None) -> tuple[float, float, tuple[int, int], tuple[int, int]]:
@@ -350,7 +352,7 @@ def _yolo_split(images: Path, labels: Path) -> list[tuple[Path, str, np.ndarray]
         label = labels / image.relative_to(images).with_suffix(".txt")
         if not label.is_file():
             raise EdgepruneError(f"{image}: no label file {label} (an image without objects needs an empty one)")
-        items.append((image, str(label), _yolo_rows(label, _image_size(image))))
+        items.append((image, f"{label} row", _yolo_rows(label, _image_size(image))))
     return items
 
 
@@ -395,13 +397,20 @@ def _coco_json(path: Path) -> dict:
 def _coco_rows(data: dict, path: Path) -> tuple[dict[int, np.ndarray], list[int]]:
     """Per image id, its boxes (class index, x1, y1, x2, y2, annotation number); categories sorted by id
     become classes 0, 1, ...; crowd annotations are left out."""
+    try:
+        return _coco_boxes(data, path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EdgepruneError(f"{path}: not COCO detection annotations ({type(exc).__name__}: {exc})") from None
+
+
+def _coco_boxes(data: dict, path: Path) -> tuple[dict[int, np.ndarray], list[int]]:
     categories = sorted(int(c["id"]) for c in data.get("categories", []))
     index = {c: k for k, c in enumerate(categories)}
     rows: dict[int, list] = {}
     for number, annotation in enumerate(data.get("annotations", []), 1):
         where = f"{path} annotation {number}"
         box = annotation.get("bbox")
-        if not isinstance(box, list) or len(box) != 4:
+        if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
             raise EdgepruneError(f"{where}: bbox {box!r} is not 4 numbers (x y w h in pixels)")
         if annotation.get("category_id") not in index:
             raise EdgepruneError(f"{where}: category_id {annotation.get('category_id')!r} is not in 'categories'")
@@ -428,11 +437,13 @@ def read_coco(text: str, fit: Fit | None = None) -> RawSource:
                                  f"coco:{path}:IMAGES_DIR)")
         boxes = rows.get(image.get("id"), np.zeros((0, len(BOX_COLUMNS)), np.float32))
         width, height = _image_size(file)
-        outside = (boxes[:, 1] < 0) | (boxes[:, 2] < 0) | (boxes[:, 3] > width) | (boxes[:, 4] > height)
+        slack = COCO_SLACK
+        outside = (boxes[:, 1] < -slack) | (boxes[:, 2] < -slack) | (boxes[:, 3] > width + slack) | \
+            (boxes[:, 4] > height + slack) | (boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2])
         if outside.any():
             raise EdgepruneError(f"{path} annotation {int(boxes[outside][0, 5])}: box outside its image {file} "
-                                 f"({width} x {height})")
-        items.append((file, f"{path} ({file.name})", boxes))
+                                 f"({width} x {height}), or of no width or height")
+        items.append((file, f"{path} annotation", boxes))
     found = _raw_boxed(f"coco:{path}", _read_boxed(items, fit, root), None)
     return replace(found, num_classes=len(categories))
 
@@ -442,7 +453,7 @@ def check_box_classes(raw: RawSource, classes: int) -> None:
     for file, boxes in zip(raw.label_files, [*raw.train_boxes, *(raw.test_boxes if raw.test_boxes is not None else ())]):
         beyond = boxes[boxes[:, 0] >= classes]
         if len(beyond):
-            raise EdgepruneError(f"{file} row {int(beyond[0, 5])}: class {int(beyond[0, 0])}, but the model's "
+            raise EdgepruneError(f"{file} {int(beyond[0, 5])}: class {int(beyond[0, 0])}, but the model's "
                                  f"head has {classes} classes (0..{classes - 1})")
 
 
