@@ -127,6 +127,17 @@ def test_ncnn_channel_selection_computes_the_selection(index):
 
 
 @pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_a_runtime_file_records_what_it_was_checked_on(tmp_path):
+    """Like the ONNX check's ``checked_on``: the model's own inputs when given, else noise."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    exported = get_runtime("ncnn").export(model, torch.randn(1, 3, 8, 8), tmp_path / "m.ncnn.param")
+    check_runtime(model, exported, inputs=torch.rand(5, 3, 8, 8).numpy())
+    assert exported.checked_on == "5 images"
+    check_runtime(model, exported)
+    assert exported.checked_on == "noise"
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
 def test_ncnn_refuses_what_it_cannot_run_in_one_line(tmp_path):
     class Strided(torch.nn.Module):  # a user's own strided slice: ncnn has no layer for it
         def forward(self, x):
