@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
+from torch import nn
 
 from edgeprune.cli import main
 
@@ -216,9 +219,6 @@ NS_PER_MAC = 1e-6  # milliseconds per multiply-accumulate, in the table and the 
 
 
 def conv_macs(model) -> int:
-    import torch
-    from torch import nn
-
     macs, handles = [], []
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -330,9 +330,6 @@ def test_a_speed_target_that_meets_the_floor_is_delivered_with_two_partial_targe
 @pytest.fixture(scope="module")
 def labelled_pixels(tmp_path_factory):
     """Pixels labelled with the dense detector's own class: its top-1 is 100 %."""
-    import numpy as np
-    import torch
-
     dense = _heads()
     x = np.random.default_rng(0).integers(0, 256, (200, 3, 16, 16), dtype=np.uint8)  # write_pixels(n=200)
     with torch.no_grad():
