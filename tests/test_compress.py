@@ -131,7 +131,6 @@ def test_reconstruction_restores_accuracy_right_after_the_cut(runs):
     judged_on = TRAIN_IMAGES // 4  # held out from recovery to judge the cut against the fine-tuned model
     assert found["images"] == TRAIN_IMAGES - judged_on and len(found["layers"]) == 18 and found["seconds"] > 0
     layers = found["layers"]  # each kept or refitted as judged on images its fit did not see: test_reconstruct
-    print("RECONSTRUCTION", [(f["module"], round(f["error_before"], 4), round(f["error_after"], 4)) for f in layers])
     assert all(layer["refit"] for layer in layers)
     assert max(f["error_after"] for f in layers) < 0.5 * max(f["error_before"] for f in layers)  # README: 0.62 -> 0.09
     assert "reconstruction" not in runs["second"][2]["pruning"]
