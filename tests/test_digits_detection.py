@@ -90,20 +90,24 @@ def test_written_in_the_yolo_layout(tmp_path, tiny):
 def test_a_failed_write_leaves_no_half_set(tmp_path, monkeypatch):
     folder = tmp_path / "val"
     dd.make_digits_detection(2, "val", folder=folder)
+    before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     calls = []
 
     def failing(*args):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) % 2 == 0:
             raise OSError("disk full")
         return real(*args)
 
     real = dd._write_one
     monkeypatch.setattr(dd, "_write_one", failing)
+    other = dd.DigitsDetectionConfig(seed=1)
     with pytest.raises(OSError):
-        dd.make_digits_detection(3, "val", folder=folder)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]  # no staging folder left
-    assert len(list((folder / "images").iterdir())) == 2  # the previous set, whole
+        dd.make_digits_detection(3, "val", other, folder=folder)  # over a set already there
+    with pytest.raises(OSError):
+        dd.make_digits_detection(3, "val", other, folder=tmp_path / "new")  # where none was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val"]  # no staging folder, no half set
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # the previous set, untouched
 
 
 def test_bad_split_is_a_clear_error():
