@@ -15,6 +15,7 @@ import torch
 from edgeprune.calibration import digits_detection as dd
 from edgeprune.errors import EdgepruneError
 from edgeprune.train.detection import DetectionLoss, DetectionLossConfig, assign, box_iou, cell_centres, pad_targets
+from edgeprune.train.objectives import labels_to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dd.DigitsDetectionConfig()
@@ -207,3 +208,43 @@ def test_training_on_a_tiny_set_lowers_the_loss(tiny):
     losses = [r["loss"] for r in history]
     assert sum(losses[-3:]) / 3 < 0.6 * losses[0], [round(v, 1) for v in losses]
     assert training.recall(averaged, data)["recall50"] >= 0.0  # the eval path runs on the average
+
+
+# ---- recovery with box labels ----------------------------------------------------------------
+
+def test_labels_in_yolo_rows_become_input_pixels():
+    rows = torch.tensor([[[3.0, 0.5, 0.25, 0.5, 0.25], [-1.0, 0, 0, 0, 0]]])
+    assert labels_to_pixels(rows, 64, 32)[0, 0].tolist() == [3.0, 8.0, 8.0, 24.0, 24.0]
+
+
+class _TwoMaps(torch.nn.Module):
+    """A stand-in detector: raw maps at strides 8 and 16 with 4 x 16 box bins and 3 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p3, self.p4 = torch.nn.Conv2d(3, 67, 8, 8), torch.nn.Conv2d(3, 67, 16, 16)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.p3(x), self.p4(x)]
+
+
+def test_detection_objective_is_the_box_loss_plus_distillation():
+    from edgeprune.outputs import OutputInfo
+    from edgeprune.train.objectives import DetectionObjective, Distillation
+
+    x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+    (x1, y1, x2, y2), (h, w) = BOX[0].tolist(), SIZE
+    rows = torch.tensor([[[1.0, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]]])
+    _, perfect = DetectionObjective(config=DetectionLossConfig(topk=64))(lambda _: _maps(BOX, 1), x, rows)
+    assert perfect["box"] < 1e-3 and perfect["cls"] < 0.1  # the rows were read as BOX
+
+    teacher, student = _TwoMaps(), _TwoMaps()
+    infos = [OutputInfo(f"output{i}", tuple(m.shape[1:]), "regression", variance=1.0) for i, m in enumerate(teacher(x))]
+    distillation = Distillation(teacher, infos)
+    both, parts = DetectionObjective(distillation, weight=2.0)(student, x, rows)
+    alone, _ = DetectionObjective()(student, x, rows)
+    distilled, _ = distillation(student, x, None)
+    assert {"distill", "box", "cls", "dfl"} <= set(parts)
+    assert torch.isclose(both, 2 * alone + distilled)
+    with pytest.raises(EdgepruneError, match="needs box labels"):
+        DetectionObjective()(student, x, None)
