@@ -131,11 +131,13 @@ class WeightAverage:
     def update(self, model: nn.Module) -> None:
         self.steps += 1
         d = self.decay * (1 - math.exp(-self.steps / self.ramp))
-        for mine, theirs in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if mine.dtype.is_floating_point:
-                mine.mul_(d).add_(theirs.detach(), alpha=1 - d)
-            else:
-                mine.copy_(theirs)
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        mine = [a for a, _ in pairs if a.dtype.is_floating_point]
+        theirs = [b.detach() for a, b in pairs if a.dtype.is_floating_point]
+        torch._foreach_lerp_(mine, theirs, 1 - d)  # one fused update, not one per tensor
+        for a, b in pairs:
+            if not a.dtype.is_floating_point:
+                a.copy_(b)
 
 
 def init_detect_biases(detect: nn.Module, size: int) -> None:
