@@ -185,9 +185,13 @@ def recall(model: nn.Module, data: Letterboxed, batch_size: int = 64, threshold:
 
 
 def train(model: nn.Module, data: Letterboxed, val: Letterboxed | None, config: TrainConfig,
-          log: Callable[[str], None] = print) -> tuple[nn.Module, list[dict]]:
+          log: Callable[[str], None] = print, on_epoch: Callable[[nn.Module, list[dict]], None] | None = None,
+          seconds: float | None = None) -> tuple[nn.Module, list[dict]]:
     """Train ``model`` (its Detect head last in ``model.model``) on ``data``; returns the weight
-    average and the per-epoch history (mean loss and its terms, val recall, seconds)."""
+    average and the per-epoch history (mean loss and its terms, val recall, seconds).
+    ``on_epoch(average, history)`` after each epoch (e.g. save it: a run cut short keeps its
+    last epoch); with ``seconds``, training stops early when another epoch would not fit."""
+    began = time.perf_counter()
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     size = data.pixels.shape[-1]
@@ -226,6 +230,12 @@ def train(model: nn.Module, data: Letterboxed, val: Letterboxed | None, config: 
         history.append(record)
         log("epoch %d/%d  " % (epoch, config.epochs) + "  ".join(
             f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+        if on_epoch is not None:
+            on_epoch(average.model, history)
+        elapsed = time.perf_counter() - began
+        if seconds is not None and epoch < config.epochs and elapsed * (epoch + 1) / epoch > seconds:
+            log(f"stopped after epoch {epoch}: another would pass the {seconds:.0f} s limit")
+            break
     return average.model.cpu().eval(), history
 
 

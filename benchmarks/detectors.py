@@ -300,19 +300,25 @@ def train_digits_detector(args: argparse.Namespace) -> dict[str, Any]:
     model = _yolo_like_module().YoloLike(16, 10, args.train_size)
     init_detect_biases(model.model[-1], args.train_size)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, device=args.device)
-    trained, history = train(model, boxed["train"], boxed["val"], config, log=lambda line: print(line, flush=True))
-    half = {k: v.half() if v.is_floating_point() else v for k, v in trained.state_dict().items()}
-    args.weights.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_on_success(args.weights) as tmp:
-        torch.save(half, tmp)
-    run = {**summary(config, history), "model": "tests/models/yolo_like.py YoloLike(width=16, nc=10, size=%d)" % args.train_size,
-           "set": {split: describe(len(data), split, DigitsDetectionConfig()) for split, data in sets.items()},
-           "weights": str(args.weights.relative_to(ROOT) if args.weights.is_relative_to(ROOT) else args.weights),
-           "weights_bytes": args.weights.stat().st_size, "stored_as": "float16 (loaded as float32)",
-           "set_seconds": made, "total_seconds": time.perf_counter() - start,
-           "command": " ".join(["python", "benchmarks/detectors.py", *sys.argv[1:]]),
-           "torch": torch.__version__, "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
-    write_json_atomic(run, str(args.json_train))
+    described = {split: describe(len(data), split, DigitsDetectionConfig()) for split, data in sets.items()}
+
+    def save(average: nn.Module, history: list[dict[str, Any]]) -> dict[str, Any]:
+        half = {k: v.half() if v.is_floating_point() else v for k, v in average.state_dict().items()}
+        args.weights.parent.mkdir(parents=True, exist_ok=True)
+        with replaced_on_success(args.weights) as tmp:
+            torch.save({k: v.cpu() for k, v in half.items()}, tmp)
+        run = {**summary(config, history), "model": f"tests/models/yolo_like.py YoloLike(width=16, nc=10, size={args.train_size})",
+               "set": described, "weights": str(args.weights), "weights_bytes": args.weights.stat().st_size,
+               "stored_as": "float16 (loaded as float32)", "set_seconds": made,
+               "total_seconds": time.perf_counter() - start,
+               "command": " ".join(["python", "benchmarks/detectors.py", *sys.argv[1:]]), "torch": torch.__version__,
+               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
+        write_json_atomic(run, str(args.json_train))
+        return run
+
+    trained, history = train(model, boxed["train"], boxed["val"], config, log=lambda line: print(line, flush=True),
+                             on_epoch=save, seconds=args.time_limit)
+    run = save(trained, history)
     print(f"wrote {args.weights} ({run['weights_bytes'] / 1e6:.2f} MB) and {args.json_train} "
           f"({run['total_seconds']:.0f} s)", flush=True)
     return run
@@ -373,6 +379,8 @@ def main(argv: list[str] | None = None) -> None:
     training.add_argument("--data", type=Path, default=DIGITS_DATA, help="where the set is written (SPLIT/ below)")
     training.add_argument("--weights", type=Path, default=DIGITS_WEIGHTS)
     training.add_argument("--json-train", type=Path, default=DIGITS_RUN)
+    training.add_argument("--time-limit", type=float, default=None,
+                          help="seconds of training at most: stop after the last epoch that fits (saved every epoch)")
     args = parser.parse_args(argv)
     if args.train:
         train_digits_detector(args)
