@@ -461,11 +461,7 @@ def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:
     order = np.random.default_rng(seed).permutation(len(train))
     if n >= len(train):
         raise EdgepruneError(f"cannot hold {n} images out of {len(train)}: give more training data")
-
-    def subset(idx: np.ndarray) -> Any:
-        return replace(train, x=train.x[idx], y=None if train.y is None else train.y[idx])
-
-    return subset(np.sort(order[n:])), subset(np.sort(order[:n]))
+    return train.subset(np.sort(order[n:])), train.subset(np.sort(order[:n]))
 
 
 def recipe_name(criterion: str, steps: int | None = None) -> str:

@@ -40,11 +40,14 @@ class CompressOptions:
     output_kinds: dict[str, str] = field(default_factory=dict)  # logits / probs / regression, by output name
     bake_preprocess: bool = False  # also write pruned.pixels.onnx, which takes raw 0-255 pixels
     runtimes: tuple[str, ...] = ()  # also ship, check and measure dense and pruned in these (edgeprune.runtimes)
+    conf: float = 0.001  # a detector's mAP: the score an anchor needs before NMS (ultralytics' val default)
+    iou: float = 0.7  # a detector's mAP: NMS's IoU threshold (ultralytics' val default)
     eval_images: int = 500  # held-out images for the quality figures
     allocate: str = "uniform"  # or "sensitivity": each group's cut from its measured sensitivity
     sensitivity: str | None = None  # curves from `edgeprune sensitivity -o FILE` (default: measured in the run)
     min_cosine: float | None = None  # quality floor: the worst output's cosine to dense on held-out images
-    max_drop: float | None = None  # quality floor: top-1 points lost against dense (labelled data)
+    max_drop: float | None = None  # quality floor: top-1 points lost against dense (labelled data; a detector
+    # with boxes: mAP50-95 points)
     curve: bool = False  # measure the speed / fidelity trade-off at several cuts (always with a floor)
     search_trials: int = 5  # trials a floor's search may spend on bisecting MACs cuts
     device: str = "auto"  # where recovery computes: auto (CUDA when present), cpu, cuda, cuda:N

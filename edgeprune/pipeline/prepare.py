@@ -37,6 +37,11 @@ class Data:
     def labelled(self) -> bool:
         return self.train is not None and self.train.y is not None
 
+    @property
+    def boxed(self) -> bool:
+        """Detection labels: boxes per image."""
+        return self.train is not None and self.train.boxes is not None
+
 
 @dataclass
 class LatencyTable:
@@ -64,6 +69,8 @@ class Job:
     output_names: list[str] = field(default_factory=list)
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
+    box_output: int | None = None  # the detections output that the data's boxes (detection labels) belong to
+    mask_output: int | None = None  # the N x K x H x W output that the data's masks (segmentation labels) belong to
     latency: LatencyTable | None = None
     device: str = "cpu"  # resolved from options.device
     measured: dict[Any, Any] = field(default_factory=dict)  # what the dense model measured once, shared by
@@ -98,6 +105,10 @@ def check_choices(options: CompressOptions) -> Any:
         Floor(options.min_cosine, options.max_drop)
         if options.search_trials < 1:
             raise EdgepruneError(f"--search-trials must be at least 1, got {options.search_trials}")
+    if not 0 <= options.conf < 1:
+        raise EdgepruneError(f"--conf is a score threshold in [0, 1), got {options.conf}")
+    if not 0 < options.iou <= 1:
+        raise EdgepruneError(f"--iou is NMS's overlap threshold in (0, 1], got {options.iou}")
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
     from edgeprune.runtimes import resolve_runtimes
@@ -152,9 +163,9 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
               device=resolve_device(options.device))
     describe_outputs(job)
     if options.floor_given:
-        from edgeprune.pipeline.search import Floor
+        from edgeprune.pipeline.search import floor_of
 
-        Floor(options.min_cosine, options.max_drop).check(job)
+        floor_of(job).check(job)
     guessed = loaded.preprocess is None and preprocess.source.startswith("default")
     if guessed and data.train is not None and data.train.preprocess is not None:
         progress(f"no preprocessing known for {loaded.spec}: its images become pixels / 255 "
@@ -251,3 +262,36 @@ def describe_outputs(job: Job) -> None:
     elif job.options.label_output is not None:
         raise EdgepruneError(f"--label-output names the output labels belong to, but {data.spec} has no labels")
     job.outputs = describe(arrays, job.output_names, label_output=job.label_output, kinds=job.options.output_kinds)
+    if data.boxed:
+        job.box_output = pick_box_output(job)
+    if data.train.masks is not None:
+        job.mask_output = pick_mask_output(job, arrays)
+
+
+def pick_mask_output(job: Job, arrays: list) -> int:
+    """The N x K x H x W output (class scores per pixel at the masks' size) that the masks belong to."""
+    from edgeprune.metrics.segmentation import IGNORE
+
+    size = tuple(job.data.train.masks.shape[1:])
+    found = [i for i, a in enumerate(arrays) if a.ndim == 4 and a.shape[1] > 1 and tuple(a.shape[2:]) == size]
+    if not found:
+        listed = ", ".join(f"{n} ({'x'.join(['N', *map(str, a.shape[1:])])})" for n, a in zip(job.output_names, arrays))
+        raise EdgepruneError(f"{job.data.spec} has masks (segmentation labels) of {'x'.join(map(str, size))}, but no "
+                             f"output of the model is class scores N x K x {'x'.join(map(str, size))} ({listed})")
+    classes = arrays[found[0]].shape[1]
+    masks = np.concatenate([m.reshape(-1) for m in (job.data.train.masks, job.data.evaluation.masks) if m is not None])
+    beyond = masks[(masks >= classes) & (masks != IGNORE)]
+    if beyond.size:
+        raise EdgepruneError(f"{job.data.spec} has mask class {int(beyond.max())}, but output "
+                             f"{job.output_names[found[0]]} has {classes} classes ({IGNORE} marks pixels of no class)")
+    return found[0]
+
+
+def pick_box_output(job: Job) -> int:
+    """The detections output that the data's boxes belong to; every box's class must be one of its classes."""
+    from edgeprune.calibration.data import check_classes
+    from edgeprune.outputs import pick_box_output as pick
+
+    index = pick(job.outputs, job.data.spec)
+    check_classes(job.data.spec, job.outputs[index].shape[0] - 4, tuple(job.shape[2:]), job.preprocess)
+    return index

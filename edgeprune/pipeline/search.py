@@ -42,40 +42,56 @@ DEEPEST = 0.9
 @dataclass(frozen=True)
 class Floor:
     """``min_cosine``: the worst output's mean cosine to the dense model on held-out images;
-    ``max_drop``: top-1 points lost against the dense model (labelled data only)."""
+    ``max_drop``: points of ``metric`` lost against the dense model (labelled data only): ``top1``,
+    or a detector's ``map50_95`` when the data has boxes."""
 
     min_cosine: float | None = None
     max_drop: float | None = None
+    metric: str = "top1"
 
     def __post_init__(self) -> None:
         if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
             raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
         if self.max_drop is not None and not 0 <= self.max_drop < 100:
-            raise EdgepruneError(f"--max-drop is in top-1 points, in [0, 100), got {self.max_drop}")
+            raise EdgepruneError(f"--max-drop is in {METRICS[self.metric]} points, in [0, 100), got {self.max_drop}")
 
     @property
     def given(self) -> bool:
         return self.min_cosine is not None or self.max_drop is not None
 
-    def holds(self, figures: dict[str, Any], dense_top1: float | None) -> bool:
+    def holds(self, figures: dict[str, Any], dense_score: float | None) -> bool:
+        """Whether ``figures`` (cosine_min, and the floor's ``metric``) meet the floor; ``dense_score``:
+        the dense model's ``metric``."""
         if self.min_cosine is not None and figures["cosine_min"] < self.min_cosine:
             return False
-        if self.max_drop is not None and 100 * (dense_top1 - figures["top1"]) > self.max_drop:
+        if self.max_drop is not None and 100 * (dense_score - figures[self.metric]) > self.max_drop:
             return False
         return True
 
     def check(self, job: Job) -> None:
-        """A floor is measured on held-out images; a top-1 floor needs their labels."""
+        """A floor is measured on held-out images; a top-1 (mAP) floor needs their labels (boxes)."""
         if self.given and (job.data.evaluation is None or not job.outputs):
             raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
-        if self.max_drop is not None and (job.data.evaluation.y is None or job.label_output is None):
+        labelled = {"map50_95": job.box_output is not None, "miou": job.mask_output is not None}.get(
+            self.metric, job.data.evaluation.y is not None and job.label_output is not None)
+        if self.max_drop is not None and not labelled:
             raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
                                  "(use --min-cosine)")
 
     def describe(self) -> str:
         parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
-            [f"top-1 within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
+            [f"{METRICS[self.metric]} within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
         return " and ".join(parts)
+
+
+METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}
+
+
+def floor_of(job: Job) -> Floor:
+    """The options' floor; ``--max-drop`` in mAP50-95 points for a detector with boxes, mIoU points
+    for a segmenter with masks."""
+    metric = "map50_95" if job.box_output is not None else "miou" if job.mask_output is not None else "top1"
+    return Floor(job.options.min_cosine, job.options.max_drop, metric)
 
 
 @dataclass(frozen=True)
@@ -118,12 +134,16 @@ class Point:
     meets: bool | None
     seconds: float
     chosen: bool = False
+    map50_95: float | None = None  # a detector's, with boxes
+    miou: float | None = None  # a segmenter's, with masks
     outputs: dict[str, float] = field(default_factory=dict)
     widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
     speedup_rounds: list[float] = field(default_factory=list)  # each side-by-side round's dense / pruned
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
+        top1 += f", mAP50-95 {self.map50_95:.4f}" if self.map50_95 is not None else ""
+        top1 += f", mIoU {self.miou:.4f}" if self.miou is not None else ""
         return f"{self.speedup:.2f}x ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
 
 
@@ -156,16 +176,18 @@ class Search:
         if chosen is None or not self.floor.given:
             return None
         speed = delivered["dense_ms"] / delivered["pruned_ms"] if delivered.get("pruned_ms") else None
-        floor_held = self.floor.holds(delivered, delivered.get("dense_top1"))
+        floor_held = self.floor.holds(delivered, delivered.get(f"dense_{self.floor.metric}"))
         speed_held = None if self.target is None or speed is None else \
             self.target.met(delivered["dense_ms"], delivered["pruned_ms"])
         asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
         return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
                 "asked": ", ".join(asked), "runtime": self.runtime,
                 "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
-                           "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1},
+                           "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1,
+                           "map50_95": chosen.map50_95, "miou": chosen.miou},
                 "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
-                           "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1")},
+                           "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1"),
+                           "map50_95": delivered.get("map50_95"), "miou": delivered.get("miou")},
                 "floor_held": floor_held, "speed_held": speed_held, "held": floor_held and speed_held is not False}
 
 
@@ -232,7 +254,7 @@ class _Trials:
         self.job, self.progress, self.floor = job, progress, floor
         self.target = SpeedTarget.of(job.options)
         self.held_out = HeldOut(job, job.options.eval_images)
-        self.dense_top1 = self.held_out.figures(job.loaded.model).get("top1")
+        self.dense_score = self.held_out.figures(job.loaded.model).get(floor.metric)  # what --max-drop counts from
         config = BenchConfig.from_target(job.target, intra_threads=job.target.host_threads(), min_runs=20,
                                          min_time=0.5)
         self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
@@ -304,9 +326,9 @@ class _Trials:
         rounds = speed_rounds(self.timer, [self.job.loaded.model, result.model], self.target,
                               say or (lambda message: self.progress(f"{label}: {message}")))
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
-        meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
+        meets = self.floor.holds(figures, self.dense_score) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
-                     figures.get("top1"), meets, seconds, chosen,
+                     figures.get("top1"), meets, seconds, chosen, figures.get("map50_95"), figures.get("miou"),
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
                      widths=dict(result.plan.get("widths", {})),
                      speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds])
@@ -342,7 +364,7 @@ def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, prog
 def search(job: Job, progress: Progress) -> Search:
     """The floor's search (see the module's docstring); raises, in one line, when a target is given
     and the floor cannot be met there."""
-    floor = Floor(job.options.min_cosine, job.options.max_drop)
+    floor = floor_of(job)
     start = time.perf_counter()
     trials = _Trials(job, progress, floor)
     try:

@@ -110,7 +110,7 @@ class HeldOut:
 
         outputs = torch_outputs(model, self.arrays.x)
         rows = compare(self.dense, outputs, self.job.outputs)
-        found: dict[str, Any] = {**summary(rows), "outputs": rows}
+        found: dict[str, Any] = {**summary(rows), "outputs": rows, **label_figures(self.job, outputs, self.arrays)}
         if self.arrays.y is not None and self.job.label_output is not None:
             found["top1"] = accuracy(outputs, self.job.label_output, self.arrays.y)
         return found
@@ -119,9 +119,25 @@ class HeldOut:
         return {k: v for k, v in self.figures(model).items() if k != "outputs" and v is not None}
 
 
+def label_figures(job: Job, outputs: list, arrays: Any) -> dict[str, float]:
+    """A detector's mAP50 and mAP50-95 against the images' boxes, after NMS (the options' --conf and
+    --iou); a segmenter's mIoU against their masks; nothing without either."""
+    found: dict[str, float] = {}
+    if arrays.boxes is not None and job.box_output is not None:
+        from edgeprune.metrics.detection import box_map
+
+        found.update(box_map(outputs[job.box_output], list(arrays.boxes), job.options.conf, job.options.iou,
+                             size=(job.shape[-1], job.shape[-2])))
+    if arrays.masks is not None and job.mask_output is not None:
+        from edgeprune.metrics.segmentation import mean_iou
+
+        found["miou"] = mean_iou(outputs[job.mask_output], arrays.masks)
+    return found
+
+
 HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
                     ("top1_agreement_min", "top-1 agreement {:.1%}"), ("box_iou_min", "box IoU {:.4f}"),
-                    ("top1", "top-1 {:.1%}"))
+                    ("top1", "top-1 {:.1%}"), ("map50_95", "mAP50-95 {:.4f}"), ("miou", "mIoU {:.4f}"))
 
 
 def _epoch_line(epochs: int, progress: Progress):
@@ -275,13 +291,13 @@ def _reference(job: Job, staging: Path) -> tuple[Any, list]:
 
 def _against_dense(job: Job, outputs: list) -> dict[str, Any]:
     """A variant's outputs on the held-out images against the dense model's: per output, the worst
-    output, and top-1 accuracy when the images are labelled."""
+    output, and top-1 accuracy when the images are labelled (a detector's mAP when they have boxes)."""
     from edgeprune.quality import accuracy, compare, summary
 
     held_out, dense = job.data.reference
     fidelity = compare(dense, outputs, job.outputs)
     labelled = held_out.y is not None and job.label_output is not None
-    return {"fidelity": fidelity, **summary(fidelity),
+    return {"fidelity": fidelity, **summary(fidelity), **label_figures(job, outputs, held_out),
             "accuracy": accuracy(outputs, job.label_output, held_out.y) if labelled else None}
 
 
@@ -392,12 +408,14 @@ def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) 
 
 def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     """What the report measured of the delivered files in the runtime planned for: dense and pruned
-    p50 ms, the pruned file's worst cosine and top-1 on the held-out images (onnxruntime's where that
-    runtime could not run them), and the dense model's top-1."""
+    p50 ms, the pruned file's worst cosine and top-1 (a detector's mAP50-95) on the held-out images
+    (onnxruntime's where that runtime could not run them), and the dense model's."""
     pruned = (runtimes or {}).get(job.runtime, {}).get("pruned", {})
     quality = pruned if pruned.get("cosine_min") is not None else variants[1]
     return {**_final_times(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
-            "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy")}
+            "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy"),
+            "map50_95": quality.get("map50_95"), "dense_map50_95": variants[0].get("map50_95"),
+            "miou": quality.get("miou"), "dense_miou": variants[0].get("miou")}
 
 
 def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,
