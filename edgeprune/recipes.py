@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from edgeprune.api import prune, prune_iteratively
+from edgeprune.pruning import prune, prune_iteratively
 from edgeprune.counter import Counts, count
 from edgeprune.criteria import create_criterion
 from edgeprune.errors import EdgepruneError

@@ -7,14 +7,15 @@ here, in one line, before anything is pruned, exported or written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from edgeprune.criteria import create_criterion
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.options import CompressOptions
+from edgeprune.pipeline.options import CompressOptions, Floor
+from edgeprune.progress import Progress
 
-Progress = Callable[[str], None]
 OUTPUT_PROBE_IMAGES = 128  # images the dense model runs on to learn its outputs' kinds and scales
 
 
@@ -39,7 +40,7 @@ class Data:
 
 
 @dataclass
-class LatencyTable:
+class ModelLatencyTable:
     """The latency table a budget is planned with, and the model's convolutions it must cover."""
 
     table: Any
@@ -64,7 +65,7 @@ class Job:
     output_names: list[str] = field(default_factory=list)
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
-    latency: LatencyTable | None = None
+    latency: ModelLatencyTable | None = None
     device: str = "cpu"  # resolved from options.device
     measured: dict[Any, Any] = field(default_factory=dict)  # what the dense model measured once, shared by
     # the copies a floor's search makes of the job (dataclasses.replace passes the same dict): sensitivity curves
@@ -77,12 +78,11 @@ class Job:
 
 def check_choices(options: CompressOptions) -> Any:
     """Options that are wrong whatever the model: fail before any output or data loading."""
-    from edgeprune import api
     from edgeprune.plan import PlanConfig
     from edgeprune.targets import load_target
 
     target = load_target(options.target)
-    api.create_criterion(options.criterion)
+    create_criterion(options.criterion)
     if options.latency_driven:
         from edgeprune.latency import Budget
         from edgeprune.recipes import check_one_shot
@@ -93,8 +93,6 @@ def check_choices(options: CompressOptions) -> Any:
         PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
                    round_to=options.round_to or target.round_to).validate()
     if options.floor_given or options.curve:
-        from edgeprune.pipeline.search import Floor
-
         Floor(options.min_cosine, options.max_drop)
         if options.search_trials < 1:
             raise EdgepruneError(f"--search-trials must be at least 1, got {options.search_trials}")
@@ -127,7 +125,6 @@ def check_choices(options: CompressOptions) -> Any:
 
 def prepare(model: str | None, options: CompressOptions, target: Any, progress: Progress) -> Job:
     """Load and check the model, its input shape and preprocessing, the data and its labels."""
-    from edgeprune import api
     from edgeprune.checkpoint import check_input_shape, load_model
     from edgeprune.models.default import DEFAULT_DATA
 
@@ -139,7 +136,7 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     spec = options.calib or (DEFAULT_DATA if loaded.metadata.get("default") else None)
     preprocess = options.preprocess.resolve(loaded.preprocess, spec, shape)
     data = load_data(spec, shape, preprocess, options.seed)
-    if api.create_criterion(options.criterion).needs_data and data.train is None:
+    if create_criterion(options.criterion).needs_data and data.train is None:
         raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
     int8 = options.int8 if options.int8 is not None else target.int8
     if int8 and data.train is None:
@@ -152,8 +149,6 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
               device=resolve_device(options.device))
     describe_outputs(job)
     if options.floor_given:
-        from edgeprune.pipeline.search import Floor
-
         Floor(options.min_cosine, options.max_drop).check(job)
     guessed = loaded.preprocess is None and preprocess.source.startswith("default")
     if guessed and data.train is not None and data.train.preprocess is not None:
@@ -172,7 +167,7 @@ def _data_line(job: Job) -> str:
             f"{len(data.evaluation)} held out [{data.eval_split}]; outputs {outputs}")
 
 
-def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options: CompressOptions) -> LatencyTable:
+def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options: CompressOptions) -> ModelLatencyTable:
     """This machine's cached table, or a board's (``--lut``), which must already cover the model."""
     from edgeprune.latency import complete, conv_shapes, open_table, settings_of
     from edgeprune.latency.table import model_key
@@ -180,7 +175,7 @@ def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options
     runtime = options.plan_runtime(target)
     table = open_table(target.name, settings_of(target, runtime=runtime), options.lut,
                        board_settings=settings_of(target, host=False, runtime=runtime))
-    found = LatencyTable(table, list(conv_shapes(loaded.model, shape).values()))
+    found = ModelLatencyTable(table, list(conv_shapes(loaded.model, shape).values()))
     if not table.measured_here:
         complete(table, found.shapes)  # raises, saying how to measure them there, if points are missing
         found.board_dense_ms = table.model_ms(model_key(loaded.spec, shape))

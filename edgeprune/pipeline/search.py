@@ -18,9 +18,6 @@ A trial's depth d is a uniform channel ratio (every group loses d of its channel
 ``1 - (1 - d)²`` of the MACs), which any model can take, unlike a MACs target that alignment may
 not land; with ``--allocate sensitivity`` it is the MACs cut ``1 - (1 - d)²`` that the
 allocation spreads.
-
->>> Floor(min_cosine=0.99).holds({"cosine_min": 0.995}, None)
-True
 """
 from __future__ import annotations
 
@@ -30,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.pipeline.options import Floor, SpeedTarget
 from edgeprune.pipeline.prepare import Job, Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
@@ -37,71 +35,6 @@ WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tr
 CLOSE_CALL_ROUNDS = 6  # more side-by-side rounds for a point whose rounds fall on both sides of the speed target
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
-
-
-@dataclass(frozen=True)
-class Floor:
-    """``min_cosine``: the worst output's mean cosine to the dense model on held-out images;
-    ``max_drop``: top-1 points lost against the dense model (labelled data only)."""
-
-    min_cosine: float | None = None
-    max_drop: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
-            raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
-        if self.max_drop is not None and not 0 <= self.max_drop < 100:
-            raise EdgepruneError(f"--max-drop is in top-1 points, in [0, 100), got {self.max_drop}")
-
-    @property
-    def given(self) -> bool:
-        return self.min_cosine is not None or self.max_drop is not None
-
-    def holds(self, figures: dict[str, Any], dense_top1: float | None) -> bool:
-        if self.min_cosine is not None and figures["cosine_min"] < self.min_cosine:
-            return False
-        if self.max_drop is not None and 100 * (dense_top1 - figures["top1"]) > self.max_drop:
-            return False
-        return True
-
-    def check(self, job: Job) -> None:
-        """A floor is measured on held-out images; a top-1 floor needs their labels."""
-        if self.given and (job.data.evaluation is None or not job.outputs):
-            raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
-        if self.max_drop is not None and (job.data.evaluation.y is None or job.label_output is None):
-            raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
-                                 "(use --min-cosine)")
-
-    def describe(self) -> str:
-        parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
-            [f"top-1 within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
-        return " and ".join(parts)
-
-
-@dataclass(frozen=True)
-class SpeedTarget:
-    """``--speedup`` (times the dense model's speed) or ``--latency-budget`` (ms) in the runtime planned for."""
-
-    speedup: float | None = None
-    latency_budget: float | None = None
-
-    @classmethod
-    def of(cls, options: Any) -> SpeedTarget | None:
-        return cls(options.speedup, options.latency_budget) if options.latency_driven else None
-
-    def met(self, dense_ms: float, pruned_ms: float) -> bool:
-        if self.speedup is not None:
-            return dense_ms / pruned_ms >= self.speedup
-        return pruned_ms <= self.latency_budget
-
-    def describe(self) -> str:
-        return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
-            f"at most {self.latency_budget:g} ms"
-
-    def close_call(self, rounds: list[list[float]]) -> bool:
-        """Whether side-by-side rounds ([dense ms, pruned ms] each) fall on both sides of the target."""
-        verdicts = {self.met(dense, pruned) for dense, pruned in rounds}
-        return len(verdicts) == 2
 
 
 @dataclass
