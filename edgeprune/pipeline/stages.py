@@ -252,7 +252,7 @@ def measure_quality(job: Job, variants: list[dict], staging: Path, progress: Pro
     """Each shipped ONNX file against the dense one, output by output, on held-out images."""
     if job.data.evaluation is None or not job.outputs:
         return
-    from edgeprune.quality import onnx_outputs
+    from edgeprune.export.runtime import onnx_outputs
 
     held_out, dense = _reference(job, staging)
     progress(f"comparing every variant's outputs with the dense model's on {len(held_out)} held-out images "
@@ -266,7 +266,7 @@ def _reference(job: Job, staging: Path) -> tuple[Any, list]:
     """The held-out images and the dense ONNX model's outputs on them, made once per run."""
     if job.data.reference is None:
         from edgeprune.calibration import sample
-        from edgeprune.quality import onnx_outputs
+        from edgeprune.export.runtime import onnx_outputs
 
         held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
         job.data.reference = (held_out, onnx_outputs(staging / "dense.onnx", held_out.x))
@@ -329,7 +329,7 @@ def runtime_quality(job: Job, runtimes: dict[str, dict], staging: Path, progress
              if "error" not in found}
     if not files or job.data.evaluation is None or not job.outputs:
         return
-    from edgeprune.quality import runtime_outputs
+    from edgeprune.runtimes.base import runtime_outputs
 
     held_out, _ = _reference(job, staging)
     progress(f"comparing each runtime's files with the dense model on {len(held_out)} held-out images")

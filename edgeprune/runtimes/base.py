@@ -148,6 +148,14 @@ def runtime_of(path: str | Path) -> str:
     return "onnxruntime" if str(path).endswith(".onnx") else read_sidecar(path)["runtime"]
 
 
+def runtime_outputs(path: Any, x: np.ndarray) -> list[np.ndarray]:
+    """All outputs of another runtime's file (:mod:`edgeprune.runtimes`) on ``x``, one image at a
+    time: those files take batch 1."""
+    session = get_runtime(runtime_of(path)).open(path, threads=1)
+    rows = [session.run([np.ascontiguousarray(image[None], dtype=np.float32)]) for image in x]
+    return [np.concatenate([np.asarray(row[j]) for row in rows]) for j in range(len(rows[0]))]
+
+
 def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed: int = 0, atol: float = 1e-4,
                   rtol: float = 1e-3, inputs: np.ndarray | None = None) -> Any:
     """Run the runtime's file and PyTorch on the same inputs and compare them like the ONNX check:
@@ -199,7 +207,7 @@ def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str
 def _judge_int8(model: Any, exported: RuntimeFile, calibration: np.ndarray) -> Any:
     """How far an INT8 file is from float PyTorch (the Diff, for the record) and its judgement."""
     from edgeprune.export.checks import Diff
-    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, runtime_outputs, torch_outputs
+    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, torch_outputs
 
     images = np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32)
     expected = torch_outputs(model, images)
