@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.criteria.activations import as_batches
+from edgeprune.train.batches import as_batches
 from edgeprune.criteria.base import Criterion, register_criterion
 from edgeprune.graph import DependencyGraph, Group
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import Progress
+from edgeprune.train.batches import as_batches
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,6 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
     from the same pass over the images (a wave). ``progress(line)`` gets one line per layer (they
     are also logged at debug level). Returns each layer's error before and after.
     """
-    from edgeprune.criteria.activations import as_batches
-
     config = config or ReconstructConfig()
     start = time.perf_counter()
     device = torch.device(config.device)
