@@ -38,7 +38,7 @@ from edgeprune.paths import replaced_on_success, write_atomic
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 FORMAT = "edgeprune-sensitivity/2"  # /1 held the mean over outputs only
-Progress = Callable[[int, int, str], None]
+CutProgress = Callable[[int, int, str], None]  # progress(cuts done, cuts in all, group)
 
 
 @dataclass
@@ -110,7 +110,7 @@ def group_key(group: Any) -> str:
 def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, calib: np.ndarray,
             held_out: np.ndarray, *, outputs: Sequence[Any] | None = None, labels: np.ndarray | None = None,
             label_output: int | None = None, ratios: Sequence[float] = DEFAULT_RATIOS, round_to: int = 1,
-            criterion_data: Any = None, progress: Progress | None = None, device: str = "cpu") -> Sensitivity:
+            criterion_data: Any = None, progress: CutProgress | None = None, device: str = "cpu") -> Sensitivity:
     """Cut each prunable group of ``model`` alone to each ratio; measure the outputs against dense.
 
     ``calib`` (N x C x H x W) re-estimates BatchNorm after each cut and, unless

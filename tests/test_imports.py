@@ -178,3 +178,17 @@ def test_imports_point_down_the_layers() -> None:
 def test_every_module_has_a_layer() -> None:
     for name in modules():
         layer_of(name)
+
+
+def test_one_progress_type() -> None:
+    """One ``Progress`` (the callback a stage reports through), defined once and imported elsewhere."""
+    defined = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [node.target] if isinstance(node, (ast.AnnAssign,)) else getattr(node, "targets", [])
+            if isinstance(node, ast.ClassDef) and node.name == "Progress":
+                defined.append(name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
+                    isinstance(t, ast.Name) and t.id == "Progress" for t in targets):
+                defined.append(name)
+    assert len(defined) == 1, f"Progress is defined {len(defined)} times: {defined}"
