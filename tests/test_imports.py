@@ -192,3 +192,16 @@ def test_one_progress_type() -> None:
                     isinstance(t, ast.Name) and t.id == "Progress" for t in targets):
                 defined.append(name)
     assert len(defined) == 1, f"Progress is defined {len(defined)} times: {defined}"
+
+
+def test_one_planner_chooser() -> None:
+    """The pipeline and the floor's search choose the planner in one place (``stages.planner_for``):
+    each planner's maker is called from there alone."""
+    calls: dict[str, list[str]] = defaultdict(list)
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                called = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if called in ("latency_planner", "sensitivity_planner"):
+                    calls[called].append(f"{name}:{node.lineno}")
+    assert all(len(sites) == 1 for sites in calls.values()) and len(calls) == 2, f"planners chosen at {dict(calls)}"

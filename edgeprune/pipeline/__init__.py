@@ -83,13 +83,11 @@ def _search(job: Any, progress: Progress, out_dir: Path) -> search.Search:
 
 
 def _prune_and_recover(job: Any, progress: Progress) -> Any:
-    planner = (stages.latency_planner(job, progress) if job.options.latency_driven else
-               stages.sensitivity_planner(job, progress) if job.options.allocate == "sensitivity" else None)
+    planner = stages.planner_for(job, progress)
     try:
         return stages.prune_and_recover(job, progress, planner)
     finally:
-        if getattr(planner, "measure", None) is not None:
-            planner.measure.close()  # the ONNX files it exported while planning
+        stages.close_planner(planner)
 
 
 def _stage(out_dir: Path) -> Path:

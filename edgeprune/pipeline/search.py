@@ -197,9 +197,7 @@ class _Trials:
         def inner(message: str) -> None:
             self.progress(f"trial {number}: {message}")
 
-        planner = (_Widths(widths[1], job.round_to) if widths is not None else
-                   stages.latency_planner(job, inner) if options.latency_driven else
-                   stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
+        planner = _Widths(widths[1], job.round_to) if widths is not None else stages.planner_for(job, inner)
         distinct = _Distinct(planner, self.by_plan) if planner is not None else None
         try:
             result = stages.prune_and_recover(job, inner, distinct)
@@ -214,8 +212,7 @@ class _Trials:
             self.progress(f"trial {number}: {exc}")
             return None
         finally:
-            if getattr(planner, "measure", None) is not None:
-                planner.measure.close()
+            stages.close_planner(planner)
         point = self.measure(label, result, time.perf_counter() - start, say=inner)
         self.points.append((point, result))
         if distinct is not None:

@@ -22,6 +22,22 @@ KEEP_BETTER_IMAGES = 256  # training images (at most a quarter) kept from recove
 # the fine-tuned model
 
 
+def planner_for(job: Job, progress: Progress) -> Any:
+    """The planner the options ask for: a latency budget's, a sensitivity allocation's, or None (the
+    options' MACs cut or ratio). Close it with :func:`close_planner` once the cut is made."""
+    if job.options.latency_driven:
+        return latency_planner(job, progress)
+    if job.options.allocate == "sensitivity":
+        return sensitivity_planner(job, progress)
+    return None
+
+
+def close_planner(planner: Any) -> None:
+    """Remove what a planner made while planning (a latency planner's exported ONNX files)."""
+    if getattr(planner, "measure", None) is not None:
+        planner.measure.close()
+
+
 def latency_planner(job: Job, progress: Progress) -> Any:
     """The planner that meets the options' latency budget, from the table :func:`open_latency_table` opened.
 
