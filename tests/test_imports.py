@@ -194,6 +194,28 @@ def test_one_progress_type() -> None:
     assert len(defined) == 1, f"Progress is defined {len(defined)} times: {defined}"
 
 
+# Public names two modules still share, each listed with why it stays (none may be added).
+SHARED_NAMES = {"Search": "latency.planner.Search / pipeline.search.Search: not renamed while search.py "
+                          "changes on other branches"}
+
+
+def test_names_say_which() -> None:
+    """No two modules named alike (``edgeprune.layers`` and ``latency.layers`` read the same in an
+    import) and no public class or type defined in two modules (``prepare.LatencyTable`` beside
+    ``latency.table.LatencyTable``), beyond :data:`SHARED_NAMES`."""
+    layers = [name for name in modules() if name.rpartition(".")[2] == "layers"]
+    assert layers == ["edgeprune.layers"], f"modules named layers: {layers}"
+    defined: dict[str, list[str]] = defaultdict(list)
+    for name, path in modules().items():
+        for node in ast.parse(path.read_text()).body:
+            targets = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+            for found in ([node.name] if isinstance(node, ast.ClassDef) else targets):
+                if found[:1].isupper() and not found.isupper():
+                    defined[found].append(name)
+    shared = {key: names for key, names in defined.items() if len(names) > 1 and key not in SHARED_NAMES}
+    assert not shared, f"public names defined in more than one module: {shared}"
+
+
 def test_one_planner_chooser() -> None:
     """The pipeline and the floor's search choose the planner in one place (``stages.planner_for``):
     each planner's maker is called from there alone."""
