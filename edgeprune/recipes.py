@@ -1,6 +1,7 @@
 """How a criterion meets fine-tuning: a recipe prunes a model to a MACs target within an epoch budget.
 
-Three shapes, one table keyed by criterion name (:data:`RECIPES`):
+Three shapes; each criterion is registered with the one that runs it, its default rounds and
+whether it judges on held-out data (:func:`edgeprune.criteria.register_criterion`):
 
 - ``oneshot`` (l1, l2, fpgm, random, hrank, fms): cut once, then fine-tune; with ``steps`` T > 1
   the cut is made in T rounds (:func:`edgeprune.api.prune_iteratively`).
@@ -37,7 +38,7 @@ from torch import nn
 
 from edgeprune.pruning import prune, prune_iteratively
 from edgeprune.counter import Counts, count
-from edgeprune.criteria import create_criterion
+from edgeprune.criteria import create_criterion, criterion_entry
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import build_graph
 from edgeprune.surgery.check import checked_graph
@@ -193,7 +194,7 @@ def _criterion(config: RecipeConfig):
 
 def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
     clock = _Clock()
-    steps = config.steps or (1 if config.planner is not None else RECIPE_STEPS.get(config.criterion, 1))
+    steps = config.steps or (1 if config.planner is not None else criterion_entry(config.criterion).steps)
     criterion = _criterion(config)
     target = dict(ratio=config.ratio, flops_cut=config.flops_cut, round_to=config.round_to, data=data.calib, inplace=True)
     history: list[dict[str, Any]] = []
@@ -414,15 +415,15 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
         rest = 1 - target_macs / after.macs
         warnings.append(f"tcfp: clusters reached {1 - after.macs / dense.macs:.1%} of the cut; "
                         f"the last {rest:.1%} was cut by L2")
-        after = prune(model, shape, criterion="l2", flops_cut=rest, round_to=config.round_to, inplace=True).after
+        after = prune(model, shape, criterion=criterion_entry(config.criterion).rest, flops_cut=rest,
+                      round_to=config.round_to, inplace=True).after
     clock.add("prune", start)
     history += _finetune(model, data, config, hard, clock)
     return RecipeResult(model, "tcfp", "tcfp", dense, after, clock.seconds, accuracy, history, warnings)
 
 
 Recipe = Callable[[nn.Module, tuple[int, ...], RecipeConfig, RecipeData, Evaluate | None], RecipeResult]
-RECIPES: dict[str, Recipe] = {"sfp": _sfp, "tcfp": _tcfp}  # every other criterion: _oneshot
-RECIPE_STEPS: dict[str, int] = {"csctfp": 4}
+_RECIPES: dict[str, Recipe] = {"oneshot": _oneshot, "sfp": _sfp, "tcfp": _tcfp}  # by CriterionEntry.recipe
 
 
 def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeConfig, data: RecipeData,
@@ -435,7 +436,7 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     """
     if config.steps is not None and config.steps < 1:
         raise EdgepruneError(f"--steps must be a positive integer, got {config.steps}")
-    recipe = RECIPES.get(config.criterion, _oneshot)
+    recipe = _RECIPES[criterion_entry(config.criterion).recipe]
     if config.steps and config.steps > 1 and recipe is not _oneshot:
         raise EdgepruneError(f"'{config.criterion}' prunes softly during fine-tuning; --steps does not apply to it")
     if config.planner is not None:
@@ -449,7 +450,7 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
 def check_one_shot(criterion: str, steps: int | None) -> None:
     """A custom planner (a latency budget, a sensitivity allocation) decides the cut once: refuse
     recipes that cut otherwise (an iterative criterion then scores once, unless rounds are asked for)."""
-    if criterion in RECIPES or (steps or 1) > 1:
+    if prunes_softly(criterion) or (steps or 1) > 1:
         raise EdgepruneError(f"a latency budget or a sensitivity allocation prunes in one shot: '{criterion}' "
                              "prunes softly or in rounds (use a one-shot criterion, or --steps 1)")
 
@@ -468,11 +469,17 @@ def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:
     return subset(np.sort(order[n:])), subset(np.sort(order[:n]))
 
 
+def prunes_softly(criterion: str) -> bool:
+    """Whether ``criterion``'s recipe cuts during fine-tuning (sfp, tcfp) rather than before it."""
+    return criterion_entry(criterion).recipe != "oneshot"
+
+
 def recipe_name(criterion: str, steps: int | None = None) -> str:
-    if criterion in RECIPES:
-        return criterion
-    return "iterative" if (steps or RECIPE_STEPS.get(criterion, 1)) > 1 else "oneshot"
+    entry = criterion_entry(criterion)
+    if entry.recipe != "oneshot":
+        return entry.recipe
+    return "iterative" if (steps or entry.steps) > 1 else "oneshot"
 
 
 __all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "Watch", "run_recipe", "recipe_name", "split_holdout",
-           "check_one_shot", "objective_for", "RECIPES"]
+           "check_one_shot", "objective_for", "prunes_softly"]

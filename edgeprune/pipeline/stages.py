@@ -154,14 +154,16 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     or distil; with reconstruction, the better of the cut and the fine-tuned model on training images held out
     from recovery (256, at most a quarter of them) is kept."""
     from edgeprune.calibration import sample
-    from edgeprune.recipes import RECIPES, RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
+    from edgeprune.criteria import criterion_entry
+    from edgeprune.recipes import (RecipeConfig, RecipeData, Watch, prunes_softly, recipe_name, run_recipe,
+                                   split_holdout)
 
     options, data = job.options, job.data
     reconstruct = _reconstruct_config(job)
     judged_on = min(KEEP_BETTER_IMAGES, len(data.train) // 4) if data.train is not None else 0
-    keep_better = reconstruct is not None and job.epochs > 0 and options.criterion not in RECIPES and judged_on >= 64
+    keep_better = reconstruct is not None and job.epochs > 0 and not prunes_softly(options.criterion) and judged_on >= 64
     train, holdout = data.train, None
-    if options.criterion == "tcfp" and data.labelled:
+    if criterion_entry(options.criterion).holdout and data.labelled:
         train, holdout = split_holdout(train, 256, options.seed)
     elif keep_better:
         train, holdout = split_holdout(train, judged_on, options.seed)
