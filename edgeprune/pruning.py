@@ -21,9 +21,14 @@ from typing import Any, Callable
 
 from torch import nn
 
+from edgeprune.calibration import load_data
+from edgeprune.checkpoint import load_model, save_checkpoint
 from edgeprune.counter import Counts, count, per_layer
 from edgeprune.criteria import Criterion, create_criterion, score_groups
+from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph
+from edgeprune.models.default import DEFAULT_DATA
+from edgeprune.models.registry import BuiltModel
 from edgeprune.plan import Plan, PlanConfig, make_plan
 from edgeprune.surgery import apply_keep_mask
 from edgeprune.surgery.check import checked_graph
@@ -40,9 +45,6 @@ class _Saved:
 
     def save(self, path: str | Path, preprocess: Any = None) -> Path:
         """Write the checkpoint (``preprocess`` defaults to the loaded model's own)."""
-        from edgeprune.checkpoint import save_checkpoint
-        from edgeprune.errors import EdgepruneError
-
         if self.source is None:
             raise EdgepruneError("saving a checkpoint needs the model by name or as edgeprune.load returned it "
                                  "(a plain nn.Module cannot be rebuilt from a file)")
@@ -93,12 +95,7 @@ class PruneResult(_Saved):
 
 def resolve_model(model: Any, input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, tuple[int, ...], Any]:
     """``(module, input shape, loaded)`` for any model form (``loaded`` is None for a plain module)."""
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.models.registry import BuiltModel
-
     if model is None or isinstance(model, (str, Path)):
-        from edgeprune.checkpoint import load_model
-
         model = load_model(None if model is None else str(model), input_shape=input_shape)
     if isinstance(model, BuiltModel):
         return model.model, tuple(input_shape or model.input_shape), model
@@ -220,8 +217,6 @@ def prune_iteratively(model: Any, input_shape: tuple[int, ...] | None = None, *,
     >>> len(result.rounds), result.after.macs < 0.6 * result.before.macs
     (2, True)
     """
-    from edgeprune.errors import EdgepruneError
-
     if steps < 1:
         raise EdgepruneError(f"--steps must be a positive integer, got {steps}")
     PlanConfig(ratio, flops_cut, dict(layer_ratios or {}), global_ranking, max_group_ratio, round_to).validate()
@@ -284,18 +279,14 @@ def criterion_data(criterion: str | Criterion, calib: str | None, loaded: Any, p
     Images go through ``preprocess`` (default: the model's own, ``loaded.preprocess``), at ``shape``
     (default: the model's input shape).
     """
-    from edgeprune.errors import EdgepruneError
-
     if not (create_criterion(criterion) if isinstance(criterion, str) else criterion).needs_data:
         return None
     name = criterion if isinstance(criterion, str) else criterion.name
     if calib is None:
         if not getattr(loaded, "metadata", {}).get("default"):
             raise EdgepruneError(f"criterion '{name}' needs data: give --calib SOURCE (cifar10:DIR, folder:DIR, X.npz, mnist5k)")
-        from edgeprune.models.default import DEFAULT_DATA
 
         calib = DEFAULT_DATA
-    from edgeprune.calibration import load_data
 
     _, channels, *size = shape or loaded.input_shape
     return load_data(calib, split="train", channels=channels, size=tuple(size), limit=640,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.outputs import OutputInfo
+from edgeprune.outputs import OutputInfo, flatten
 
 # A correct INT8 file kept a worst-output cosine of 0.77 or more to float even on random-weight
 # networks calibrated on 64 random images (benchmarks/results/runtimes.json); a broken one (wrong
@@ -152,8 +152,6 @@ def accuracy(outputs: Sequence[np.ndarray], label_output: int, labels: np.ndarra
 def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> list[np.ndarray]:
     """All outputs of a PyTorch model on ``x``, flattened in ONNX order, as NumPy arrays."""
     import torch
-
-    from edgeprune.outputs import flatten
 
     was_training = model.training
     model.eval()

@@ -36,15 +36,20 @@ from typing import Any, Callable
 
 from torch import nn
 
+from edgeprune.calibration import make_loader, sample
+from edgeprune.criteria.soft import SoftPruningSchedule
+from edgeprune.criteria.tcfp import TCFPSoftSchedule, remap_clusters
 from edgeprune.pruning import prune, prune_iteratively
 from edgeprune.counter import Counts, count
 from edgeprune.criteria import create_criterion, criterion_entry
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import build_graph
+from edgeprune.quality import accuracy, compare, torch_outputs
 from edgeprune.surgery.check import checked_graph
 from edgeprune.outputs import OutputInfo
+from edgeprune.train import CrossEntropy, Distillation, FinetuneConfig, finetune, recalibrate_batchnorm
 from edgeprune.train.objectives import DistillConfig
-from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers
+from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers, reconstruct
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[nn.Module], Any]  # top-1, or a dict of figures (e.g. held-out fidelity)
@@ -152,8 +157,6 @@ class _Clock:
 
 def objective_for(config: RecipeConfig, data: RecipeData) -> Any:
     """Distillation from ``data.teacher`` when asked for, else cross-entropy on the labels."""
-    from edgeprune.train import CrossEntropy, Distillation
-
     if data.train is None:
         raise EdgepruneError("fine-tuning needs data: give --calib SOURCE")
     labelled = data.train.y is not None
@@ -168,8 +171,6 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
               epoch_end=None, limit: int | None = None, judge: "_Judge | None" = None) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
-    from edgeprune.calibration import make_loader, sample
-    from edgeprune.train import FinetuneConfig, finetune
 
     objective = objective_for(config, data)
     arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
@@ -245,8 +246,6 @@ class _Judge:
 
     def __init__(self, teacher: nn.Module, holdout: Any, outputs: list[OutputInfo], label_output: int | None,
                  progress: Any) -> None:
-        from edgeprune.quality import torch_outputs
-
         self.holdout, self.outputs, self.label_output, self.progress = holdout, outputs, label_output, progress
         self.dense = torch_outputs(teacher, holdout.x)
         self.states: list[tuple[str, dict[str, Any] | None, dict[str, float]]] = []
@@ -259,8 +258,6 @@ class _Judge:
         return cls(data.teacher, data.holdout, data.outputs, labels, data.watch.progress)
 
     def figures(self, model: nn.Module) -> dict[str, float]:
-        from edgeprune.quality import accuracy, compare, torch_outputs
-
         outputs = torch_outputs(model, self.holdout.x)
         found = {"cosine_min": min(row["cosine"] for row in compare(self.dense, outputs, self.outputs))}
         if self.label_output is not None:
@@ -294,8 +291,6 @@ class _AfterCut:
         images = data.train if data.train is not None else data.calib
         self.images = None
         if config.reconstruct is not None and images is not None:
-            from edgeprune.calibration import sample
-
             self.images = sample(images, min(config.reconstruct.images, len(images)), seed=config.seed).x
         self.dense = None if self.images is None else data.teacher if data.teacher is not None else copy.deepcopy(model)
         self.maps: dict[str, KeptLayer] = {}
@@ -305,7 +300,6 @@ class _AfterCut:
         if self.images is None:
             _reestimate_batchnorm(model, self.config, self.data)
             return
-        from edgeprune.train.reconstruct import reconstruct
 
         start = time.perf_counter()
         cut = kept_layers(result.graph, result.plan.keep)
@@ -325,8 +319,6 @@ class _AfterCut:
 
 
 def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
-    from edgeprune.criteria.soft import SoftPruningSchedule
-
     clock = _Clock()
     start = time.perf_counter()
     graph = checked_graph(model, shape)
@@ -348,8 +340,6 @@ def _reestimates_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeD
 
 def _reestimate_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeData) -> None:
     if _reestimates_batchnorm(model, config, data):
-        from edgeprune.train import recalibrate_batchnorm
-
         recalibrate_batchnorm(model, data.calib)
 
 
@@ -384,9 +374,6 @@ def _soft_phase(model: nn.Module, schedule: Any, config: RecipeConfig, data: Rec
 
 def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
     """Stage 3 (intra-cluster L2) cuts ``1 - share`` of the MACs target; stage 4 soft-prunes the rest."""
-    from edgeprune.calibration import sample
-    from edgeprune.criteria.tcfp import TCFPSoftSchedule, remap_clusters
-
     if config.flops_cut is None:
         raise EdgepruneError("tcfp's recipe works to a MACs target: give --flops-cut")
     if data.holdout is None or data.holdout.y is None:

@@ -227,3 +227,26 @@ def test_one_planner_chooser() -> None:
                 if called in ("latency_planner", "sensitivity_planner"):
                     calls[called].append(f"{name}:{node.lineno}")
     assert all(len(sites) == 1 for sites in calls.values()) and len(calls) == 2, f"planners chosen at {dict(calls)}"
+
+
+# The imports still made inside functions outside the CLI (whose command bodies import on use so that
+# `edgeprune bench` starts without torch), each with why it cannot go to the module's top.
+LAZY_IMPORTS = {
+    ("edgeprune.models", "edgeprune.checkpoint"): "checkpoint imports models.registry: a loop through this __init__",
+    ("edgeprune.runtimes.executorch_xnnpack", "edgeprune.latency.measure"): "latency/__init__ imports the runtimes",
+    ("edgeprune.runtimes.ncnn_pnnx", "edgeprune.latency.measure"): "latency/__init__ imports the runtimes",
+    ("edgeprune.runtimes.ncnn_pnnx", "edgeprune.runtimes._flat"): "torch, which running an ncnn file must not import",
+    ("edgeprune.runtimes.ncnn_pnnx", "edgeprune.runtimes._ncnn_layers"): "torch, as above",
+    ("edgeprune.export", "edgeprune.export.baked"): "torch: export's ONNX side works without it",
+    ("edgeprune.export", "edgeprune.export.onnx_export"): "torch, as above",
+}
+
+
+def test_imports_sit_at_module_top() -> None:
+    """An edgeprune import inside a function hides a dependency: only :data:`LAZY_IMPORTS` (and the
+    CLI's command bodies) may make one."""
+    known = modules()
+    hidden = sorted(f"{name}:{line} -> {target}" for name, path in known.items() if not name.startswith("edgeprune.cli")
+                    for target, line, nested in imports_of(name, path, known)
+                    if nested and (name, target) not in LAZY_IMPORTS)
+    assert not hidden, f"{len(hidden)} edgeprune imports inside functions:\n" + "\n".join(hidden)

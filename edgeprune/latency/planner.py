@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.allocation import curves_for
 from edgeprune.counter import count, per_layer
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph, Group
@@ -292,8 +293,6 @@ class LatencyPlanner:
         return self._plan(graph, choices, step, chosen, [r for _, r in tried.values()], losses)
 
     def _losses(self, graph: DependencyGraph, choices: dict[int, _Choices]) -> dict[int, list[float]]:
-        from edgeprune.allocation import curves_for
-
         narrowing = {g: options for g, options in choices.items() if len(options.counts) > 1}
         curves = curves_for(self.sensitivity, [graph.groups[g] for g in narrowing])
         losses = {g: [0.0] for g in choices}

@@ -11,10 +11,24 @@ from typing import Any
 
 import numpy as np
 
+from edgeprune import calibration
+from edgeprune.calibration import has_test_split, sample
+from edgeprune.checkpoint import check_input_shape, load_model
 from edgeprune.criteria import create_criterion
 from edgeprune.errors import EdgepruneError
+from edgeprune.latency import Budget, complete, conv_shapes, open_table, settings_of
+from edgeprune.latency.table import model_key
+from edgeprune.models.default import DEFAULT_DATA
+from edgeprune.outputs import describe, output_names, pick_label_output
 from edgeprune.pipeline.options import CompressOptions, Floor
+from edgeprune.plan import PlanConfig
 from edgeprune.progress import Progress
+from edgeprune.quality import torch_outputs
+from edgeprune.recipes import check_one_shot
+from edgeprune.runtimes import resolve_runtimes
+from edgeprune.sensitivity import Sensitivity
+from edgeprune.targets import load_target
+from edgeprune.train import launched_distributed, resolve_device
 
 OUTPUT_PROBE_IMAGES = 128  # images the dense model runs on to learn its outputs' kinds and scales
 
@@ -78,15 +92,9 @@ class Job:
 
 def check_choices(options: CompressOptions) -> Any:
     """Options that are wrong whatever the model: fail before any output or data loading."""
-    from edgeprune.plan import PlanConfig
-    from edgeprune.targets import load_target
-
     target = load_target(options.target)
     create_criterion(options.criterion)
     if options.latency_driven:
-        from edgeprune.latency import Budget
-        from edgeprune.recipes import check_one_shot
-
         Budget(options.latency_budget, options.speedup)
         check_one_shot(options.criterion, options.steps)
     elif not (options.floor_given and options.flops_cut is None and options.ratio is None):
@@ -98,10 +106,8 @@ def check_choices(options: CompressOptions) -> Any:
             raise EdgepruneError(f"--search-trials must be at least 1, got {options.search_trials}")
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
-    from edgeprune.runtimes import resolve_runtimes
 
     resolve_runtimes(options.other_runtimes(target))  # a missing runtime fails now, before any work
-    from edgeprune.train import launched_distributed, resolve_device
 
     resolve_device(options.device)
     if launched_distributed() and (options.latency_driven or options.floor_given or options.curve):
@@ -110,24 +116,17 @@ def check_choices(options: CompressOptions) -> Any:
     if options.allocate not in ("uniform", "sensitivity"):
         raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
     if options.allocate == "sensitivity":
-        from edgeprune.recipes import check_one_shot
-
         if not options.latency_driven and options.flops_cut is None:
             raise EdgepruneError("--allocate sensitivity spreads a MACs cut (--flops-cut) or a latency budget "
                                  "(--latency-budget / --speedup)")
         check_one_shot(options.criterion, options.steps)
     if options.sensitivity is not None:
-        from edgeprune.sensitivity import Sensitivity
-
         Sensitivity.load(options.sensitivity)  # a bad file fails now, not after the data is loaded
     return target
 
 
 def prepare(model: str | None, options: CompressOptions, target: Any, progress: Progress) -> Job:
     """Load and check the model, its input shape and preprocessing, the data and its labels."""
-    from edgeprune.checkpoint import check_input_shape, load_model
-    from edgeprune.models.default import DEFAULT_DATA
-
     loaded = load_model(model, options.weights, options.input_shape)
     shape = tuple(options.input_shape or target.input_shape or loaded.input_shape)
     if shape != tuple(loaded.input_shape):
@@ -142,7 +141,6 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     if int8 and data.train is None:
         raise EdgepruneError(f"INT8 for target {target.name} needs calibration data: give --calib SOURCE or --no-int8")
     round_to = options.round_to or target.round_to_for(options.plan_runtime(target))
-    from edgeprune.train import resolve_device
 
     job = Job(options, target, loaded, shape, preprocess, round_to, data,
               finetune_epochs(data, options), int8, finetune_lr(options), latency=latency,
@@ -169,9 +167,6 @@ def _data_line(job: Job) -> str:
 
 def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options: CompressOptions) -> ModelLatencyTable:
     """This machine's cached table, or a board's (``--lut``), which must already cover the model."""
-    from edgeprune.latency import complete, conv_shapes, open_table, settings_of
-    from edgeprune.latency.table import model_key
-
     runtime = options.plan_runtime(target)
     table = open_table(target.name, settings_of(target, runtime=runtime), options.lut,
                        board_settings=settings_of(target, host=False, runtime=runtime))
@@ -188,12 +183,12 @@ def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options
 def load_data(spec: str | None, shape: tuple[int, ...], preprocess: Any, seed: int) -> Data:
     if spec is None:
         return Data(None)
-    from edgeprune.calibration import has_test_split, load_data as load
 
     _, channels, height, width = shape
     kw = dict(channels=channels, size=(height, width), preprocess=preprocess, seed=seed)
     split = "test" if has_test_split(spec, (height, width), preprocess) else "val"
-    return Data(spec, load(spec, split="train", **kw), load(spec, split=split, **kw), split)
+    return Data(spec, calibration.load_data(spec, split="train", **kw), calibration.load_data(spec, split=split, **kw),
+                split)
 
 
 # A floor's trials recover longer and gentler: a reconstructed cut starts close to the dense model,
@@ -229,10 +224,6 @@ def finetune_lr(options: CompressOptions) -> float:
 def describe_outputs(job: Job) -> None:
     """Names, kinds and scales of the dense model's outputs on real inputs; labels checked against them."""
     import torch
-
-    from edgeprune.calibration import sample
-    from edgeprune.outputs import describe, output_names, pick_label_output
-    from edgeprune.quality import torch_outputs
 
     job.output_names = output_names(job.loaded.model, torch.zeros(job.shape))
     data = job.data

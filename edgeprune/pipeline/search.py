@@ -26,9 +26,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edgeprune.counter import count
 from edgeprune.errors import EdgepruneError
+from edgeprune.latency import ModelTimer
+from edgeprune.pipeline import stages
 from edgeprune.pipeline.options import Floor, SpeedTarget
 from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.pipeline.stages import HeldOut
+from edgeprune.plan import Plan, pick_units
+from edgeprune.profile import BenchConfig
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
 WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider
@@ -143,9 +149,6 @@ class _Widths:
         self.widths, self.round_to = widths, round_to
 
     def __call__(self, graph: Any, scores: Any) -> Any:
-        from edgeprune.counter import count
-        from edgeprune.plan import Plan, pick_units
-
         groups = {g.name: g for g in graph.prunable_groups() if g.index in scores}
         removed = {groups[name].index: pick_units(groups[name], scores[groups[name].index], dense - kept, self.round_to)
                    for name, (dense, kept) in self.widths.items() if name in groups and kept < dense}
@@ -158,10 +161,6 @@ class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
     def __init__(self, job: Job, progress: Progress, floor: Floor) -> None:
-        from edgeprune.latency import ModelTimer
-        from edgeprune.pipeline.stages import HeldOut
-        from edgeprune.profile import BenchConfig
-
         self.job, self.progress, self.floor = job, progress, floor
         self.target = SpeedTarget.of(job.options)
         self.held_out = HeldOut(job, job.options.eval_images)
@@ -179,8 +178,6 @@ class _Trials:
         target's point, f), the options' own kind of target taken the fraction f of the way from
         dense to it; or, with ``widths`` (a label, and each group's [dense, kept] units), that plan;
         or, with none, the options' own target."""
-        from edgeprune.pipeline import stages
-
         start = time.perf_counter()
         options = self.job.options
         if depth is not None:

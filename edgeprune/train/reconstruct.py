@@ -40,6 +40,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.progress import Progress
+from edgeprune.surgery import kept_positions
 from edgeprune.train.batches import as_batches
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,6 @@ class KeptLayer:
 def kept_layers(graph: Any, keep: np.ndarray) -> dict[str, KeptLayer]:
     """Each conv / linear layer of ``graph`` and what the cut ``keep`` (a global channel mask, as in
     ``plan.keep``) leaves of it."""
-    from edgeprune.surgery import kept_positions
-
     return {layer.module: KeptLayer(layer.module,
                                     None if layer.in_ids is None else kept_positions(layer.in_ids, keep),
                                     kept_positions(layer.out_ids, keep))
