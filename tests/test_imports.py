@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
+from functools import cache
 from pathlib import Path
 
 
@@ -61,8 +62,14 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+@cache
 def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+@cache
+def tree_of(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
 
 
 def _resolve(name: str, known: dict[str, Path]) -> str | None:
@@ -77,7 +84,7 @@ def _resolve(name: str, known: dict[str, Path]) -> str | None:
 
 def imports_of(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, int, bool]]:
     """``(imported module, line, inside a function)`` for every edgeprune import in ``path``."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = tree_of(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: list[tuple[str, int, bool]] = []
 
@@ -106,6 +113,7 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str,
     return found
 
 
+@cache
 def graph() -> dict[str, dict[str, list[tuple[int, bool]]]]:
     known = modules()
     edges: dict[str, dict[str, list[tuple[int, bool]]]] = defaultdict(lambda: defaultdict(list))
@@ -184,7 +192,7 @@ def test_one_progress_type() -> None:
     """One ``Progress`` (the callback a stage reports through), defined once and imported elsewhere."""
     defined = []
     for name, path in modules().items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree_of(path)):
             targets = [node.target] if isinstance(node, (ast.AnnAssign,)) else getattr(node, "targets", [])
             if isinstance(node, ast.ClassDef) and node.name == "Progress":
                 defined.append(name)
@@ -207,7 +215,7 @@ def test_names_say_which() -> None:
     assert layers == ["edgeprune.layers"], f"modules named layers: {layers}"
     defined: dict[str, list[str]] = defaultdict(list)
     for name, path in modules().items():
-        for node in ast.parse(path.read_text()).body:
+        for node in tree_of(path).body:
             targets = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
             for found in ([node.name] if isinstance(node, ast.ClassDef) else targets):
                 if found[:1].isupper() and not found.isupper():
@@ -221,7 +229,7 @@ def test_one_planner_chooser() -> None:
     each planner's maker is called from there alone."""
     calls: dict[str, list[str]] = defaultdict(list)
     for name, path in modules().items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree_of(path)):
             if isinstance(node, ast.Call):
                 called = getattr(node.func, "attr", getattr(node.func, "id", None))
                 if called in ("latency_planner", "sensitivity_planner"):
