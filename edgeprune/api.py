@@ -15,7 +15,7 @@ from typing import Any
 
 from edgeprune import pipeline
 from edgeprune.pipeline.options import CompressOptions
-from edgeprune.pipeline.prepare import Progress
+from edgeprune.progress import Progress
 from edgeprune.pruning import (IterativeResult, Planner, PruneResult, criterion_data, prune, prune_iteratively,
                                resolve_model)
 

@@ -20,7 +20,8 @@ from edgeprune.latency.measure import write_json_atomic
 from edgeprune.pipeline import search, stages
 from edgeprune.pipeline.options import CompressOptions
 from edgeprune.paths import check_writable
-from edgeprune.pipeline.prepare import Progress, check_choices, prepare
+from edgeprune.pipeline.prepare import check_choices, prepare
+from edgeprune.progress import Progress
 from edgeprune.report import write_report
 from edgeprune.train import is_main_process
 

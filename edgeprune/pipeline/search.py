@@ -31,10 +31,11 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.latency import ModelTimer
 from edgeprune.pipeline import stages
 from edgeprune.pipeline.options import Floor, SpeedTarget
-from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.pipeline.prepare import Job
 from edgeprune.pipeline.stages import HeldOut
 from edgeprune.plan import Plan, pick_units
 from edgeprune.profile import BenchConfig
+from edgeprune.progress import Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
 WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider

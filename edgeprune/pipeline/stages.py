@@ -24,8 +24,9 @@ from edgeprune.export import export_onnx as export, quantize_int8, to_ort_format
 from edgeprune.export.checks import CHECK_IMAGES
 from edgeprune.export.runtime import onnx_outputs
 from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, settings_of
-from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.pipeline.prepare import Job
 from edgeprune.profile import BenchConfig, profile_models
+from edgeprune.progress import Progress
 from edgeprune.quality import accuracy, compare, summary, torch_outputs
 from edgeprune.recipes import RecipeConfig, RecipeData, Watch, prunes_softly, recipe_name, run_recipe, split_holdout
 from edgeprune.runtimes import export_checked, resolve_runtimes
