@@ -27,7 +27,7 @@ from edgeprune.allocation import curves_for
 from edgeprune.counter import count, per_layer
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph, Group
-from edgeprune.latency.timed_layers import TimedLayer, timed_layers
+from edgeprune.latency.convolutions import TimedLayer, timed_layers
 from edgeprune.latency.table import LatencyTable, axis
 from edgeprune.plan import Plan, pick_units
 from edgeprune.surgery import apply_keep_mask
