@@ -18,9 +18,6 @@ A trial's depth d is a uniform channel ratio (every group loses d of its channel
 ``1 - (1 - d)²`` of the MACs), which any model can take, unlike a MACs target that alignment may
 not land; with ``--allocate sensitivity`` it is the MACs cut ``1 - (1 - d)²`` that the
 allocation spreads.
-
->>> Floor(min_cosine=0.99).holds({"cosine_min": 0.995}, None)
-True
 """
 from __future__ import annotations
 
@@ -29,95 +26,22 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edgeprune.counter import count
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.latency import ModelTimer
+from edgeprune.pipeline import stages
+from edgeprune.pipeline.options import METRICS, Floor, SpeedTarget, floor_of
+from edgeprune.pipeline.prepare import Job
+from edgeprune.pipeline.stages import HeldOut
+from edgeprune.plan import Plan, pick_units
+from edgeprune.profile import BenchConfig
+from edgeprune.progress import Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
 WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider
 CLOSE_CALL_ROUNDS = 6  # more side-by-side rounds for a point whose rounds fall on both sides of the speed target
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
-
-
-@dataclass(frozen=True)
-class Floor:
-    """``min_cosine``: the worst output's mean cosine to the dense model on held-out images;
-    ``max_drop``: points of ``metric`` lost against the dense model (labelled data only): ``top1``,
-    or a detector's ``map50_95`` when the data has boxes."""
-
-    min_cosine: float | None = None
-    max_drop: float | None = None
-    metric: str = "top1"
-
-    def __post_init__(self) -> None:
-        if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
-            raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
-        if self.max_drop is not None and not 0 <= self.max_drop < 100:
-            raise EdgepruneError(f"--max-drop is in {METRICS[self.metric]} points, in [0, 100), got {self.max_drop}")
-
-    @property
-    def given(self) -> bool:
-        return self.min_cosine is not None or self.max_drop is not None
-
-    def holds(self, figures: dict[str, Any], dense_score: float | None) -> bool:
-        """Whether ``figures`` (cosine_min, and the floor's ``metric``) meet the floor; ``dense_score``:
-        the dense model's ``metric``."""
-        if self.min_cosine is not None and figures["cosine_min"] < self.min_cosine:
-            return False
-        if self.max_drop is not None and 100 * (dense_score - figures[self.metric]) > self.max_drop:
-            return False
-        return True
-
-    def check(self, job: Job) -> None:
-        """A floor is measured on held-out images; a top-1 (mAP) floor needs their labels (boxes)."""
-        if self.given and (job.data.evaluation is None or not job.outputs):
-            raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
-        labelled = {"map50_95": job.box_output is not None, "miou": job.mask_output is not None}.get(
-            self.metric, job.data.evaluation.y is not None and job.label_output is not None)
-        if self.max_drop is not None and not labelled:
-            raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
-                                 "(use --min-cosine)")
-
-    def describe(self) -> str:
-        parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
-            [f"{METRICS[self.metric]} within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
-        return " and ".join(parts)
-
-
-METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}
-
-
-def floor_of(job: Job) -> Floor:
-    """The options' floor; ``--max-drop`` in mAP50-95 points for a detector with boxes, mIoU points
-    for a segmenter with masks."""
-    metric = "map50_95" if job.box_output is not None else "miou" if job.mask_output is not None else "top1"
-    return Floor(job.options.min_cosine, job.options.max_drop, metric)
-
-
-@dataclass(frozen=True)
-class SpeedTarget:
-    """``--speedup`` (times the dense model's speed) or ``--latency-budget`` (ms) in the runtime planned for."""
-
-    speedup: float | None = None
-    latency_budget: float | None = None
-
-    @classmethod
-    def of(cls, options: Any) -> SpeedTarget | None:
-        return cls(options.speedup, options.latency_budget) if options.latency_driven else None
-
-    def met(self, dense_ms: float, pruned_ms: float) -> bool:
-        if self.speedup is not None:
-            return dense_ms / pruned_ms >= self.speedup
-        return pruned_ms <= self.latency_budget
-
-    def describe(self) -> str:
-        return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
-            f"at most {self.latency_budget:g} ms"
-
-    def close_call(self, rounds: list[list[float]]) -> bool:
-        """Whether side-by-side rounds ([dense ms, pruned ms] each) fall on both sides of the target."""
-        verdicts = {self.met(dense, pruned) for dense, pruned in rounds}
-        return len(verdicts) == 2
 
 
 @dataclass
@@ -232,9 +156,6 @@ class _Widths:
         self.widths, self.round_to = widths, round_to
 
     def __call__(self, graph: Any, scores: Any) -> Any:
-        from edgeprune.counter import count
-        from edgeprune.plan import Plan, pick_units
-
         groups = {g.name: g for g in graph.prunable_groups() if g.index in scores}
         removed = {groups[name].index: pick_units(groups[name], scores[groups[name].index], dense - kept, self.round_to)
                    for name, (dense, kept) in self.widths.items() if name in groups and kept < dense}
@@ -247,10 +168,6 @@ class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
     def __init__(self, job: Job, progress: Progress, floor: Floor) -> None:
-        from edgeprune.latency import ModelTimer
-        from edgeprune.pipeline.stages import HeldOut
-        from edgeprune.profile import BenchConfig
-
         self.job, self.progress, self.floor = job, progress, floor
         self.target = SpeedTarget.of(job.options)
         self.held_out = HeldOut(job, job.options.eval_images)
@@ -268,8 +185,6 @@ class _Trials:
         target's point, f), the options' own kind of target taken the fraction f of the way from
         dense to it; or, with ``widths`` (a label, and each group's [dense, kept] units), that plan;
         or, with none, the options' own target."""
-        from edgeprune.pipeline import stages
-
         start = time.perf_counter()
         options = self.job.options
         if depth is not None:
@@ -286,9 +201,7 @@ class _Trials:
         def inner(message: str) -> None:
             self.progress(f"trial {number}: {message}")
 
-        planner = (_Widths(widths[1], job.round_to) if widths is not None else
-                   stages.latency_planner(job, inner) if options.latency_driven else
-                   stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
+        planner = _Widths(widths[1], job.round_to) if widths is not None else stages.planner_for(job, inner)
         distinct = _Distinct(planner, self.by_plan) if planner is not None else None
         try:
             result = stages.prune_and_recover(job, inner, distinct)
@@ -303,8 +216,7 @@ class _Trials:
             self.progress(f"trial {number}: {exc}")
             return None
         finally:
-            if getattr(planner, "measure", None) is not None:
-                planner.measure.close()
+            stages.close_planner(planner)
         point = self.measure(label, result, time.perf_counter() - start, say=inner)
         self.points.append((point, result))
         if distinct is not None:
