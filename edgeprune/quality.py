@@ -130,7 +130,7 @@ def judge_int8(reference: Sequence[np.ndarray], quantised: Sequence[np.ndarray],
     worst = min(cosines, key=lambda output: -np.inf if np.isnan(cosines[output]) else cosines[output])
     cosine = cosines[worst]
     if not cosine >= bound:
-        raise EdgepruneError(f"{name}: the INT8 file is broken: its worst output ({worst}) has cosine {cosine:.3f} "
+        raise EdgepruneError(f"{name}: the INT8 file is broken: its worst output has cosine {cosine:.3f} ({worst}) "
                              f"to the float model on {len(reference[0])} calibration images (a correct one stays "
                              f"above {bound}); not written")
     return cosine
