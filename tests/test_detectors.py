@@ -157,6 +157,9 @@ def test_executorch_int8_keeps_a_detectors_scores(digits):
     with torch.no_grad():  # the exported graph takes batch 1
         rows = [[t.numpy() for t in flatten(quantised(torch.from_numpy(image[None])))] for image in held_out]
     assert scores_cosine(torch_outputs(model, held_out), [np.concatenate(column) for column in zip(*rows)]) >= 0.99
+    final = next(node for node in quantised.graph.nodes if node.op == "output").args[0][0]  # the decoded output
+    assert final.target == torch.ops.aten.cat.default  # computed in float: no quantize / dequantize after it
+    assert not any("quantize" in str(node.target) for node in final.all_input_nodes)
 
 
 # ---- the rules behind it, on small nets -----------------------------------------------------
