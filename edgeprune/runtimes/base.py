@@ -92,6 +92,7 @@ class RuntimeFile:
     inputs: dict[str, list[int]]
     outputs: list[str]
     int8_cosine: float | None = None  # an INT8 file: its worst output's cosine to float PyTorch (judged)
+    int8_scores_cosine: float | None = None  # ... and its detections output's class scores' (None without one)
 
 
 RUNTIMES: dict[str, Runtime] = {}
@@ -199,12 +200,13 @@ def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str
 def _judge_int8(model: Any, exported: RuntimeFile, calibration: np.ndarray) -> Any:
     """How far an INT8 file is from float PyTorch (the Diff, for the record) and its judgement."""
     from edgeprune.export.checks import Diff
-    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, runtime_outputs, torch_outputs
+    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, runtime_outputs, scores_cosine, torch_outputs
 
     images = np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32)
     expected = torch_outputs(model, images)
     actual = [_like(a, e) for a, e in zip(runtime_outputs(exported.path, images), expected)]
     exported.int8_cosine = judge_int8(expected, actual, exported.path.name)
+    exported.int8_scores_cosine = scores_cosine(expected, actual)
     return Diff.between(actual, expected, float("inf"), 0.0, runtime=exported.runtime)
 
 
