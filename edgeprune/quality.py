@@ -11,7 +11,7 @@ of the boxes on the :data:`TOP_ANCHORS` anchors the dense model scores highest (
 NMS), and ``NAME.scores`` with the class agreement on the same anchors.
 
 >>> import numpy as np
->>> from edgeprune.outputs import OutputInfo, describe
+>>> from edgeprune.outputs import OutputInfo
 >>> dense = [np.array([[2.0, 1.0], [0.0, 3.0]])]
 >>> rows = compare(dense, [dense[0] * 0.5], [OutputInfo("output", (2,), "logits")])
 >>> rows[0]["cosine"], rows[0]["top1_agreement"], round(rows[0]["rel_l2"], 3)

@@ -55,7 +55,7 @@ class ExecuTorchRuntime(Runtime):
         from edgeprune.quality import torch_outputs
 
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        decoded = detection_outputs(torch_outputs(model, calibration[:self.KIND_IMAGES]))
+        decoded = detection_outputs(torch_outputs(model, calibration[:self.KIND_IMAGES], batch_size=1))
         if decoded:
             quantizer = _float_decode(quantizer, decoded)
         prepared = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), quantizer)
