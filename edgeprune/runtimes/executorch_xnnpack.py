@@ -52,13 +52,17 @@ class ExecuTorchRuntime(Runtime):
                                                                              get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from edgeprune.quality import torch_outputs
+        from edgeprune.outputs import flatten
 
+        exported = torch.export.export(model.eval(), (example,)).module()
+        with torch.no_grad():  # the exported graph, one image at a time: the model itself is left as it was
+            rows = [[t.numpy() for t in flatten(exported(torch.from_numpy(np.ascontiguousarray(image[None],
+                     dtype=np.float32))))] for image in calibration[:self.KIND_IMAGES]]
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        decoded = detection_outputs(torch_outputs(model, calibration[:self.KIND_IMAGES], batch_size=1))
+        decoded = detection_outputs([np.concatenate(column) for column in zip(*rows)])
         if decoded:
             quantizer = _float_decode(quantizer, decoded)
-        prepared = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), quantizer)
+        prepared = prepare_pt2e(exported, quantizer)
         with torch.no_grad():
             for image in calibration[: self.CALIBRATION_IMAGES]:
                 prepared(torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)))
