@@ -260,7 +260,7 @@ def quantize(job: Job, variants: list[dict], staging: Path, progress: Progress) 
             base["int8_error"] = str(exc)
             continue
         variants.append({**base, "name": base["name"] + "-int8", "onnx": path.name,
-                         "int8_check_cosine": quantised.cosine_min})
+                         "int8_check_cosine": quantised.cosine_min, "int8_scores_cosine": quantised.scores_cosine})
 
 
 # --- quality, latency ---------------------------------------------------------------------------
@@ -376,7 +376,8 @@ def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, 
     exported, diff = export_checked(runtime, model, shape, path, calibration, check_inputs=inputs)
     found = {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
              "max_rel": None if calibration is not None else diff.max_rel, "checked_on": exported.checked_on}
-    return found if calibration is None else {**found, "int8_check_cosine": exported.int8_cosine}
+    return found if calibration is None else {**found, "int8_check_cosine": exported.int8_cosine,
+                                              "int8_scores_cosine": exported.int8_scores_cosine}
 
 
 # --- report -------------------------------------------------------------------------------------
