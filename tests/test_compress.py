@@ -25,7 +25,7 @@ from edgeprune.report import format_table
 
 from conftest import assert_one_line_error
 
-FAST = ["--target", "x86-avx2", "--runs", "5", "--min-time", "0.1"]
+FAST = ["--target", "x86-avx2", "--runs", "5", "--min-time", "0.1", "--max-bench-seconds", "0"]
 TRAIN_IMAGES = 768
 FILES = {"pruned.pt", "dense.onnx", "pruned.onnx", "report.json", "report.md", "report.png"}
 INT8_FILES = {"dense_int8.onnx", "pruned_int8.onnx"}
@@ -283,7 +283,7 @@ def small(spec, *, split="train", **kw):
 
 
 calibration.load_data = small
-main(["compress", "--target", "x86-avx2", "--runs", "3", "--min-time", "0.05", "--finetune-epochs", "1", "--no-int8",
+main(["compress", "--target", "x86-avx2", "--runs", "3", "--min-time", "0.05", "--max-bench-seconds", "0", "--finetune-epochs", "1", "--no-int8",
       "--eval-images", "100", "-o", sys.argv[1]])
 """
 

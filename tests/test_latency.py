@@ -302,7 +302,7 @@ def test_compress_rejects_latency_options_that_do_not_fit(tmp_path, args, fragme
 def test_compress_to_a_speedup_reports_predicted_and_measured(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--finetune-epochs", "0",
-                                       "--no-reconstruct", "--no-int8", "--runs", "5", "--min-time", "0.1", "-o", str(out)])
+                                       "--no-reconstruct", "--no-int8", "--runs", "5", "--min-time", "0.1", "--max-bench-seconds", "0", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     plan = report["pruning"]["plan"]
@@ -332,7 +332,7 @@ def test_a_table_measured_on_a_board_plans_from_its_prediction(tmp_path):
                                      "-o", str(curves)])
     assert made.exit_code == 0, made.output
     args = ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--lut", str(table), "--finetune-epochs", "0",
-            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity",
+            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--max-bench-seconds", "0", "--allocate", "sensitivity",
             "--sensitivity", str(curves), "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -399,23 +399,33 @@ def test_lut_align_reports_each_runtime_in_json(tmp_path, monkeypatch):
     assert set(found["score"]) == {"2", "4", "8", "16"} and (tmp_path / "cache" / "lut").is_dir()
 
 
-def test_a_model_timer_takes_each_models_median_over_its_rounds(monkeypatch):
+def test_a_model_timer_takes_each_models_median_over_rounds_until_the_speedup_is_known(monkeypatch):
     """One side-by-side round of two small models is noisy; the timer reports each model's median
-    over its rounds, and exports each model once."""
+    over its rounds, the models' order reversed every other round, more rounds while the speedup's
+    interval is wider than +-3 % (within its time cap), and exports each model once."""
     from types import SimpleNamespace
 
     from edgeprune.latency import confirm
     from edgeprune.profile import BenchConfig
 
-    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3]])  # a round that ran slow, one that ran fast
+    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3], [0.6, 0.3], [0.6, 0.3], [0.6, 0.3]])  # noisy, then steady
+    orders = []
 
     def fake_profile(paths, config):
         assert len(paths) == 2
-        return [SimpleNamespace(p50_ms=ms) for ms in next(rounds)]
+        orders.append([Path(p).stem for p in paths])
+        times = dict(zip(["model0", "model1"], next(rounds)))
+        return [SimpleNamespace(p50_ms=times[Path(p).stem]) for p in paths]
 
     monkeypatch.setattr(confirm, "profile_models", fake_profile)
-    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0))
     models = [nn.Conv2d(3, 4, 3), nn.Conv2d(3, 2, 3)]
-    assert timer.rounds == 3 and timer(models) == [0.6, 0.3]
+    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0), max_seconds=0)
+    assert timer.rounds == 3 and timer(models) == [0.6, 0.3]  # the cap: the first three rounds only
+    assert orders == [["model0", "model1"], ["model1", "model0"], ["model0", "model1"]]
     assert len(timer._exported) == 2
+    timer.close()
+    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3]] + [[0.6, 0.3]] * 40)
+    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0), max_seconds=60)
+    timer(models)
+    assert 3 < len(orders) - 3 < 43  # measured on until the ratio's interval narrowed to +-3 %
     timer.close()

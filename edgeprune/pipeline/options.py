@@ -28,6 +28,7 @@ class CompressOptions:
     ort: bool = False
     runs: int = 50
     min_time: float = 2.0
+    max_bench_seconds: float = 20.0  # side-by-side rounds until speedups are known within +-3 %, at most this long
     weights: str | None = None
     seed: int = 0
     latency_budget: float | None = None  # ms on the target: pruning then meets this instead of flops_cut / ratio

@@ -47,7 +47,8 @@ def latency_planner(job: Job, progress: Progress) -> Any:
                  f"kept in {table.path}")
     complete(table, job.latency.shapes)
     config = BenchConfig.from_target(target, intra_threads=settings["threads"], min_runs=20, min_time=0.5)
-    return LatencyPlanner(table, budget, ModelTimer(job.shape, config, target.opset, job.runtime), **common)
+    timer = ModelTimer(job.shape, config, target.opset, job.runtime, max_seconds=job.options.max_bench_seconds)
+    return LatencyPlanner(table, budget, timer, **common)
 
 
 def sensitivity_planner(job: Job, progress: Progress) -> Any:
@@ -287,20 +288,20 @@ def _against_dense(job: Job, outputs: list) -> dict[str, Any]:
 
 def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -> dict:
     """Latency and memory of every variant in onnxruntime under the target's settings; returns the settings."""
-    from edgeprune.profile import BenchConfig, profile_models
+    from edgeprune.profile import BenchConfig, compare_models
 
     options, target = job.options, job.target
     threads = target.host_threads()
     config = BenchConfig.from_target(target, intra_threads=threads, min_runs=options.runs, min_time=options.min_time)
-    progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes)")
-    profiles = profile_models([staging / v["onnx"] for v in variants], config)
-    dense = profiles[0]
-    for v, p in zip(variants, profiles):
+    progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes, "
+             f"rounds until each speedup is known within +-3 % or {options.max_bench_seconds:g} s)")
+    found = compare_models([staging / v["onnx"] for v in variants], config, max_seconds=options.max_bench_seconds)
+    for index, (v, p) in enumerate(zip(variants, found.profiles)):
         v.update(size_bytes=p.size_bytes, p50_ms=p.p50_ms, p90_ms=p.p90_ms, p99_ms=p.p99_ms, mean_ms=p.mean_ms,
                  std_ms=p.std_ms, runs=p.runs, peak_memory_bytes=p.peak_memory_bytes, session_ms=p.session_ms,
-                 first_run_ms=p.first_run_ms, speedup=dense.p50_ms / p.p50_ms,
+                 first_run_ms=p.first_run_ms, **found.speed_fields(index),
                  macs_ratio=variants[0]["macs"] / v["macs"])
-    return asdict(dense.settings)
+    return asdict(found.profiles[0].settings)
 
 
 def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> dict[str, dict]:
@@ -340,7 +341,7 @@ def runtime_quality(job: Job, runtimes: dict[str, dict], staging: Path, progress
 def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: Any) -> dict[str, Any]:
     """Dense and pruned files (and their INT8 versions where the job quantises and the runtime can),
     each compared with PyTorch, timed side by side; speedups against dense float."""
-    from edgeprune.profile import profile_models
+    from edgeprune.profile import compare_models
 
     models = {"dense": job.loaded.model, "pruned": result.model}
     inputs = check_inputs(job)
@@ -361,12 +362,16 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
             for written in (f for name in models for f in staging.glob(f"{name}_int8.*")):
                 written.unlink()
             found["int8"] = {"error": str(exc)}
-    times = {name: p.p50_ms for name, p in zip(made, profile_models([staging / m["file"] for m in made.values()], config))}
+    timed = compare_models([staging / m["file"] for m in made.values()], config,
+                           max_seconds=job.options.max_bench_seconds)
+    times = {name: p.p50_ms for name, p in zip(made, timed.profiles)}
+    speeds = {name: timed.speed_fields(index) for index, name in enumerate(made)}
     if "pruned_int8" in made:
-        found["int8"] = {name: {**made.pop(f"{name}_int8"), "p50_ms": times[f"{name}_int8"],
-                                "speedup": times["dense"] / times[f"{name}_int8"]} for name in models}
+        found["int8"] = {name: {**made.pop(f"{name}_int8"), "p50_ms": times[f"{name}_int8"], **speeds[f"{name}_int8"]}
+                         for name in models}
     return {**made, **found, "threads": config.intra_threads, "dense_p50_ms": times["dense"],
-            "pruned_p50_ms": times["pruned"], "speedup": times["dense"] / times["pruned"], "version": runtime.version()}
+            "pruned_p50_ms": times["pruned"], "dense_round_ms": speeds["dense"]["round_ms"], **speeds["pruned"],
+            "version": runtime.version()}
 
 
 def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None,
@@ -383,11 +388,15 @@ def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, 
 # --- report -------------------------------------------------------------------------------------
 
 def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) -> dict[str, float | None]:
-    """Dense and pruned p50 in the runtime the plan was made for (None where it could not run)."""
+    """Dense and pruned p50 in the runtime the plan was made for (None where it could not run), and
+    their side-by-side rounds ([dense ms, pruned ms] each)."""
     if runtime == "onnxruntime":
-        return {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"]}
+        return {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"],
+                "rounds_ms": [list(pair) for pair in zip(variants[0]["round_ms"], variants[1]["round_ms"])]}
     found = runtimes.get(runtime, {})
-    return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms")}
+    pairs = zip(found.get("dense_round_ms", []), found.get("round_ms", []))
+    return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms"),
+            "rounds_ms": [list(pair) for pair in pairs]}
 
 
 def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
