@@ -102,6 +102,21 @@ def test_measure_script_runs_alone_on_a_board_without_torch(tmp_path):
     assert "measured 3/3 points" in proc.stderr
 
 
+def test_a_table_point_that_breaks_its_neighbours_staircase_is_measured_again(monkeypatch):
+    """conv at 8 filters timed once at a third of its true time (a noisy round): it and the
+    neighbour it disagrees with are measured twice more and the medians kept; points that keep the
+    staircase are measured once."""
+    conv = {**_layer(hw=4), "key": "a", "points": [[4, 4], [4, 8], [4, 12], [4, 16]]}
+    measured = iter([0.01, 1.0, 0.5, 2.0, 2.5, 1.1, 0.9, 1.6, 1.4])  # overhead, 4 points, 4x4 and 4x8 twice more
+    monkeypatch.setattr(measure_module, "time_model", lambda *args, **kwargs: next(measured))
+    table = measure_module.measure_spec(_spec([conv]), runs=1, min_time=0)
+    assert table["entries"]["a"] == {"4,4": 1.0, "4,8": 1.4, "4,12": 2.0, "4,16": 2.5}  # median of 0.5, 1.6, 1.4
+    assert next(measured, None) is None
+    steady = iter([0.01, 1.0, 1.5, 2.0, 2.5])
+    monkeypatch.setattr(measure_module, "time_model", lambda *args, **kwargs: next(steady))
+    assert measure_module.measure_spec(_spec([conv]), runs=1, min_time=0)["entries"]["a"]["4,8"] == 1.5
+
+
 @pytest.mark.parametrize("content, fragment", [("{not json", "Expecting"), ('{"format": "x"}', "not an edgeprune latency spec"),
                                                (None, "No such file")])
 def test_measure_script_rejects_bad_specs_in_one_line(tmp_path, content, fragment):
