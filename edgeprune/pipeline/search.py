@@ -31,7 +31,7 @@ from typing import Any
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.pipeline.prepare import Job, Progress
-from edgeprune.profile.compare import measure_rounds
+from edgeprune.profile.compare import estimates_of, measure_rounds
 from edgeprune.profile.estimate import MET, MISSED, UNDECIDED, SpeedupEstimate
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
@@ -162,7 +162,7 @@ class Search:
         verdict = judged(self.target, rounds) if self.target is not None and rounds else None
         speed_held = {MET: True, MISSED: False}.get(verdict)
         asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
-        here = SpeedupEstimate.of([d / p for d, p in rounds]).fields() if rounds else {"speedup": None}
+        here = _speedup(rounds).fields() if rounds else {"speedup": None}
         return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
                 "asked": ", ".join(asked), "runtime": self.runtime,
                 "search": {"speedup": round(chosen.speedup, 4), "ci_low": chosen.ci_low, "ci_high": chosen.ci_high,
@@ -311,7 +311,7 @@ class _Trials:
                               say or (lambda message: self.progress(f"{label}: {message}")),
                               self.job.options.max_bench_seconds)
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
-        estimate = SpeedupEstimate.of([dense / pruned for dense, pruned in rounds])
+        estimate = _speedup(rounds)
         meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
         return Point(label, result.macs_cut, estimate.speedup, dense_ms, pruned_ms, figures["cosine_min"],
                      figures.get("top1"), meets, seconds, chosen,
@@ -338,11 +338,16 @@ class _Trials:
         self.timer.close()
 
 
+def _speedup(rounds: list[list[float]]) -> SpeedupEstimate:
+    """dense / pruned over side-by-side rounds ([dense ms, pruned ms] each), with its interval."""
+    return estimates_of(rounds)[0]
+
+
 def judged(target: SpeedTarget, rounds: list[list[float]]) -> str:
     """met, missed or undecided: the target against the 95 % interval of side-by-side rounds
     ([dense ms, pruned ms] each); a latency budget through each round's budget / pruned ms."""
     if target.speedup is not None:
-        return SpeedupEstimate.of([dense / pruned for dense, pruned in rounds]).verdict(target.speedup)
+        return _speedup(rounds).verdict(target.speedup)
     return SpeedupEstimate.of([target.latency_budget / pruned for _, pruned in rounds]).verdict(1.0)
 
 
@@ -355,7 +360,7 @@ def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, prog
     said: list[str] = []
 
     def decided(rounds: list[list[float]]) -> bool:
-        estimate = SpeedupEstimate.of([dense / pruned for dense, pruned in rounds])
+        estimate = _speedup(rounds)
         if target is None:
             return estimate.precise()
         if judged(target, rounds) != UNDECIDED:
@@ -368,7 +373,7 @@ def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, prog
     rounds, done = measure_rounds(lambda index: timer.rounds_of(models, 1)[0], decided, max_seconds=max_seconds,
                                   min_rounds=timer.rounds, clock=clock)
     if not done and target is not None:
-        estimate = SpeedupEstimate.of([dense / pruned for dense, pruned in rounds])
+        estimate = _speedup(rounds)
         progress(f"{estimate.text()} against {target.describe()}: not decidable here in {max_seconds:g} s")
     return rounds
 
