@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = load_target(args.target)
     config = BenchConfig.from_target(target)  # `bench --target`: 1 s of timed runs per model
     results: dict[str, Any] = {
-        "command": " ".join(["python", "benchmarks/timing.py", *sys.argv[1:]]), "target": target.name,
+        "command": shlex.join(["python", "benchmarks/timing.py", *sys.argv[1:]]), "target": target.name,
         "threads": config.intra_threads, "cpus": os.cpu_count(), "cap_s": args.cap, "repeats": args.repeats,
         "note": args.note, "loadavg_start": os.getloadavg(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="edgeprune-timing-") as folder:
