@@ -7,6 +7,7 @@ accuracies are measured on the whole held-out split, as in a normal run.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +94,11 @@ def test_report_has_the_measured_figures(runs, which):
         assert v["size_bytes"] > 0 and 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
         assert isinstance(v["peak_memory_bytes"], int) and v["peak_memory_bytes"] >= 0
         assert 0.0 <= v["accuracy"] <= 1.0 and v["runs"] >= 5
-        assert v["speedup"] == pytest.approx(dense["p50_ms"] / v["p50_ms"])
+        assert v["ci_low"] <= v["speedup"] <= v["ci_high"] and v["rounds"] == len(v["round_ms"]) == 3
+        assert v["speedup"] == pytest.approx(statistics.geometric_mean(
+            d / t for d, t in zip(dense["round_ms"], v["round_ms"])), rel=1e-3)  # over the rounds, with its interval
         assert v["macs_ratio"] == pytest.approx(dense["macs"] / v["macs"])
-    assert dense["speedup"] == 1.0
+    assert (dense["speedup"], dense["ci_low"], dense["ci_high"]) == (1.0, 1.0, 1.0)
     assert report["target"]["name"] == "x86-avx2" and report["bench_settings"]["intra_threads"] >= 1
     assert {e["checked_on"] for e in report["export"].values()} == {"8 images"}  # the model's own inputs, not noise
     if which == "first":

@@ -58,7 +58,7 @@ class Comparison:
     """``profiles``: each model's runs of every round pooled; ``estimates``: each model's speedup
     against the first (None for the first); ``round_ms``: each round's time of every model (the
     statistic compared); ``decided``: False when the cap stopped the rounds before every interval
-    was within the precision asked (or clear of its target)."""
+    was within the precision asked."""
 
     profiles: list[ModelProfile]
     estimates: list[SpeedupEstimate | None]
@@ -80,33 +80,31 @@ def round_config(config: BenchConfig, min_rounds: int = MIN_ROUNDS) -> BenchConf
 
 
 def compare_models(paths: Sequence[str | Path], config: BenchConfig | None = None, progress: Progress | None = None, *,
-                   max_seconds: float = MAX_SECONDS, precision: float = PRECISION,
-                   targets: Sequence[float | None] | None = None, statistic: str = STATISTIC,
+                   max_seconds: float = MAX_SECONDS, precision: float = PRECISION, statistic: str = STATISTIC,
                    python: Sequence[str] | None = None) -> Comparison:
     """Time ``paths`` side by side in rounds (each :func:`~edgeprune.profile.profile_models` in
     fresh processes with ``config``'s runs and seconds shared out over :data:`MIN_ROUNDS` rounds)
-    until each model's speedup against the first is within ``precision`` or clear of its
-    ``targets`` entry, or ``max_seconds`` are spent."""
+    until each model's speedup against the first is within ``precision``, or ``max_seconds`` are
+    spent. A single model is measured once, with all of ``config``'s runs and seconds."""
     config = config or BenchConfig()
     per_round, pick = round_config(config), STATISTICS[statistic]
     progress = progress or (lambda stage, fraction: None)
     found: list[list[ModelProfile]] = []
-    wanted = list(targets) if targets is not None else [None] * (len(paths) - 1)
 
-    def measure_round(index: int) -> list[float]:
+    def measure_round(index: int, share: BenchConfig = per_round) -> list[float]:
         order = list(range(len(paths)))[::-1 if index % 2 else 1]
-        profiles = profile_models([paths[i] for i in order], per_round, _round_progress(progress, index), python=python)
+        profiles = profile_models([paths[i] for i in order], share, _round_progress(progress, index), python=python)
         found.append([profiles[order.index(i)] for i in range(len(paths))])
         return [pick(p) for p in found[-1]]
 
     def decided(rounds: list[list[float]]) -> bool:
-        return all(e.decided(t, precision) for e, t in zip(estimates_of(rounds), wanted))
+        return all(e.precise(precision) for e in estimates_of(rounds))
 
     start = time.perf_counter()
     if len(paths) > 1:
         rounds, done = measure_rounds(measure_round, decided, max_seconds=max_seconds)
-    else:  # nothing to compare: one round
-        rounds, done = [measure_round(0)], True
+    else:  # nothing to compare: one measurement
+        rounds, done = [measure_round(0, config)], True
     progress("timing", 1.0)
     estimates = [None, *estimates_of(rounds)] if len(paths) > 1 else [None]
     return Comparison([pooled([r[i] for r in found]) for i in range(len(paths))], estimates, found, rounds, done,

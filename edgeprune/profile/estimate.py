@@ -87,10 +87,6 @@ class SpeedupEstimate:
             return MISSED
         return UNDECIDED
 
-    def decided(self, target: float | None, precision: float = PRECISION) -> bool:
-        """Enough rounds: the interval is within ``precision``, or clear of ``target``."""
-        return self.precise(precision) or (target is not None and self.verdict(target) != UNDECIDED)
-
     def fields(self) -> dict[str, float | int]:
         """For JSON: speedup, ci_low, ci_high (4 decimals) and rounds."""
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(self).items()}
