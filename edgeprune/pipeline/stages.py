@@ -388,24 +388,32 @@ def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, 
 # --- report -------------------------------------------------------------------------------------
 
 def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) -> dict[str, float | None]:
-    """Dense and pruned p50 in the runtime the plan was made for (None where it could not run), and
-    their side-by-side rounds ([dense ms, pruned ms] each)."""
+    """Dense and pruned p50 in the runtime the plan was made for (None where it could not run)."""
     if runtime == "onnxruntime":
-        return {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"],
-                "rounds_ms": [list(pair) for pair in zip(variants[0]["round_ms"], variants[1]["round_ms"])]}
+        return {"dense_ms": variants[0]["p50_ms"], "pruned_ms": variants[1]["p50_ms"]}
     found = runtimes.get(runtime, {})
-    pairs = zip(found.get("dense_round_ms", []), found.get("round_ms", []))
-    return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms"),
-            "rounds_ms": [list(pair) for pair in pairs]}
+    return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms")}
+
+
+def _final_rounds(runtime: str, variants: list[dict], runtimes: dict[str, dict]) -> list[list[float]]:
+    """The side-by-side rounds of dense and pruned in the runtime the plan was made for ([dense ms,
+    pruned ms] each; none where it could not run)."""
+    if runtime == "onnxruntime":
+        dense, pruned = variants[0]["round_ms"], variants[1]["round_ms"]
+    else:
+        found = runtimes.get(runtime, {})
+        dense, pruned = found.get("dense_round_ms", []), found.get("round_ms", [])
+    return [[d, p] for d, p in zip(dense, pruned)]
 
 
 def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     """What the report measured of the delivered files in the runtime planned for: dense and pruned
-    p50 ms, the pruned file's worst cosine and top-1 on the held-out images (onnxruntime's where that
-    runtime could not run them), and the dense model's top-1."""
+    p50 ms and their side-by-side rounds, the pruned file's worst cosine and top-1 on the held-out
+    images (onnxruntime's where that runtime could not run them), and the dense model's top-1."""
     pruned = (runtimes or {}).get(job.runtime, {}).get("pruned", {})
     quality = pruned if pruned.get("cosine_min") is not None else variants[1]
-    return {**_final_times(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
+    return {**_final_times(job.runtime, variants, runtimes or {}),
+            "rounds_ms": _final_rounds(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
             "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy")}
 
 
