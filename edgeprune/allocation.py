@@ -12,8 +12,8 @@ graph at every step, since a group's cost depends on its neighbours' widths too.
 >>> from edgeprune.models import build
 >>> from edgeprune.sensitivity import analyse
 >>> built = build("resnet20-cifar")
->>> x = torch.randn(32, 3, 32, 32).numpy()
->>> curves = analyse(built.model, built.input_shape, "l2", x, x[:16], ratios=(0.3, 0.6))
+>>> x = torch.randn(8, 3, 32, 32).numpy()
+>>> curves = analyse(built.model, built.input_shape, "l2", x, x[:4], ratios=(0.3, 0.6))
 >>> result = prune(built.model, built.input_shape, criterion="l2", planner=SensitivityPlanner(curves, 0.4))
 >>> abs(result.plan.macs_cut - 0.4) <= 0.01
 True

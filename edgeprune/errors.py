@@ -13,7 +13,7 @@ class TraceError(EdgepruneError):
 
 
 def describe(exc: BaseException, limit: int = 300) -> str:
-    """An exception as one line: its type and the first line of its message (with the next one
+    r"""An exception as one line: its type and the first line of its message (with the next one
     when the first only introduces it).
 
     >>> describe(RuntimeError("Error(s) in loading state_dict:\n\tsize mismatch for fc.weight"))

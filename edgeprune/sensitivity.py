@@ -14,8 +14,8 @@ of 0.25 while the mean over its three outputs says 0.74).
 >>> import torch
 >>> from edgeprune.models import build
 >>> built = build("resnet20-cifar")
->>> x = torch.randn(32, 3, 32, 32).numpy()
->>> found = analyse(built.model, built.input_shape, "l2", x, x[:16], ratios=(0.5,))
+>>> x = torch.randn(8, 3, 32, 32).numpy()
+>>> found = analyse(built.model, built.input_shape, "l2", x, x[:4], ratios=(0.5,))
 >>> point = found.curves[0].points[-1]
 >>> 0 <= point["loss"] <= 2 and point["cosine"] == min(point["outputs"].values())
 True

@@ -21,6 +21,8 @@ import pytest
 from edgeprune.profile import from_json
 from test_profile import make_convnet
 
+pytestmark = pytest.mark.slow  # emulated aarch64 (qemu): minutes when the emulator is there, skipped when not
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("EDGEPRUNE_ARM_CACHE", "~/.cache/edgeprune/arm64")).expanduser()
 CPUINFO = Path(os.environ.get("EDGEPRUNE_ARM_CPUINFO", REPO.parent / "shared/arm/cpuinfo-aarch64-neoverse-n1"))

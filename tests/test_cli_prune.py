@@ -5,6 +5,10 @@ import sys
 
 import pytest
 import torch
+from click.testing import CliRunner
+
+from conftest import assert_one_line_error as assert_one_line_cli_error
+from edgeprune.cli import main
 
 USER_MODEL = '''
 import torch
@@ -64,9 +68,9 @@ def test_prune_then_info_round_trip(tmp_path):
 
 
 def test_info_table_and_zoo():
-    proc = run("info", "vgg16-cifar")
-    assert proc.returncode == 0 and "313.46 M MACs" in proc.stdout
-    zoo = json.loads(run("zoo", "--json").stdout)
+    proc = CliRunner().invoke(main, ["info", "vgg16-cifar"])  # in this process: the round trip above starts one
+    assert proc.exit_code == 0 and "313.46 M MACs" in proc.stdout
+    zoo = json.loads(CliRunner().invoke(main, ["zoo", "--json"]).stdout)
     assert {"vgg16-cifar", "resnet56-cifar", "mobilenetv1-cifar"} <= {e["name"] for e in zoo}
 
 
@@ -86,10 +90,12 @@ def test_user_file_model(tmp_path):
     (["prune", "resnet20-cifar", "--flops-cut", "1", "-o", "OUT"], "flops cut must be in [0, 1)"),
     (["prune", "torchvision:nonet", "--ratio", "0.3", "-o", "OUT"], "unknown torchvision classification model"),
 ])
-def test_bad_input_gives_one_line_and_exit_2(tmp_path, args, fragment):
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, monkeypatch, args, fragment):
+    """In this process (a process of its own per case cost seconds each); the tests below that run
+    ``python -m edgeprune`` check that a real process ends the same way."""
     args = [str(tmp_path / "out.pt") if a == "OUT" else a for a in args]
-    proc = subprocess.run([sys.executable, "-m", "edgeprune", *args], capture_output=True, text=True, cwd=tmp_path)
-    assert_one_line_error(proc, fragment)
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_cli_error(CliRunner().invoke(main, args), fragment)
     assert not (tmp_path / "out.pt").exists()
 
 
@@ -110,11 +116,6 @@ def test_pickled_class_is_refused(tmp_path):
 
 
 def test_an_exception_in_the_users_factory_is_one_line_naming_it(tmp_path):
-    from click.testing import CliRunner
-
-    from conftest import assert_one_line_error as assert_one_line_cli_error
-    from edgeprune.cli import main
-
     (tmp_path / "mine.py").write_text(USER_MODEL)
     result = CliRunner().invoke(main, ["info", f"{tmp_path}/mine.py:broken"])
     assert_one_line_cli_error(result, f"{tmp_path}/mine.py:broken: broken() raised RuntimeError: Error(s) in loading "
@@ -123,11 +124,6 @@ def test_an_exception_in_the_users_factory_is_one_line_naming_it(tmp_path):
 
 def test_an_integer_npz_is_refused_in_one_line(tmp_path):
     import numpy as np
-    from click.testing import CliRunner
-
-    from conftest import assert_one_line_error as assert_one_line_cli_error
-    from edgeprune.cli import main
-
     np.savez(tmp_path / "ints.npz", x=np.random.default_rng(0).integers(0, 256, (8, 3, 32, 32)))  # int64 pixels
     result = CliRunner().invoke(main, ["prune", "resnet20-cifar", "--criterion", "hrank", "--ratio", "0.3", "--calib",
                                        str(tmp_path / "ints.npz"), "-o", str(tmp_path / "p.pt")])
@@ -146,9 +142,9 @@ def test_untraceable_user_model(tmp_path):
 
 @pytest.mark.parametrize("command", [["info"], ["prune", "--ratio", "0.5", "-o", "b.pt"], ["export", "-o", "b.onnx"],
                                      ["prune", "--ratio", "0.5", "--input-shape", "1x3x16x16", "-o", "b.pt"]])
-def test_a_model_with_two_inputs_is_one_line(tmp_path, command):
+def test_a_model_with_two_inputs_is_one_line(tmp_path, monkeypatch, command):
     (tmp_path / "mine.py").write_text(USER_MODEL)
-    proc = subprocess.run([sys.executable, "-m", "edgeprune", command[0], f"{tmp_path}/mine.py:two_inputs", *command[1:]],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert_one_line_error(proc, "edgeprune takes one image input; TwoInputs.forward takes 2 (image, mask)")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [command[0], f"{tmp_path}/mine.py:two_inputs", *command[1:]])
+    assert_one_line_cli_error(result, "edgeprune takes one image input; TwoInputs.forward takes 2 (image, mask)")
     assert not list(tmp_path.glob("b.*"))

@@ -683,30 +683,106 @@ def test_tcfp_maximises_layers_side_by_side_with_the_same_results(monkeypatch):
 # ThiNet: greedy removal by the consumer's least-squares refit
 
 
+def _grams_from_inputs(model: nn.Module, names: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """XᵀX of each named layer's regressors on ``images``, built here from its inputs: a conv's
+    unfolded patches at every output position (the tests' layers have at most 64 of them, so none
+    is sampled out), a linear layer's features, and a ones column for the bias."""
+    inputs, modules = {}, dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(lambda _m, i, _o, n=n: inputs.__setitem__(n, i[0])) for n in names]
+    with torch.no_grad():
+        model(images)
+    for h in handles:
+        h.remove()
+    grams = {}
+    for name in names:
+        layer, x = modules[name], inputs[name].double()
+        if isinstance(layer, nn.Conv2d):
+            x = nn.functional.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)
+            x = x.transpose(1, 2).reshape(-1, x.shape[1])
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        grams[name] = x.T @ x
+    return grams
+
+
+class _RefitError:
+    """A consumer's relative ridge refit error from the columns of some input channels, solved
+    from scratch (the ridge is a fraction of the whole Gram's mean diagonal, as in the criterion)."""
+
+    def __init__(self, layer: nn.Module, gram: torch.Tensor, ridge: float) -> None:
+        w = layer.weight.detach().double().reshape(layer.weight.shape[0], -1).T
+        w = torch.cat([w, layer.bias.detach().double()[None]])
+        self.width = int(np.prod(layer.kernel_size)) if isinstance(layer, nn.Conv2d) else 1
+        self.target, self.norm = gram @ w, float(torch.einsum("io,ij,jo->", w, gram, w))
+        self.regularised = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+
+    def __call__(self, units: list[int]) -> float:
+        cols = torch.tensor([u * self.width + k for u in units for k in range(self.width)] + [len(self.target) - 1])
+        g = self.target[cols]
+        return (self.norm - float((g * torch.linalg.solve(self.regularised[cols][:, cols], g)).sum())) / self.norm
+
+
+def _greedy_scores(errors: list[_RefitError], n_units: int, chunk: int) -> dict[int, float]:
+    """ThiNet's scores solved anew at every step: the ``chunk`` units whose removal adds least
+    to the consumers' summed error go, in that order; a unit's score is the error added so far."""
+    kept, scores, added = list(range(n_units)), {}, 0.0
+    while kept:
+        now = sum(error(kept) for error in errors)
+        costs = {u: sum(error([k for k in kept if k != u]) for error in errors) - now for u in kept}
+        for unit in sorted(kept, key=costs.__getitem__)[:chunk]:
+            added += costs[unit]
+            scores[unit] = added
+            kept.remove(unit)
+    return scores
+
+
 def test_thinet_removes_greedily_by_the_consumers_refit_error():
-    """Each unit removed is the one whose loss the next conv's refit (on the criterion's own
-    XᵀX, solved from scratch here) feels least, and its score is that refit's error: the
-    incremental inverse updates agree with solving every subset anew."""
+    """Each unit removed is the one whose loss the next conv's refit (on XᵀX gathered here from
+    the layer's inputs, solved from scratch) feels least, and its score is that refit's error:
+    the incremental inverse updates agree with solving every subset anew."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(), nn.Flatten(),
                           nn.Linear(6 * 6 * 6, 4)).eval()
     graph = build_graph(model, (1, 3, 10, 10))
-    criterion = create_criterion("thinet", ridge=1e-3)
-    scores = score_groups(graph, criterion, torch.randn(32, 3, 10, 10))
+    images = torch.randn(32, 3, 10, 10)
+    scores = score_groups(graph, create_criterion("thinet", ridge=1e-3), images)
     group = next(g for g in graph.prunable_groups() if g.n_units == 8)
-    gram = criterion.grams["2"]
-    w = torch.cat([model[2].weight.detach().double().reshape(6, -1).T, model[2].bias.detach().double()[None]])
-    target, norm = gram @ w, float(torch.einsum("io,ij,jo->", w, gram, w))
-    regularised = gram + 1e-3 * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    error = _RefitError(model[2], _grams_from_inputs(model, ["2"], images)["2"], 1e-3)
+    expected = _greedy_scores([error], 8, chunk=1)
+    assert torch.argsort(scores[group.index]).tolist() == list(expected)
+    for unit, score in expected.items():
+        assert float(scores[group.index][unit]) == pytest.approx(score, rel=1e-6, abs=1e-9)
 
-    def error(units: list[int]) -> float:  # the ridge objective of the refit from these input channels
-        cols = torch.tensor([u * 9 + k for u in units for k in range(9)] + [len(gram) - 1])
-        g = target[cols]
-        return (norm - float((g * torch.linalg.solve(regularised[cols][:, cols], g)).sum())) / norm
 
-    order = torch.argsort(scores[group.index]).tolist()
-    kept, start = list(range(8)), error(list(range(8)))
-    for unit in order:
-        assert unit == min(kept, key=lambda u: error([k for k in kept if k != u]))
-        kept.remove(unit)
-        assert float(scores[group.index][unit]) == pytest.approx(error(kept) - start, rel=1e-6, abs=1e-9)
+class _TwoReaders(nn.Module):
+    """72 channels (more than thinet.STEPS) read by a 1x1 conv and, pooled, by a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(3, 72, 1)
+        self.conv = nn.Conv2d(72, 5, 1)
+        self.head = nn.Linear(72, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.wide(x))
+        return self.conv(x), self.head(x.mean(dim=(2, 3)))
+
+
+def test_thinet_sums_its_consumers_costs_and_removes_a_wide_group_in_steps():
+    """A group read by two layers is judged by both errors summed; one of more than STEPS units
+    loses its cheapest two at each step (costs from before the step), as solved anew here."""
+    from edgeprune.criteria.thinet import STEPS
+
+    torch.manual_seed(0)
+    model = _TwoReaders().eval()
+    graph = build_graph(model, (1, 3, 6, 6))
+    images = torch.randn(96, 3, 6, 6)
+    criterion = create_criterion("thinet", ridge=1e-3)
+    scores = score_groups(graph, criterion, images)
+    [group] = [g for g in graph.prunable_groups() if g.n_units == 72]
+    assert sorted(c.module for c in criterion.consumers[group.index]) == ["conv", "head"]
+    grams = _grams_from_inputs(model, ["conv", "head"], images)
+    errors = [_RefitError(model.conv, grams["conv"], 1e-3), _RefitError(model.head, grams["head"], 1e-3)]
+    expected = _greedy_scores(errors, 72, chunk=-(-72 // STEPS))
+    assert -(-72 // STEPS) == 2
+    got = scores[group.index]
+    assert [float(got[u]) for u in expected] == pytest.approx(list(expected.values()), rel=1e-6, abs=1e-9)

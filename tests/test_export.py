@@ -194,6 +194,22 @@ def test_int8_files_are_judged_and_a_broken_one_is_refused(resnet20, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.int8.onnx"]
 
 
+@pytest.mark.parametrize("cosine, kept", [(0.51, True), (0.49, False)])
+def test_the_int8_judgement_draws_its_line_at_a_cosine_of_one_half(cosine, kept):
+    """Just above INT8_MIN_COSINE (0.5) a file is kept, just below it is refused (the broken file
+    above sits far below it, at -0.9)."""
+    from edgeprune.quality import judge_int8
+
+    reference = [np.array([[1.0, 0.0], [0.0, 2.0]])]  # two images; each quantised one at the same angle
+    quantised = [np.array([[cosine, np.sqrt(1 - cosine ** 2)], [2 * np.sqrt(1 - cosine ** 2), 2 * cosine]])]
+    if kept:
+        assert judge_int8(reference, quantised, "m.int8.onnx") == pytest.approx(cosine)
+    else:
+        with pytest.raises(EdgepruneError, match=r"m.int8.onnx: the INT8 file is broken: its worst output has cosine "
+                                                 r"0\.490 .* on 2 calibration images \(a correct one stays above 0\.5\)"):
+            judge_int8(reference, quantised, "m.int8.onnx")
+
+
 def test_int8_takes_a_get_next_reader(tmp_path):
     fp32 = export_onnx(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()), (2, 3, 8, 8), tmp_path / "net.onnx")
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import statistics
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
+from torch import nn
 
 from edgeprune.cli import main
 
@@ -41,7 +44,7 @@ def test_a_floor_alone_delivers_the_deepest_cut_that_meets_it(tmp_path, pixels):
     assert any(not p["meets"] for p in curve)  # the first trial (half the MACs) does not
     assert all(p["speedup"] > 0 and set(p["outputs"]) == {"scores", "boxes", "embedding"} for p in curve)
     assert all(len(p["speedup_rounds"]) == p["rounds"] == 3 and p["ci_low"] <= p["speedup"] <= p["ci_high"]
-               for p in curve)  # --max-bench-seconds 0: the first rounds only
+               for p in curve)  # --max-bench-seconds 0: the first rounds only (exact figures: the faked timers below)
     pruned = next(v for v in report["variants"] if v["name"] == "pruned")
     assert pruned["macs"] == pytest.approx(report["variants"][0]["macs"] * (1 - chosen["macs_cut"]), rel=1e-6)
     assert pruned["cosine_min"] >= 0.9 - 0.02  # the ONNX file on the same held-out images
@@ -255,3 +258,156 @@ def test_a_call_still_close_at_the_time_cap_is_not_decidable_here():
     assert len(speed_rounds(untargeted, ["dense", "pruned"], None, said.append, 60, untargeted.clock)) == 3
     noisy = FakeTimer([1.8, 1.2] * 50)
     assert len(speed_rounds(noisy, ["dense", "pruned"], None, said.append, 5, noisy.clock)) == 5
+
+
+# End to end with a speed target or a top-1 floor. The speed comes from a faked timer (and a board's
+# table that predicts the same): each model's time is its convolutions' MACs, so every figure below
+# is exact and the runs take no timing.
+NS_PER_MAC = 1e-6  # milliseconds per multiply-accumulate, in the table and the faked timer alike
+
+
+def conv_macs(model) -> int:
+    macs, handles = [], []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(
+                lambda mod, _i, out: macs.append(mod.weight.numel() * out.shape[-1] * out.shape[-2])))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, 16, 16))
+    finally:
+        for h in handles:
+            h.remove()
+    return sum(macs)
+
+
+def faked_timer(inverted: bool = False):
+    """A ``ModelTimer`` whose rounds agree exactly: a model's time is its MACs (``inverted``: a
+    runtime where every MAC cut costs time instead, as unaligned widths can)."""
+
+    class Timer:
+        dense_macs: int | None = None
+
+        def __init__(self, *_args, **_kwargs) -> None:
+            self.asked = 0
+
+        def ms(self, model) -> float:
+            macs = conv_macs(model)
+            Timer.dense_macs = Timer.dense_macs or macs  # the first model timed is the dense one
+            return NS_PER_MAC * (2 * Timer.dense_macs - macs if inverted else macs)
+
+        def rounds_of(self, models, rounds=None):
+            times = [self.ms(m) for m in models]
+            return [list(times) for _ in range(rounds or 3)]
+
+        def __call__(self, models):
+            return self.rounds_of(models, 1)[0]
+
+        def close(self) -> None:
+            pass
+
+    return Timer
+
+
+def _heads():
+    from edgeprune.checkpoint import load_model
+
+    return load_model(HEADS)
+
+
+@pytest.fixture(scope="module")
+def board_table(tmp_path_factory):
+    """A board's table for the detector (what ``lut build --spec-only`` asks a board to measure),
+    filled by MACs: the latency planner rests on its prediction and measures nothing here."""
+    from edgeprune.latency import LatencyTable, conv_shapes, settings_of
+    from edgeprune.latency.table import model_key
+    from edgeprune.targets import load_target
+
+    loaded = _heads()
+    shape = tuple(loaded.input_shape)
+    spec = LatencyTable.empty(settings_of(load_target("x86-avx2"), host=False)).spec(
+        list(conv_shapes(loaded.model, shape).values()), {model_key(loaded.spec, shape): "dense.onnx"})
+    entries = {}
+    for layer in spec["layers"]:
+        kh, kw = layer["kernel"]
+        out_hw = (layer["in_hw"][0] // layer["stride"][0]) * (layer["in_hw"][1] // layer["stride"][1])
+        entries[layer["key"]] = {f"{cin},{cout}": NS_PER_MAC * (1 if layer["depthwise"] else cin) * cout * kh * kw * out_hw
+                                 for cin, cout in layer["points"]}
+    dense_ms = NS_PER_MAC * conv_macs(loaded.model)
+    table = {"format": "edgeprune.lut/1", "machine": {"machine": "aarch64", "cpu": "Cortex-A72 (a board)", "cpus": 4},
+             "settings": spec["settings"], "overhead_ms": 0.0, "runs": 1, "min_time": 0.0, "entries": entries,
+             "models": {m["key"]: dense_ms for m in spec["models"]}}
+    path = tmp_path_factory.mktemp("board") / "table.json"
+    path.write_text(json.dumps(table))
+    return str(path), dense_ms
+
+
+QUICK = [*FAST, "--no-reconstruct"]  # the trials' recovery: BatchNorm re-estimation alone
+SPEED = [*QUICK[:2], "--round-to", "4", *QUICK[4:]]  # the table's widths are multiples of 4
+
+
+@pytest.fixture(scope="module")
+def few_pixels(tmp_path_factory):
+    return write_pixels(tmp_path_factory.mktemp("few") / "pixels.npz", 128)
+
+
+def test_a_speed_target_that_meets_the_floor_is_delivered_with_two_partial_targets(tmp_path, few_pixels, board_table,
+                                                                                     monkeypatch):
+    import edgeprune.latency
+
+    table, dense_ms = board_table
+    monkeypatch.setattr(edgeprune.latency, "ModelTimer", faked_timer())
+    out = tmp_path / "out"
+    result = compress(HEADS, "--calib", few_pixels, *SPEED, "--speedup", "1.6", "--lut", table, "--min-cosine", "0.5",
+                      "-o", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    curve = report["curve"]
+    assert [p["plan"] for p in curve] == ["speedup 1.15x", "speedup 1.3x", "speedup 1.6x"]  # 1/4, 1/2 of the way
+    assert [p["plan"] for p in curve if p["chosen"]] == ["speedup 1.6x"]
+    assert report["search"]["target"] == {"speedup": 1.6, "latency_budget": None}
+    for point, asked in zip(curve, (1.15, 1.3, 1.6)):
+        assert point["dense_ms"] == pytest.approx(dense_ms)  # the faked timer's, hence the speedups below
+        assert point["speedup"] == pytest.approx(dense_ms / point["pruned_ms"])
+        assert point["speedup_rounds"] == [pytest.approx(point["speedup"], abs=1e-4)] * 3
+        assert asked * 0.9 <= point["speedup"]  # the plan predicted by the table, which the timer agrees with
+    assert curve[0]["speedup"] < curve[1]["speedup"] < curve[2]["speedup"]
+    assert report["promise"]["asked"] == "1.6x the dense model's speed, worst output cosine >= 0.5"
+
+
+@pytest.fixture(scope="module")
+def labelled_pixels(tmp_path_factory):
+    """Pixels labelled with the dense detector's own class: its top-1 is 100 %."""
+    dense = _heads()
+    x = np.random.default_rng(0).integers(0, 256, (200, 3, 16, 16), dtype=np.uint8)  # write_pixels(n=200)
+    with torch.no_grad():
+        scores = dense.model((torch.from_numpy(x).float() / 255 - 0.5) / 0.25)["scores"]
+    return write_pixels(tmp_path_factory.mktemp("labelled") / "labelled.npz", 200, labels=scores.argmax(1).numpy())
+
+
+def test_a_speed_target_refused_names_the_fastest_point_that_meets_a_top1_floor(tmp_path, labelled_pixels,
+                                                                               board_table, monkeypatch):
+    """A latency budget with a top-1 floor (in points against the dense model's top-1, here 100 %)
+    that its plan misses: refused in one line. Deeper cuts measured slower here (a faked runtime):
+    the nearest point named is the fastest one that meets the floor, not the one with most MACs
+    cut; the bisected budgets lie between the dense model's time and the target's."""
+    import edgeprune.latency
+
+    table, dense_ms = board_table
+    monkeypatch.setattr(edgeprune.latency, "ModelTimer", faked_timer(inverted=True))
+    budget = round(0.4 * dense_ms, 4)
+    result = compress(HEADS, "--calib", labelled_pixels, *SPEED, "--label-output", "scores", "--latency-budget",
+                      str(budget), "--lut", table, "--max-drop", "60", "--search-trials", "1", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgeprune: error: top-1 within 60 points of dense is not met: reached ")
+    measured = json.loads((tmp_path / "out.curve.json").read_text())
+    curve = measured["curve"]
+    assert measured["search"]["floor"] == {"min_cosine": None, "max_drop": 60.0}
+    assert all(p["meets"] == (100 * (1 - p["top1"]) <= 60) for p in curve), curve
+    meeting = [p for p in curve if p["meets"]]
+    fastest = max(meeting, key=lambda p: p["speedup"])
+    assert fastest is not max(meeting, key=lambda p: p["macs_cut"])  # the case tells the two measures apart
+    assert f"the nearest point measured that meets it: {fastest['speedup']:.2f}x ({fastest['plan']}," in last
+    halfway = f"latency budget {budget + 0.5 * (dense_ms - budget):g} ms"
+    assert halfway in [p["plan"] for p in curve] and f"{halfway}, then recovery" in result.stderr

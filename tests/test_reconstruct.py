@@ -10,7 +10,7 @@ from torch import nn
 
 from edgeprune.api import prune, prune_iteratively
 from edgeprune.calibration import load_data
-from edgeprune.train.reconstruct import ReconstructConfig, compose, kept_layers, reconstruct
+from edgeprune.train.reconstruct import RIDGES, ReconstructConfig, compose, kept_layers, reconstruct
 
 from conftest import randomize_norms
 
@@ -108,14 +108,53 @@ def test_cuts_in_a_row_compose(images):
         assert torch.equal(weight, pruned[name].weight), name
 
 
-def test_a_layer_left_worse_by_the_fit_is_kept_as_it_was(images):
-    fit_on, _ = images
-    dense = randomize_norms(Mixed())
-    result = prune(dense, (1, 1, 16, 16), criterion="l2", ratio=0.5)
-    found = reconstruct(result.model, dense, kept_layers(result.graph, result.plan.keep), fit_on[:40],
-                        ReconstructConfig(ridge=0.0, positions=1))
-    assert all(f.error_after <= f.error_before for f in found.layers)
-    assert all(f.refit == (f.error_after < f.error_before) for f in found.layers)
+class _FirstThree(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3]
+
+
+def _dropped_feature_case() -> tuple[nn.Module, nn.Module, dict, torch.Tensor]:
+    """A dense head ``x1 + x2 + x3 + x4`` whose pruned copy lost ``x4``. On the images the fit sees
+    (four in five) ``x4 = x1``, so the fit learns ``2 x1 + x2 + x3``; on the fifth it holds out
+    ``x4 = -x1``, where that fit is twice as wrong as the pruned head left alone (error 2 vs 1 in
+    ``x1``), and where shrinking the fit (the largest ridge) is what helps most."""
+    from edgeprune.train.reconstruct import CHECK_EVERY, KeptLayer
+
+    dense = nn.Sequential(nn.Identity(), nn.Linear(4, 1))
+    with torch.no_grad():
+        dense[1].weight.fill_(1.0)
+        dense[1].bias.zero_()
+    pruned = nn.Sequential(_FirstThree(), nn.Linear(3, 1))
+    with torch.no_grad():
+        pruned[1].weight.fill_(1.0)
+        pruned[1].bias.zero_()
+    x = torch.randn(500, 4, generator=torch.Generator().manual_seed(0))
+    held = torch.arange(len(x)) % CHECK_EVERY == CHECK_EVERY - 1
+    x[:, 3] = torch.where(held, -x[:, 0], x[:, 0])
+    maps = {"1": KeptLayer("1", np.arange(3), np.arange(1))}
+    return pruned, dense, maps, x
+
+
+def test_a_layer_left_worse_by_the_fit_is_kept_as_it_was():
+    """The keep-or-refit decision and the ridge are judged on images the fit did not see: judged on
+    its own images the fit would look exact (error 0) and the smallest ridge would always win."""
+    pruned, dense, maps, x = _dropped_feature_case()
+    before = copy.deepcopy(pruned.state_dict())
+    [fit] = reconstruct(pruned, dense, maps, x, ReconstructConfig(batch_size=100)).layers
+    assert not fit.refit and fit.bias == "own"
+    for name, value in pruned.state_dict().items():
+        assert torch.equal(value, before[name]), name  # the weights from before the fit
+    assert fit.error_before == pytest.approx(0.5, rel=0.25)  # ‖x1‖² / ‖x2 + x3‖² on the held-out fifth
+    assert fit.ridge == max(RIDGES)
+
+
+def test_a_layer_the_fit_improves_on_held_out_images_is_refitted():
+    """The same layer when the held-out fifth agrees with the fit's images: refitted, exactly."""
+    pruned, dense, maps, x = _dropped_feature_case()
+    x[:, 3] = x[:, 0]
+    [fit] = reconstruct(pruned, dense, maps, x, ReconstructConfig(batch_size=100)).layers
+    assert fit.refit and fit.error_after < 1e-3 < fit.error_before
+    assert torch.allclose(pruned[1].weight, torch.tensor([[2.0, 1.0, 1.0]]), atol=0.01)
 
 
 @pytest.fixture(scope="module")

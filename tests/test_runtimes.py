@@ -69,8 +69,9 @@ def test_executorch_takes_the_pretrained_onet(tmp_path):
 
 
 class _Shortcuts(torch.nn.Module):
-    """Option-A shortcut layers in the forms pruning leaves them: a plain zero pad, and a selection
-    that reorders channels and drops one (written as a one-hot 1x1 convolution for ncnn)."""
+    """Option-A shortcut layers in the forms pruning leaves them: a plain zero pad, a selection
+    that reorders channels and drops one, and one in order that skips a channel (both written as
+    a one-hot 1x1 convolution for ncnn; a channel pad would pass the skipped channel)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,15 +80,18 @@ class _Shortcuts(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
         self.pad = torch.nn.Sequential(SpatialSubsample(2), ChannelSelect.zero_pad(6, 1, 3))
         self.pick = ChannelSelect(torch.tensor([4, -1, 0, 1, -1, 2, 3]))
+        self.gap = ChannelSelect(torch.tensor([-1, 0, 1, 3, 4, 5, -1]))
 
     def forward(self, x):
         y = self.conv(x)
-        return self.pad(y), self.pick(y)
+        return self.pad(y), self.pick(y), self.gap(y)
 
 
 OPTION_A = {  # the default model dense ships in ncnn in test_compress (--runtime all)
     "default model pruned": lambda: prune(load_model(None).model, (1, 1, 32, 32), ratio=0.4).model,
-    "resnet56-cifar": lambda: _trained_like(build("resnet56-cifar").model, (1, 3, 32, 32)),
+    # dense option-A shortcuts at CIFAR's shape: resnet20 has the same two stage changes as resnet56 (which took
+    # three times as long to export and compare, for no other layer kind)
+    "resnet20-cifar": lambda: _trained_like(build("resnet20-cifar").model, (1, 3, 32, 32)),
     "shortcut layers": lambda: _Shortcuts().eval(),
 }
 
@@ -106,6 +110,31 @@ def test_ncnn_runs_option_a_shortcuts(case, tmp_path):
     assert "Padding" in param and "Tensor.slice" not in param and "torch.index_select" not in param
     after = [m.index for m in model.modules() if isinstance(m, ChannelSelect)]
     assert len(after) == len(selects) and all(torch.equal(a, b) for a, b in zip(after, selects))  # a copy was changed
+
+
+@pytest.mark.parametrize("index", [[-1, 0, 1, 2, 3, -1], [0, 1, 3], [-1, 0, 2, 3], [3, -1, 0, 1], [0, 1, 2, 3]])
+def test_ncnn_channel_selection_computes_the_selection(index):
+    """Output i is input ``index[i]`` (zeros for -1), whichever layer stands in: a pad for the
+    whole input in order, a one-hot convolution otherwise (in order with a gap included)."""
+    from edgeprune.runtimes._ncnn_layers import ChannelPad, channel_select
+
+    x = torch.randn(2, 4, 3, 3)
+    want = torch.stack([x[:, i] if i >= 0 else torch.zeros_like(x[:, 0]) for i in index], dim=1)
+    layer = channel_select(index, 4)
+    assert isinstance(layer, ChannelPad) == (sorted(i for i in index if i >= 0) == [0, 1, 2, 3])
+    with torch.no_grad():
+        assert torch.equal(layer(x), want)
+
+
+@pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")
+def test_a_runtime_file_records_what_it_was_checked_on(tmp_path):
+    """Like the ONNX check's ``checked_on``: the model's own inputs when given, else noise."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    exported = get_runtime("ncnn").export(model, torch.randn(1, 3, 8, 8), tmp_path / "m.ncnn.param")
+    check_runtime(model, exported, inputs=torch.rand(5, 3, 8, 8).numpy())
+    assert exported.checked_on == "5 images"
+    check_runtime(model, exported)
+    assert exported.checked_on == "noise"
 
 
 @pytest.mark.skipif("ncnn" not in INSTALLED, reason="ncnn is not installed")

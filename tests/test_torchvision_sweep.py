@@ -6,6 +6,8 @@ from edgeprune.api import prune
 from edgeprune.counter import count_model
 from edgeprune.models import build
 
+pytestmark = pytest.mark.slow  # 14 torchvision models traced and pruned: the longest module of the suite
+
 SWEEP = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
          "regnet_x_400mf", "densenet121", "googlenet", "vgg16_bn", "squeezenet1_0", "mnasnet1_0",
          "resnext50_32x4d", "convnext_tiny"]

@@ -5,7 +5,7 @@ with scikit-learn installed, ``digits``. :func:`load_data` turns one into model 
 :func:`make_loader` into torch batches, :class:`OrtCalibrationReader` into onnxruntime feeds.
 
 >>> from edgeprune.calibration import load_data, sample
->>> calib = sample(load_data("mnist5k", split="train", channels=3), 64)
+>>> calib = sample(load_data("mnist5k", split="train", channels=3, limit=256), 64)
 >>> calib.x.shape
 (64, 3, 32, 32)
 """

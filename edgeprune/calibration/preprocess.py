@@ -8,7 +8,7 @@ transforms do). It is plain data: stored in checkpoints and reports, and baked i
 graph on request (:func:`edgeprune.export.with_preprocessing`) so an app can feed raw pixels.
 
 >>> p = Preprocess(mean=(0.5,), std=(0.25,))
->>> p.apply(np.full((1, 1, 2, 2), 255.0, np.float32))[0, 0, 0, 0]
+>>> float(p.apply(np.full((1, 1, 2, 2), 255.0, np.float32))[0, 0, 0, 0])
 2.0
 """
 from __future__ import annotations

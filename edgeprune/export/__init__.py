@@ -4,11 +4,10 @@ The ONNX-side functions need only onnx and onnxruntime: PyTorch is imported when
 :func:`export_onnx` is first used, so INT8 and ORT conversion also run where torch is absent.
 Each step writes into a hidden folder beside its output and publishes only when its checks pass.
 
->>> import tempfile
+>>> import tempfile, torch
 >>> from edgeprune.export import export_onnx
->>> from edgeprune.models import build
->>> built = build("mobilenetv1-cifar")
->>> result = export_onnx(built.model, built.input_shape, tempfile.mkdtemp() + "/mbv1.onnx")
+>>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+>>> result = export_onnx(net, (1, 3, 16, 16), tempfile.mkdtemp() + "/net.onnx")
 >>> result.nodes_after <= result.nodes_before, load_onnx_checked(result.path).graph.input[0].name
 (True, 'input')
 """

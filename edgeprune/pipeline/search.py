@@ -371,7 +371,7 @@ def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, prog
         return False
 
     rounds, done = measure_rounds(lambda index: timer.rounds_of(models, 1)[0], decided, max_seconds=max_seconds,
-                                  min_rounds=timer.rounds, clock=clock)
+                                  clock=clock)
     if not done and target is not None:
         estimate = _speedup(rounds)
         progress(f"{estimate.text()} against {target.describe()}: not decidable here in {max_seconds:g} s")

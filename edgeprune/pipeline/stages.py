@@ -381,7 +381,7 @@ def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, 
 
     exported, diff = export_checked(runtime, model, shape, path, calibration, check_inputs=inputs)
     found = {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
-             "max_rel": None if calibration is not None else diff.max_rel}
+             "max_rel": None if calibration is not None else diff.max_rel, "checked_on": exported.checked_on}
     return found if calibration is None else {**found, "int8_check_cosine": exported.int8_cosine}
 
 

@@ -92,6 +92,7 @@ class RuntimeFile:
     inputs: dict[str, list[int]]
     outputs: list[str]
     int8_cosine: float | None = None  # an INT8 file: its worst output's cosine to float PyTorch (judged)
+    checked_on: str | None = None  # a float file: what it was compared with PyTorch on ("noise", "8 images")
 
 
 RUNTIMES: dict[str, Runtime] = {}
@@ -162,7 +163,9 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
     runtime = get_runtime(exported.runtime)
     session = runtime.open(exported.path, threads=1)
     diff = Diff(0.0, 0.0, True)
-    for x in check_batches(exported.inputs["input"], n_checks, inputs, seed):
+    batches = check_batches(exported.inputs["input"], n_checks, inputs, seed)
+    exported.checked_on = "noise" if inputs is None else f"{sum(len(x) for x in batches)} images"
+    for x in batches:
         expected = torch_outputs(model, x)
         actual = [_like(np.asarray(a), e) for a, e in zip(session.run([x]), expected)]
         diff = diff.combine(Diff.between(actual, expected, atol, rtol, runtime=runtime.name))

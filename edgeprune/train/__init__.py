@@ -7,10 +7,11 @@
 from edgeprune.train.distributed import DistContext, is_main_process, launched_distributed, resolve_device
 from edgeprune.train.batchnorm import recalibrate_batchnorm
 from edgeprune.train.loop import EpochRecord, FinetuneConfig, FinetuneResult, evaluate, finetune
-from edgeprune.train.objectives import CrossEntropy, DistillConfig, Distillation
+from edgeprune.train.objectives import CrossEntropy, DetectionObjective, DistillConfig, Distillation
 
 __all__ = [
     "CrossEntropy",
+    "DetectionObjective",
     "DistillConfig",
     "Distillation",
     "DistContext",

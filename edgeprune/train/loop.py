@@ -186,7 +186,7 @@ def finetune(
     >>> from edgeprune.calibration import train_val_loaders
     >>> train, val = train_val_loaders("mnist5k", (1, 1, 32, 32), batch_size=100, augment=None, limit=1000)
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10))
-    >>> result = finetune(net, train, val, FinetuneConfig(epochs=2, lr=0.005))
+    >>> result = finetune(net, train, val, FinetuneConfig(epochs=2, lr=0.05))
     >>> [r.epoch for r in result.history], result.final_val_acc > 0.7
     ([1, 2], True)
     """

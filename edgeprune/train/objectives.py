@@ -12,6 +12,8 @@ of the student to the teacher's, each by the loss its kind calls for
   calibration data, so outputs of every scale weigh alike.
 
 With labels (and a class-score output to put them on) cross-entropy is added.
+:class:`DetectionObjective` adds, for a YOLO-style detector with box labels, the detection loss
+of :mod:`edgeprune.train.detection` to distillation (or uses it alone).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.outputs import OutputInfo, flatten
+from edgeprune.train.detection import DetectionLoss, DetectionLossConfig
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,13 @@ class Distillation:
         return self
 
     def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.compare(flatten(net(x)), x, y)
+
+    def compare(self, students: list[torch.Tensor], x: torch.Tensor,
+                y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of the student's outputs (already computed on ``x``) against the teacher's on ``x``."""
         with torch.no_grad():
             targets = flatten(self.teacher(x))
-        students = flatten(net(x))
         pairs = [(i, s) for i, s in zip(matching_outputs(students, targets), students)]
         weight = sum(self.weights[i] for i, _ in pairs)
         if weight == 0:
@@ -121,6 +128,58 @@ class Distillation:
         return F.mse_loss(student, teacher) / info.variance
 
 
+class DetectionObjective:
+    """The detection loss on box labels, plus distillation when given (``weight`` scales the former).
+
+    Labels ``y`` are ``[B, M, 5]`` rows ``class cx cy w h``, 0-1 of the model's input (a
+    ``yolo:`` label file's rows once its image is brought to the input), padded with class -1.
+    The training-mode outputs that are 4-D maps are the head's raw maps
+    (:mod:`edgeprune.train.detection`).
+    """
+
+    needs_labels = True
+    label_output = None
+
+    def __init__(self, distillation: Distillation | None = None, weight: float = 1.0,
+                 config: DetectionLossConfig | None = None) -> None:
+        if weight <= 0:
+            raise EdgepruneError(f"the detection loss weight must be positive, got {weight}")
+        self.distillation, self.weight, self.loss = distillation, weight, DetectionLoss(config)
+
+    def to(self, device: str | torch.device) -> DetectionObjective:
+        if self.distillation is not None:
+            self.distillation.to(device)
+        return self
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        if y is None:
+            raise EdgepruneError("the detection loss needs box labels (yolo: or coco: data)")
+        students = flatten(net(x))
+        maps = [s for s in students if s.ndim == 4]
+        if not maps:
+            raise EdgepruneError("the detection loss needs the head's raw maps, but in training mode the model returns "
+                                 + ", ".join("x".join(map(str, s.shape)) for s in students))
+        height, width = x.shape[-2:]
+        detection, parts = self.loss(maps, labels_to_pixels(y.to(x.device).float(), height, width), (height, width))
+        loss = self.weight * detection
+        if self.distillation is not None:
+            distill, distill_parts = self.distillation.compare(students, x, None)
+            loss = loss + distill
+            parts = {**distill_parts, **parts}
+        return loss, parts
+
+
+def labels_to_pixels(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Rows ``class cx cy w h`` (0-1) -> ``class x1 y1 x2 y2`` in pixels of a ``height`` x ``width`` input.
+
+    >>> labels_to_pixels(torch.tensor([[[3.0, 0.5, 0.5, 0.5, 0.25]]]), 64, 32).tolist()
+    [[[3.0, 8.0, 24.0, 24.0, 40.0]]]
+    """
+    centre, size = y[..., 1:3], y[..., 3:5]
+    scale = torch.tensor([width, height], device=y.device, dtype=y.dtype).repeat(2)
+    return torch.cat((y[..., :1], torch.cat((centre - size / 2, centre + size / 2), -1) * scale), -1)
+
+
 def matching_outputs(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor]) -> list[int]:
     """For each output the model returns in training mode, the eval-mode output it is.
 
@@ -145,4 +204,5 @@ def matching_outputs(students: Sequence[torch.Tensor], teachers: Sequence[torch.
     return found
 
 
-__all__ = ["CrossEntropy", "DistillConfig", "Distillation", "check_labels", "matching_outputs"]
+__all__ = ["CrossEntropy", "DetectionObjective", "DistillConfig", "Distillation", "check_labels", "labels_to_pixels",
+           "matching_outputs"]

@@ -22,9 +22,9 @@ dependency graph (:func:`kept_layers`); several cuts in a row compose (:meth:`Ke
 >>> built = build("resnet20-cifar")
 >>> result = prune(built.model, built.input_shape, criterion="l2", flops_cut=0.5, round_to=8)
 >>> found = reconstruct(result.model, built.model, kept_layers(result.graph, result.plan.keep),
-...                     torch.randn(32, 3, 32, 32), ReconstructConfig(batch_size=16))
->>> all(layer.error_after <= layer.error_before for layer in found.layers)
-True
+...                     torch.randn(10, 3, 32, 32), ReconstructConfig(batch_size=10))
+>>> found.images, len(found.layers)
+(10, 18)
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ What makes the YOLOv8 / YOLO11 family hard to prune, written from their publishe
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -259,3 +261,17 @@ def yolo_like_640() -> YoloLike:
     """As :func:`yolo_like_320`, 640 x 640 inputs."""
     torch.manual_seed(0)
     return _settle(YoloLike(16, 80, 640), 640)
+
+
+DIGITS_WEIGHTS = Path(__file__).resolve().parents[2] / "benchmarks" / "weights" / "yolo_like_digits.pt"
+
+
+def yolo_like_digits() -> YoloLike:
+    """The YOLO-like net trained on the digits detection set (``benchmarks/detectors.py --train``):
+    width 16, 10 classes, 256 x 256 letterboxed inputs, pixels / 255."""
+    model = YoloLike(16, 10, 256)
+    if not DIGITS_WEIGHTS.is_file():
+        raise FileNotFoundError(f"{DIGITS_WEIGHTS} is missing: train it with python benchmarks/detectors.py --train")
+    state = torch.load(DIGITS_WEIGHTS, map_location="cpu", weights_only=True)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return model.eval()
