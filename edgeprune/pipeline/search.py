@@ -124,7 +124,8 @@ class Point:
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
-        interval = f" [{self.ci_low:.2f}-{self.ci_high:.2f}x]" if self.rounds > 1 else ""
+        spread = self.rounds > 1 and self.ci_low != self.ci_high  # rounds that agree exactly: no interval to show
+        interval = f" [{self.ci_low:.2f}-{self.ci_high:.2f}x]" if spread else ""
         return f"{self.speedup:.2f}x{interval} ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
 
 
