@@ -19,7 +19,7 @@ import numpy as np
 from edgeprune.profile.config import BenchConfig
 from edgeprune.profile.estimate import MIN_ROUNDS, PRECISION, SpeedupEstimate
 from edgeprune.profile.results import ModelProfile
-from edgeprune.profile.runner import Progress, profile_models
+from edgeprune.profile.runner import TimingProgress, profile_models
 
 MAX_SECONDS = 8.0  # default cap of one comparison's rounds (`--max-bench-seconds`)
 MAX_ROUNDS = 40
@@ -79,7 +79,7 @@ def round_config(config: BenchConfig, min_rounds: int = MIN_ROUNDS) -> BenchConf
     return config.updated(min_runs=max(1, -(-config.min_runs // min_rounds)), min_time=config.min_time / min_rounds)
 
 
-def compare_models(paths: Sequence[str | Path], config: BenchConfig | None = None, progress: Progress | None = None, *,
+def compare_models(paths: Sequence[str | Path], config: BenchConfig | None = None, progress: TimingProgress | None = None, *,
                    max_seconds: float = MAX_SECONDS, precision: float = PRECISION, statistic: str = STATISTIC,
                    python: Sequence[str] | None = None) -> Comparison:
     """Time ``paths`` side by side in rounds (each :func:`~edgeprune.profile.profile_models` in
@@ -111,7 +111,7 @@ def compare_models(paths: Sequence[str | Path], config: BenchConfig | None = Non
                       time.perf_counter() - start)
 
 
-def _round_progress(progress: Progress, index: int) -> Progress:
+def _round_progress(progress: TimingProgress, index: int) -> TimingProgress:
     """A round's progress as the whole comparison's (rounds past the first ones stay at 99 %)."""
     def report(stage: str, fraction: float) -> None:
         if stage == "timing":
