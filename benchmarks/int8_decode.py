@@ -42,7 +42,8 @@ SIZE = 320
 def fidelity(float_path: Path, int8_path: Path, images: Any) -> dict[str, Any]:
     """Each output part of the INT8 file against float (cosine; box IoU and class agreement)."""
     from edgeprune.outputs import describe
-    from edgeprune.quality import compare, onnx_outputs
+    from edgeprune.export.runtime import onnx_outputs
+    from edgeprune.quality import compare
 
     dense, quantised = onnx_outputs(float_path, images), onnx_outputs(int8_path, images)
     rows = compare(dense, quantised, describe(dense, [f"output{i}" for i in range(len(dense))]))

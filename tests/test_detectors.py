@@ -19,7 +19,8 @@ from edgeprune.export import load_onnx_checked, quantize_int8
 from edgeprune.export.onnx_export import export_onnx
 from edgeprune.graph import build_graph
 from edgeprune.outputs import flatten
-from edgeprune.quality import onnx_outputs, scores_cosine, torch_outputs
+from edgeprune.export.runtime import onnx_outputs
+from edgeprune.quality import scores_cosine, torch_outputs
 from edgeprune.runtimes import RUNTIMES, check_runtime
 from edgeprune.surgery import zero_channels
 from models.yolo_like import OneLevel, YoloLike, norms_from, yolo_like

@@ -353,10 +353,12 @@ def few_pixels(tmp_path_factory):
 
 def test_a_speed_target_that_meets_the_floor_is_delivered_with_two_partial_targets(tmp_path, few_pixels, board_table,
                                                                                      monkeypatch):
-    import edgeprune.latency
+    from edgeprune.pipeline import search, stages
 
     table, dense_ms = board_table
-    monkeypatch.setattr(edgeprune.latency, "ModelTimer", faked_timer())
+    timer = faked_timer()
+    for module in (search, stages):  # the floor's trials and the latency plan's confirmation
+        monkeypatch.setattr(module, "ModelTimer", timer)
     out = tmp_path / "out"
     result = compress(HEADS, "--calib", few_pixels, *SPEED, "--speedup", "1.6", "--lut", table, "--min-cosine", "0.5",
                       "-o", str(out))
@@ -391,10 +393,12 @@ def test_a_speed_target_refused_names_the_fastest_point_that_meets_a_top1_floor(
     that its plan misses: refused in one line. Deeper cuts measured slower here (a faked runtime):
     the nearest point named is the fastest one that meets the floor, not the one with most MACs
     cut; the bisected budgets lie between the dense model's time and the target's."""
-    import edgeprune.latency
+    from edgeprune.pipeline import search, stages
 
     table, dense_ms = board_table
-    monkeypatch.setattr(edgeprune.latency, "ModelTimer", faked_timer(inverted=True))
+    timer = faked_timer(inverted=True)
+    for module in (search, stages):  # the floor's trials and the latency plan's confirmation
+        monkeypatch.setattr(module, "ModelTimer", timer)
     budget = round(0.4 * dense_ms, 4)
     result = compress(HEADS, "--calib", labelled_pixels, *SPEED, "--label-output", "scores", "--latency-budget",
                       str(budget), "--lut", table, "--max-drop", "60", "--search-trials", "1", "-o", str(tmp_path / "out"))
