@@ -18,9 +18,6 @@ A trial's depth d is a uniform channel ratio (every group loses d of its channel
 ``1 - (1 - d)²`` of the MACs), which any model can take, unlike a MACs target that alignment may
 not land; with ``--allocate sensitivity`` it is the MACs cut ``1 - (1 - d)²`` that the
 allocation spreads.
-
->>> Floor(min_cosine=0.99).holds({"cosine_min": 0.995}, None)
-True
 """
 from __future__ import annotations
 
@@ -29,95 +26,23 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edgeprune.counter import count
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.latency import ModelTimer
+from edgeprune.pipeline import stages
+from edgeprune.pipeline.options import METRICS, Floor, SpeedTarget, floor_of
+from edgeprune.pipeline.prepare import Job
+from edgeprune.pipeline.stages import HeldOut
+from edgeprune.plan import Plan, pick_units
+from edgeprune.profile import BenchConfig
+from edgeprune.progress import Progress
+from edgeprune.profile.compare import estimates_of, measure_rounds
+from edgeprune.profile.estimate import MET, MISSED, UNDECIDED, SpeedupEstimate
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
 WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider
-CLOSE_CALL_ROUNDS = 6  # more side-by-side rounds for a point whose rounds fall on both sides of the speed target
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
-
-
-@dataclass(frozen=True)
-class Floor:
-    """``min_cosine``: the worst output's mean cosine to the dense model on held-out images;
-    ``max_drop``: points of ``metric`` lost against the dense model (labelled data only): ``top1``,
-    or a detector's ``map50_95`` when the data has boxes."""
-
-    min_cosine: float | None = None
-    max_drop: float | None = None
-    metric: str = "top1"
-
-    def __post_init__(self) -> None:
-        if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
-            raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
-        if self.max_drop is not None and not 0 <= self.max_drop < 100:
-            raise EdgepruneError(f"--max-drop is in {METRICS[self.metric]} points, in [0, 100), got {self.max_drop}")
-
-    @property
-    def given(self) -> bool:
-        return self.min_cosine is not None or self.max_drop is not None
-
-    def holds(self, figures: dict[str, Any], dense_score: float | None) -> bool:
-        """Whether ``figures`` (cosine_min, and the floor's ``metric``) meet the floor; ``dense_score``:
-        the dense model's ``metric``."""
-        if self.min_cosine is not None and figures["cosine_min"] < self.min_cosine:
-            return False
-        if self.max_drop is not None and 100 * (dense_score - figures[self.metric]) > self.max_drop:
-            return False
-        return True
-
-    def check(self, job: Job) -> None:
-        """A floor is measured on held-out images; a top-1 (mAP) floor needs their labels (boxes)."""
-        if self.given and (job.data.evaluation is None or not job.outputs):
-            raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
-        labelled = {"map50_95": job.box_output is not None, "miou": job.mask_output is not None}.get(
-            self.metric, job.data.evaluation.y is not None and job.label_output is not None)
-        if self.max_drop is not None and not labelled:
-            raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
-                                 "(use --min-cosine)")
-
-    def describe(self) -> str:
-        parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
-            [f"{METRICS[self.metric]} within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
-        return " and ".join(parts)
-
-
-METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}
-
-
-def floor_of(job: Job) -> Floor:
-    """The options' floor; ``--max-drop`` in mAP50-95 points for a detector with boxes, mIoU points
-    for a segmenter with masks."""
-    metric = "map50_95" if job.box_output is not None else "miou" if job.mask_output is not None else "top1"
-    return Floor(job.options.min_cosine, job.options.max_drop, metric)
-
-
-@dataclass(frozen=True)
-class SpeedTarget:
-    """``--speedup`` (times the dense model's speed) or ``--latency-budget`` (ms) in the runtime planned for."""
-
-    speedup: float | None = None
-    latency_budget: float | None = None
-
-    @classmethod
-    def of(cls, options: Any) -> SpeedTarget | None:
-        return cls(options.speedup, options.latency_budget) if options.latency_driven else None
-
-    def met(self, dense_ms: float, pruned_ms: float) -> bool:
-        if self.speedup is not None:
-            return dense_ms / pruned_ms >= self.speedup
-        return pruned_ms <= self.latency_budget
-
-    def describe(self) -> str:
-        return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
-            f"at most {self.latency_budget:g} ms"
-
-    def close_call(self, rounds: list[list[float]]) -> bool:
-        """Whether side-by-side rounds ([dense ms, pruned ms] each) fall on both sides of the target."""
-        verdicts = {self.met(dense, pruned) for dense, pruned in rounds}
-        return len(verdicts) == 2
 
 
 @dataclass
@@ -139,12 +64,18 @@ class Point:
     outputs: dict[str, float] = field(default_factory=dict)
     widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
     speedup_rounds: list[float] = field(default_factory=list)  # each side-by-side round's dense / pruned
+    ci_low: float | None = None  # the speedup's 95 % interval over its rounds
+    ci_high: float | None = None
+    rounds: int = 0
+    speed_verdict: str | None = None  # against the speed target: met, missed or undecided (None: no target)
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
         top1 += f", mAP50-95 {self.map50_95:.4f}" if self.map50_95 is not None else ""
         top1 += f", mIoU {self.miou:.4f}" if self.miou is not None else ""
-        return f"{self.speedup:.2f}x ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
+        spread = self.rounds > 1 and self.ci_low != self.ci_high  # rounds that agree exactly: no interval to show
+        interval = f" [{self.ci_low:.2f}-{self.ci_high:.2f}x]" if spread else ""
+        return f"{self.speedup:.2f}x{interval} ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
 
 
 @dataclass
@@ -169,26 +100,31 @@ class Search:
     def promise(self, delivered: dict[str, Any]) -> dict[str, Any] | None:
         """The floor and speed asked, against what the search measured of the chosen point and
         what the report measured of the delivered files (``delivered``: dense_ms, pruned_ms,
-        cosine_min, top1, dense_top1 in the runtime planned for). A half-millisecond model's
-        speedup moves by a tenth or more between runs, so a point the search found just fast
-        enough can fall short in the report's own profile: the report says so rather than hide it."""
+        rounds_ms (the report's side-by-side rounds, [dense ms, pruned ms] each), cosine_min, top1,
+        dense_top1 in the runtime planned for). The speed is judged on the report's interval: kept
+        when all of it meets the target, not kept when none of it does, else not decidable here (a
+        half-millisecond model's speedup moves by a tenth or more between rounds on a busy host)."""
         chosen = next((p for p in self.curve if p.chosen), None)
         if chosen is None or not self.floor.given:
             return None
-        speed = delivered["dense_ms"] / delivered["pruned_ms"] if delivered.get("pruned_ms") else None
+        rounds = delivered.get("rounds_ms") or []
         floor_held = self.floor.holds(delivered, delivered.get(f"dense_{self.floor.metric}"))
-        speed_held = None if self.target is None or speed is None else \
-            self.target.met(delivered["dense_ms"], delivered["pruned_ms"])
+        verdict = judged(self.target, rounds) if self.target is not None and rounds else None
+        speed_held = {MET: True, MISSED: False}.get(verdict)
         asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
+        here = _speedup(rounds).fields() if rounds else {"speedup": None}
         return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
                 "asked": ", ".join(asked), "runtime": self.runtime,
-                "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
+                "search": {"speedup": round(chosen.speedup, 4), "ci_low": chosen.ci_low, "ci_high": chosen.ci_high,
+                           "rounds": chosen.rounds, "speedup_rounds": chosen.speedup_rounds,
+                           "speed_verdict": chosen.speed_verdict,
                            "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1,
                            "map50_95": chosen.map50_95, "miou": chosen.miou},
-                "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
+                "report": {**here, "pruned_ms": delivered.get("pruned_ms"),
                            "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1"),
                            "map50_95": delivered.get("map50_95"), "miou": delivered.get("miou")},
-                "floor_held": floor_held, "speed_held": speed_held, "held": floor_held and speed_held is not False}
+                "floor_held": floor_held, "speed_verdict": verdict, "speed_held": speed_held,
+                "held": floor_held and speed_held is not False}
 
 
 class FloorNotMet(EdgepruneError):
@@ -232,9 +168,6 @@ class _Widths:
         self.widths, self.round_to = widths, round_to
 
     def __call__(self, graph: Any, scores: Any) -> Any:
-        from edgeprune.counter import count
-        from edgeprune.plan import Plan, pick_units
-
         groups = {g.name: g for g in graph.prunable_groups() if g.index in scores}
         removed = {groups[name].index: pick_units(groups[name], scores[groups[name].index], dense - kept, self.round_to)
                    for name, (dense, kept) in self.widths.items() if name in groups and kept < dense}
@@ -247,10 +180,6 @@ class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
     def __init__(self, job: Job, progress: Progress, floor: Floor) -> None:
-        from edgeprune.latency import ModelTimer
-        from edgeprune.pipeline.stages import HeldOut
-        from edgeprune.profile import BenchConfig
-
         self.job, self.progress, self.floor = job, progress, floor
         self.target = SpeedTarget.of(job.options)
         self.held_out = HeldOut(job, job.options.eval_images)
@@ -268,8 +197,6 @@ class _Trials:
         target's point, f), the options' own kind of target taken the fraction f of the way from
         dense to it; or, with ``widths`` (a label, and each group's [dense, kept] units), that plan;
         or, with none, the options' own target."""
-        from edgeprune.pipeline import stages
-
         start = time.perf_counter()
         options = self.job.options
         if depth is not None:
@@ -286,9 +213,7 @@ class _Trials:
         def inner(message: str) -> None:
             self.progress(f"trial {number}: {message}")
 
-        planner = (_Widths(widths[1], job.round_to) if widths is not None else
-                   stages.latency_planner(job, inner) if options.latency_driven else
-                   stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
+        planner = _Widths(widths[1], job.round_to) if widths is not None else stages.planner_for(job, inner)
         distinct = _Distinct(planner, self.by_plan) if planner is not None else None
         try:
             result = stages.prune_and_recover(job, inner, distinct)
@@ -303,8 +228,7 @@ class _Trials:
             self.progress(f"trial {number}: {exc}")
             return None
         finally:
-            if getattr(planner, "measure", None) is not None:
-                planner.measure.close()
+            stages.close_planner(planner)
         point = self.measure(label, result, time.perf_counter() - start, say=inner)
         self.points.append((point, result))
         if distinct is not None:
@@ -320,18 +244,22 @@ class _Trials:
     def measure(self, label: str, result: Any, seconds: float, chosen: bool = False,
                 say: Progress | None = None) -> Point:
         """The recovered model's point: fidelity on the held-out images, and its speed against the
-        dense model's, side by side (:class:`~edgeprune.latency.ModelTimer`: the median of three rounds,
-        and of :data:`CLOSE_CALL_ROUNDS` more when they disagree on whether the speed target is met)."""
+        dense model's, side by side (:func:`speed_rounds`: rounds until the speedup's interval
+        decides the speed target, or is within +-3 % without one)."""
         figures = self.held_out.figures(result.model)
         rounds = speed_rounds(self.timer, [self.job.loaded.model, result.model], self.target,
-                              say or (lambda message: self.progress(f"{label}: {message}")))
+                              say or (lambda message: self.progress(f"{label}: {message}")),
+                              self.job.options.max_bench_seconds)
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
+        estimate = _speedup(rounds)
         meets = self.floor.holds(figures, self.dense_score) if self.floor.given else None
-        return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
+        return Point(label, result.macs_cut, estimate.speedup, dense_ms, pruned_ms, figures["cosine_min"],
                      figures.get("top1"), meets, seconds, chosen, figures.get("map50_95"), figures.get("miou"),
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
                      widths=dict(result.plan.get("widths", {})),
-                     speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds])
+                     speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds],
+                     ci_low=round(estimate.ci_low, 4), ci_high=round(estimate.ci_high, 4), rounds=estimate.rounds,
+                     speed_verdict=judged(self.target, rounds) if self.target is not None else None)
 
     @staticmethod
     def _label(options: Any) -> str:
@@ -350,14 +278,43 @@ class _Trials:
         self.timer.close()
 
 
-def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, progress: Progress) -> list[list[float]]:
+def _speedup(rounds: list[list[float]]) -> SpeedupEstimate:
+    """dense / pruned over side-by-side rounds ([dense ms, pruned ms] each), with its interval."""
+    return estimates_of(rounds)[0]
+
+
+def judged(target: SpeedTarget, rounds: list[list[float]]) -> str:
+    """met, missed or undecided: the target against the 95 % interval of side-by-side rounds
+    ([dense ms, pruned ms] each); a latency budget through each round's budget / pruned ms."""
+    if target.speedup is not None:
+        return _speedup(rounds).verdict(target.speedup)
+    return SpeedupEstimate.of([target.latency_budget / pruned for _, pruned in rounds]).verdict(1.0)
+
+
+def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, progress: Progress,
+                 max_seconds: float, clock: Any = time.monotonic) -> list[list[float]]:
     """Side-by-side rounds of the dense and a pruned model ([dense ms, pruned ms] each): the
-    timer's three, and :data:`CLOSE_CALL_ROUNDS` more when those fall on both sides of the target
-    (the face net's conv1-16 plan measured 1.47x to 2.02x in different runs against 2x asked)."""
-    rounds = timer.rounds_of(models)
-    if target is not None and target.close_call(rounds):
-        progress(f"its rounds fall on both sides of {target.describe()}; {CLOSE_CALL_ROUNDS} more")
-        rounds += timer.rounds_of(models, CLOSE_CALL_ROUNDS)
+    timer's first ones, then one at a time until the speedup's interval is clear of the target
+    (within +-3 % without one), or ``max_seconds`` are spent: then the target is not decidable
+    here. The face net's conv1-16 plan measured 1.47x to 2.02x in different rounds against 2x asked."""
+    said: list[str] = []
+
+    def decided(rounds: list[list[float]]) -> bool:
+        estimate = _speedup(rounds)
+        if target is None:
+            return estimate.precise()
+        if judged(target, rounds) != UNDECIDED:
+            return True
+        if not said:
+            said.append(f"{estimate.text()} spans {target.describe()}: measuring longer")
+            progress(said[-1])
+        return False
+
+    rounds, done = measure_rounds(lambda index: timer.rounds_of(models, 1)[0], decided, max_seconds=max_seconds,
+                                  clock=clock)
+    if not done and target is not None:
+        estimate = _speedup(rounds)
+        progress(f"{estimate.text()} against {target.describe()}: not decidable here in {max_seconds:g} s")
     return rounds
 
 
@@ -444,7 +401,7 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
         wider = min(dense, (kept // trials.job.round_to + 1) * trials.job.round_to)  # the next aligned width
         widths = {**target.widths, name: [dense, wider]}
         point = trials.run(widths=(f"{target.plan}, {name} widened to {wider}", widths))
-        if point is not None and point.meets and trials.target.met(point.dense_ms, point.pruned_ms):
+        if point is not None and point.meets and point.speed_verdict == MET:
             found.append(point)
     return max(found, key=lambda p: p.speedup, default=None)
 
