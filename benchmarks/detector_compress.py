@@ -69,7 +69,16 @@ def summarise(report: dict) -> dict:
                           "int8": ({"error": int8["error"]} if "error" in int8 else
                                    {"dense": _maps(int8.get("dense")), "pruned": {**_maps(int8.get("pruned")),
                                                                                    **_speed(int8.get("pruned") or {})}})}
-    return {"macs": report.get("pruning", {}).get("macs"), "variants": variants, "runtimes": runtimes}
+    pruning = report.get("pruning", {})
+    return {**{k: pruning.get(k) for k in ("macs_before", "macs_after", "macs_cut")}, "variants": variants,
+            "runtimes": {"onnxruntime": _onnxruntime(variants), **runtimes}}
+
+
+def _onnxruntime(variants: dict) -> dict:
+    """The onnxruntime files (the report's variants) in the shape of the other runtimes' rows."""
+    dense, pruned, int8 = (variants.get(n, {}) for n in ("dense", "pruned", "pruned-int8"))
+    return {"speedup": pruned.get("speedup"), "dense": _maps(dense), "pruned": _maps(pruned),
+            "int8": {"dense": _maps(variants.get("dense-int8")), "pruned": int8}}
 
 
 def run(config: str, out_root: Path, smoke: bool, collect: bool) -> dict | None:
