@@ -57,7 +57,7 @@ def _maps(entry: dict | None) -> dict:
 
 def _speed(entry: dict) -> dict:
     """The speedup and whatever spread the report gives it (rounds, interval)."""
-    return {k: v for k, v in entry.items() if "speedup" in k or k.endswith("p50_ms")}
+    return {k: v for k, v in entry.items() if "speedup" in k or k.endswith("p50_ms") or k in ("ci_low", "ci_high", "rounds")}
 
 
 def summarise(report: dict) -> dict:
@@ -79,7 +79,7 @@ def summarise(report: dict) -> dict:
 def _onnxruntime(variants: dict) -> dict:
     """The onnxruntime files (the report's variants) in the shape of the other runtimes' rows."""
     dense, pruned, int8 = (variants.get(n, {}) for n in ("dense", "pruned", "pruned-int8"))
-    return {"speedup": pruned.get("speedup"), "dense": _maps(dense), "pruned": _maps(pruned),
+    return {**_speed(pruned), "dense": _maps(dense), "pruned": _maps(pruned),
             "int8": {"dense": _maps(variants.get("dense-int8")), "pruned": int8}}
 
 
@@ -105,6 +105,13 @@ def _cell(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _speedup(entry: dict) -> str:
+    if entry.get("speedup") is None:
+        return "-"
+    spread = f" [{entry['ci_low']:.2f}-{entry['ci_high']:.2f}]" if entry.get("ci_low") is not None else ""
+    return f"{entry['speedup']:.2f}x{spread}"
+
+
 def markdown(results: dict) -> str:
     """One row per configuration and runtime: mAP50-95 dense / pruned / pruned INT8 and the speedups."""
     lines = ["| config | runtime | dense mAP50-95 | pruned mAP50-95 | drop (points) | pruned INT8 mAP50-95 "
@@ -116,11 +123,12 @@ def markdown(results: dict) -> str:
                          "| | | | | | |")
             continue
         for name, r in row["runtimes"].items():
-            dense, pruned = r["dense"].get("map50_95"), r["pruned"].get("map50_95")
+            dense = r["dense"].get("map50_95") or row["runtimes"]["onnxruntime"]["dense"].get("map50_95")  # PyTorch's
+            pruned = r["pruned"].get("map50_95")
             drop = None if dense is None or pruned is None else round(100 * (dense - pruned), 2)
             int8 = r["int8"].get("pruned", {})
             lines.append(f"| {config} | {name} | {_cell(dense)} | {_cell(pruned)} | {_cell(drop)} "
-                         f"| {_cell(int8.get('map50_95'))} | {_cell(r.get('speedup'))} | {_cell(int8.get('speedup'))} |")
+                         f"| {_cell(int8.get('map50_95'))} | {_speedup(r)} | {_speedup(int8)} |")
     return "\n".join(lines) + "\n"
 
 
