@@ -2,13 +2,17 @@
 box labels (edgeprune.train.objectives.DetectionObjective), on the trained YOLO-like digits net.
 
 The net (tests/models/yolo_like.py:yolo_like_digits, trained by ``benchmarks/detectors.py --train``)
-is L2-pruned to ``--cut`` of its MACs, then fine-tuned by edgeprune's own loop (SGD, cosine;
-the loop ``compress`` recovers with) on the digits set's train split, once per objective, from the
-same pruned weights and seed. Each recovered net is saved as an edgeprune checkpoint under
-``--out`` (score their held-out mAP on the val split with the mAP of the ``yolo:`` evaluation),
-and this script prints a quick held-out check (recall at IoU 0.5, score 0.25; not mAP).
+is L2-pruned to ``--cut`` of its MACs (with ``--reconstruct N``, its layers then refitted on N
+training images, label-free, as ``edgeprune compress`` does by default), then fine-tuned by
+edgeprune's own loop (SGD, cosine; the loop ``compress`` recovers with) on the digits set's train
+split, once per objective, from the same pruned weights and seed. Each recovered net is saved as
+an edgeprune checkpoint under ``--out`` (score their held-out mAP on the val split with the mAP of
+the ``yolo:`` evaluation), and this script prints a quick held-out check (recall at IoU 0.5, score 0.25; not mAP).
 
-    python benchmarks/detection_recovery.py --cut 0.5 --epochs 10 [--device cuda] [--weight 1.0]
+Distillation of the head's raw maps is edgeprune.train.objectives.detector_distillation (class
+scores by soft-target BCE, box bins by KL weighted by the teacher's score).
+
+    python benchmarks/detection_recovery.py --cut 0.5 --epochs 10 [--device cuda] [--weight 1.0] [--reconstruct 1024]
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from edgeprune.calibration.digits_detection import make_digits_detection  # noqa
 from edgeprune.latency.measure import write_json_atomic  # noqa: E402
 from edgeprune.outputs import describe, flatten  # noqa: E402
 from edgeprune.train import DetectionObjective, Distillation, FinetuneConfig, finetune  # noqa: E402
+from edgeprune.train.reconstruct import ReconstructConfig, kept_layers, reconstruct  # noqa: E402
 
 SPEC = f"{ROOT / 'tests' / 'models' / 'yolo_like.py'}:yolo_like_digits"
 
@@ -51,6 +56,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reconstruct", type=int, default=0, metavar="N",
+                        help="refit the pruned layers on N training images before recovery (0: no)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data" / "detection_recovery")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "detection_recovery.json")
     args = parser.parse_args()
@@ -68,14 +75,19 @@ def main() -> None:
     with torch.no_grad():
         arrays = [t.numpy() for t in flatten(dense(inputs(train.pixels[:64])))]
     outputs = describe(arrays, [f"output{i}" for i in range(len(arrays))], kinds={"output0": "detections"})
-    pruned = prune(dense, built.input_shape, criterion="l2", flops_cut=args.cut).model
+    result = prune(dense, built.input_shape, criterion="l2", flops_cut=args.cut)
+    pruned = result.model
+    rows = {"dense": recall(dense, val), "pruned, not recovered": recall(copy.deepcopy(pruned), val)}
+    if args.reconstruct:
+        found = reconstruct(pruned, dense, kept_layers(result.graph, result.plan.keep),
+                            inputs(train.pixels[:args.reconstruct]), ReconstructConfig(device=args.device, batch_size=32))
+        rows["pruned, reconstructed"] = {**recall(copy.deepcopy(pruned), val), "layers": len(found.layers)}
     loader = DataLoader(TensorDataset(inputs(train.pixels), _rows(train.targets, size)), batch_size=args.batch,
                         shuffle=True, generator=torch.Generator().manual_seed(0))
     objectives = {
         "distillation": lambda: Distillation(dense, outputs),
         f"distillation + detection x{args.weight:g}": lambda: DetectionObjective(Distillation(dense, outputs), args.weight),
     }
-    rows = {"dense": recall(dense, val), "pruned, not recovered": recall(copy.deepcopy(pruned), val)}
     for name, make in objectives.items():
         model = copy.deepcopy(pruned)
         config = FinetuneConfig(epochs=args.epochs, lr=args.lr, device=args.device, seed=0)
@@ -84,7 +96,8 @@ def main() -> None:
         rows[name] = {**recall(model, val), "loss": [r.loss for r in history.history]}
         path = args.out / (name.split()[0] + ("_detection" if "detection" in name else "") + ".pt")
         save_checkpoint(model, path, spec=SPEC, input_shape=built.input_shape, preprocess=built.preprocess,
-                        metadata={"recovery": name, "cut": args.cut, "epochs": args.epochs})
+                        metadata={"recovery": name, "cut": args.cut, "epochs": args.epochs,
+                                  "reconstruct": args.reconstruct})
         rows[name]["checkpoint"] = str(path)
         print(f"{name}: {rows[name]}", flush=True)
     write_json_atomic({"command": " ".join(["python", *sys.argv]), "seconds": time.perf_counter() - start,
