@@ -217,9 +217,9 @@ def time_criteria(names: list[str], options: dict, images: int) -> list[dict]:
 
 
 def plans_for(criterion: str, plans: list[str]) -> list[str]:
-    from edgeprune.recipes import RECIPES
+    from edgeprune.recipes import prunes_softly
 
-    return [p for p in plans if p != "sensitivity" or criterion not in RECIPES]  # soft recipes cut during training
+    return [p for p in plans if p != "sensitivity" or not prunes_softly(criterion)]  # soft recipes cut during training
 
 
 def run_all(args, doc: dict, bench: Bench) -> None:

@@ -23,8 +23,8 @@ from torch import nn
 from edgeprune.calibration.preprocess import Preprocess
 from edgeprune.errors import EdgepruneError, describe
 from edgeprune.graph import require_one_input
-from edgeprune.models import build
-from edgeprune.models.registry import BuiltModel
+from edgeprune.models.default import build_default
+from edgeprune.models.registry import BuiltModel, build_spec
 from edgeprune.surgery import resize_to, resized_attributes, set_attributes
 
 FORMAT = "edgeprune-checkpoint/1"
@@ -111,14 +111,12 @@ def load_model(source: str | None = None, weights: str | Path | None = None,
     (1, 3, 32, 32)
     """
     if source is None:
-        from edgeprune.models.default import build_default
-
         built = build_default()
         loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess, {"default": True})
     elif is_checkpoint_path(source):
         loaded = _load_checkpoint(Path(source))
     else:
-        built = build(source, pretrained=weights is None)  # --weights replaces them: no hub file needed
+        built = build_spec(source, pretrained=weights is None)  # --weights replaces them: no hub file needed
         loaded = LoadedModel(built.model, built.spec, built.input_shape, built.kwargs, built.preprocess)
     require_one_input(loaded.model)
     if weights is not None:
@@ -157,11 +155,9 @@ def _load_checkpoint(path: Path) -> LoadedModel:
 
 def _rebuild(payload: dict[str, Any], path: Path) -> LoadedModel:
     if payload["spec"] == "default":
-        from edgeprune.models.default import build_default
-
         built = build_default()
     else:
-        built = build(payload["spec"], pretrained=False, **payload["kwargs"])  # the state_dict replaces the weights
+        built = build_spec(payload["spec"], pretrained=False, **payload["kwargs"])  # the state_dict replaces the weights
     metadata = payload.get("state_dict_metadata")
     if metadata is None:  # written before the metadata was kept: the freshly built model's own versions
         metadata = _plain_metadata(built.model.state_dict())

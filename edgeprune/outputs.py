@@ -165,3 +165,13 @@ def _find(output_names: Sequence[str], choice: str) -> int:
     if choice.isdigit() and int(choice) < len(output_names):
         return int(choice)
     raise EdgepruneError(f"--label-output {choice}: the model's outputs are {', '.join(output_names)}")
+
+
+def pick_box_output(infos: Sequence[OutputInfo], spec: str) -> int:
+    """The detections output (the first N x (4 + K) x A) that ``spec``'s boxes belong to."""
+    found = [i for i, info in enumerate(infos) if info.kind == "detections"]
+    if not found:
+        listed = ", ".join(f"{o.name} ({o.kind}, {'x'.join(['N', *map(str, o.shape)])})" for o in infos)
+        raise EdgepruneError(f"{spec} has boxes (detection labels), but no output of the model is a detector's "
+                             f"N x (4 + K) x A (outputs: {listed}); name it with --output-kind NAME=detections")
+    return found[0]

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.outputs import OutputInfo
+from edgeprune.outputs import OutputInfo, flatten
 
 # A correct INT8 file kept a worst-output cosine of 0.77 or more to float even on random-weight
 # networks calibrated on 64 random images (benchmarks/results/runtimes.json); a broken one (wrong
@@ -153,8 +153,6 @@ def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> list[np.n
     """All outputs of a PyTorch model on ``x``, flattened in ONNX order, as NumPy arrays."""
     import torch
 
-    from edgeprune.outputs import flatten
-
     was_training = model.training
     model.eval()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -167,20 +165,3 @@ def torch_outputs(model: Any, x: np.ndarray, batch_size: int = 128) -> list[np.n
     finally:
         model.train(was_training)
     return [np.concatenate(column) for column in zip(*parts)]
-
-
-def runtime_outputs(path: Any, x: np.ndarray) -> list[np.ndarray]:
-    """All outputs of another runtime's file (:mod:`edgeprune.runtimes`) on ``x``, one image at a
-    time: those files take batch 1."""
-    from edgeprune.runtimes import get_runtime, runtime_of
-
-    session = get_runtime(runtime_of(path)).open(path, threads=1)
-    rows = [session.run([np.ascontiguousarray(image[None], dtype=np.float32)]) for image in x]
-    return [np.concatenate([np.asarray(row[j]) for row in rows]) for j in range(len(rows[0]))]
-
-
-def onnx_outputs(path: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
-    """All outputs of the ONNX file ``path`` on ``x`` (onnxruntime, no torch)."""
-    from edgeprune.export.runtime import make_session, run_all
-
-    return run_all(make_session(path), x, batch_size)

@@ -1,6 +1,7 @@
 """How a criterion meets fine-tuning: a recipe prunes a model to a MACs target within an epoch budget.
 
-Three shapes, one table keyed by criterion name (:data:`RECIPES`):
+Three shapes; each criterion is registered with the one that runs it, its default rounds and
+whether it judges on held-out data (:func:`edgeprune.criteria.register_criterion`):
 
 - ``oneshot`` (l1, l2, fpgm, random, hrank, fms): cut once, then fine-tune; with ``steps`` T > 1
   the cut is made in T rounds (:func:`edgeprune.api.prune_iteratively`).
@@ -35,15 +36,20 @@ from typing import Any, Callable
 
 from torch import nn
 
-from edgeprune.api import prune, prune_iteratively
+from edgeprune.calibration import make_loader, sample
+from edgeprune.criteria.soft import SoftPruningSchedule
+from edgeprune.criteria.tcfp import TCFPSoftSchedule, remap_clusters
+from edgeprune.pruning import prune, prune_iteratively
 from edgeprune.counter import Counts, count
-from edgeprune.criteria import create_criterion
+from edgeprune.criteria import create_criterion, criterion_entry
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import build_graph
+from edgeprune.quality import accuracy, compare, torch_outputs
 from edgeprune.surgery.check import checked_graph
 from edgeprune.outputs import OutputInfo
+from edgeprune.train import CrossEntropy, Distillation, FinetuneConfig, finetune, recalibrate_batchnorm
 from edgeprune.train.objectives import DistillConfig
-from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers
+from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers, reconstruct
 
 log = logging.getLogger(__name__)
 Evaluate = Callable[[nn.Module], Any]  # top-1, or a dict of figures (e.g. held-out fidelity)
@@ -151,8 +157,6 @@ class _Clock:
 
 def objective_for(config: RecipeConfig, data: RecipeData) -> Any:
     """Distillation from ``data.teacher`` when asked for, else cross-entropy on the labels."""
-    from edgeprune.train import CrossEntropy, Distillation
-
     if data.train is None:
         raise EdgepruneError("fine-tuning needs data: give --calib SOURCE")
     labelled = data.train.y is not None
@@ -167,8 +171,6 @@ def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: 
               epoch_end=None, limit: int | None = None, judge: "_Judge | None" = None) -> list[dict[str, Any]]:
     if epochs <= 0:
         return []
-    from edgeprune.calibration import make_loader, sample
-    from edgeprune.train import FinetuneConfig, finetune
 
     objective = objective_for(config, data)
     arrays = sample(data.train, limit, seed=config.seed) if limit else data.train
@@ -193,7 +195,7 @@ def _criterion(config: RecipeConfig):
 
 def _oneshot(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
     clock = _Clock()
-    steps = config.steps or (1 if config.planner is not None else RECIPE_STEPS.get(config.criterion, 1))
+    steps = config.steps or (1 if config.planner is not None else criterion_entry(config.criterion).steps)
     criterion = _criterion(config)
     target = dict(ratio=config.ratio, flops_cut=config.flops_cut, round_to=config.round_to, data=data.calib, inplace=True)
     history: list[dict[str, Any]] = []
@@ -244,8 +246,6 @@ class _Judge:
 
     def __init__(self, teacher: nn.Module, holdout: Any, outputs: list[OutputInfo], label_output: int | None,
                  progress: Any) -> None:
-        from edgeprune.quality import torch_outputs
-
         self.holdout, self.outputs, self.label_output, self.progress = holdout, outputs, label_output, progress
         self.dense = torch_outputs(teacher, holdout.x)
         self.states: list[tuple[str, dict[str, Any] | None, dict[str, float]]] = []
@@ -258,8 +258,6 @@ class _Judge:
         return cls(data.teacher, data.holdout, data.outputs, labels, data.watch.progress)
 
     def figures(self, model: nn.Module) -> dict[str, float]:
-        from edgeprune.quality import accuracy, compare, torch_outputs
-
         outputs = torch_outputs(model, self.holdout.x)
         found = {"cosine_min": min(row["cosine"] for row in compare(self.dense, outputs, self.outputs))}
         if self.label_output is not None:
@@ -293,8 +291,6 @@ class _AfterCut:
         images = data.train if data.train is not None else data.calib
         self.images = None
         if config.reconstruct is not None and images is not None:
-            from edgeprune.calibration import sample
-
             self.images = sample(images, min(config.reconstruct.images, len(images)), seed=config.seed).x
         self.dense = None if self.images is None else data.teacher if data.teacher is not None else copy.deepcopy(model)
         self.maps: dict[str, KeptLayer] = {}
@@ -304,7 +300,6 @@ class _AfterCut:
         if self.images is None:
             _reestimate_batchnorm(model, self.config, self.data)
             return
-        from edgeprune.train.reconstruct import reconstruct
 
         start = time.perf_counter()
         cut = kept_layers(result.graph, result.plan.keep)
@@ -324,8 +319,6 @@ class _AfterCut:
 
 
 def _sfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
-    from edgeprune.criteria.soft import SoftPruningSchedule
-
     clock = _Clock()
     start = time.perf_counter()
     graph = checked_graph(model, shape)
@@ -347,8 +340,6 @@ def _reestimates_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeD
 
 def _reestimate_batchnorm(model: nn.Module, config: RecipeConfig, data: RecipeData) -> None:
     if _reestimates_batchnorm(model, config, data):
-        from edgeprune.train import recalibrate_batchnorm
-
         recalibrate_batchnorm(model, data.calib)
 
 
@@ -383,9 +374,6 @@ def _soft_phase(model: nn.Module, schedule: Any, config: RecipeConfig, data: Rec
 
 def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evaluate | None) -> RecipeResult:
     """Stage 3 (intra-cluster L2) cuts ``1 - share`` of the MACs target; stage 4 soft-prunes the rest."""
-    from edgeprune.calibration import sample
-    from edgeprune.criteria.tcfp import TCFPSoftSchedule, remap_clusters
-
     if config.flops_cut is None:
         raise EdgepruneError("tcfp's recipe works to a MACs target: give --flops-cut")
     if data.holdout is None or data.holdout.y is None:
@@ -414,15 +402,15 @@ def _tcfp(model, shape, config: RecipeConfig, data: RecipeData, evaluate: Evalua
         rest = 1 - target_macs / after.macs
         warnings.append(f"tcfp: clusters reached {1 - after.macs / dense.macs:.1%} of the cut; "
                         f"the last {rest:.1%} was cut by L2")
-        after = prune(model, shape, criterion="l2", flops_cut=rest, round_to=config.round_to, inplace=True).after
+        after = prune(model, shape, criterion=criterion_entry(config.criterion).rest, flops_cut=rest,
+                      round_to=config.round_to, inplace=True).after
     clock.add("prune", start)
     history += _finetune(model, data, config, hard, clock)
     return RecipeResult(model, "tcfp", "tcfp", dense, after, clock.seconds, accuracy, history, warnings)
 
 
 Recipe = Callable[[nn.Module, tuple[int, ...], RecipeConfig, RecipeData, Evaluate | None], RecipeResult]
-RECIPES: dict[str, Recipe] = {"sfp": _sfp, "tcfp": _tcfp}  # every other criterion: _oneshot
-RECIPE_STEPS: dict[str, int] = {"csctfp": 4}
+_RECIPES: dict[str, Recipe] = {"oneshot": _oneshot, "sfp": _sfp, "tcfp": _tcfp}  # by CriterionEntry.recipe
 
 
 def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeConfig, data: RecipeData,
@@ -435,7 +423,7 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
     """
     if config.steps is not None and config.steps < 1:
         raise EdgepruneError(f"--steps must be a positive integer, got {config.steps}")
-    recipe = RECIPES.get(config.criterion, _oneshot)
+    recipe = _RECIPES[criterion_entry(config.criterion).recipe]
     if config.steps and config.steps > 1 and recipe is not _oneshot:
         raise EdgepruneError(f"'{config.criterion}' prunes softly during fine-tuning; --steps does not apply to it")
     if config.planner is not None:
@@ -449,7 +437,7 @@ def run_recipe(model: nn.Module, input_shape: tuple[int, ...], config: RecipeCon
 def check_one_shot(criterion: str, steps: int | None) -> None:
     """A custom planner (a latency budget, a sensitivity allocation) decides the cut once: refuse
     recipes that cut otherwise (an iterative criterion then scores once, unless rounds are asked for)."""
-    if criterion in RECIPES or (steps or 1) > 1:
+    if prunes_softly(criterion) or (steps or 1) > 1:
         raise EdgepruneError(f"a latency budget or a sensitivity allocation prunes in one shot: '{criterion}' "
                              "prunes softly or in rounds (use a one-shot criterion, or --steps 1)")
 
@@ -461,18 +449,20 @@ def split_holdout(train: Any, n: int, seed: int = 0) -> tuple[Any, Any]:
     order = np.random.default_rng(seed).permutation(len(train))
     if n >= len(train):
         raise EdgepruneError(f"cannot hold {n} images out of {len(train)}: give more training data")
+    return train.subset(np.sort(order[n:])), train.subset(np.sort(order[:n]))
 
-    def subset(idx: np.ndarray) -> Any:
-        return replace(train, x=train.x[idx], y=None if train.y is None else train.y[idx])
 
-    return subset(np.sort(order[n:])), subset(np.sort(order[:n]))
+def prunes_softly(criterion: str) -> bool:
+    """Whether ``criterion``'s recipe cuts during fine-tuning (sfp, tcfp) rather than before it."""
+    return criterion_entry(criterion).recipe != "oneshot"
 
 
 def recipe_name(criterion: str, steps: int | None = None) -> str:
-    if criterion in RECIPES:
-        return criterion
-    return "iterative" if (steps or RECIPE_STEPS.get(criterion, 1)) > 1 else "oneshot"
+    entry = criterion_entry(criterion)
+    if entry.recipe != "oneshot":
+        return entry.recipe
+    return "iterative" if (steps or entry.steps) > 1 else "oneshot"
 
 
 __all__ = ["RecipeConfig", "RecipeData", "RecipeResult", "Watch", "run_recipe", "recipe_name", "split_holdout",
-           "check_one_shot", "objective_for", "RECIPES"]
+           "check_one_shot", "objective_for", "prunes_softly"]

@@ -33,12 +33,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.criteria import create_criterion, score_groups
 from edgeprune.errors import EdgepruneError
+from edgeprune.outputs import describe, output_names
 from edgeprune.paths import replaced_on_success, write_atomic
+from edgeprune.plan import aligned_removal, pick_units
+from edgeprune.quality import accuracy, compare, torch_outputs
+from edgeprune.surgery import apply_keep_mask
+from edgeprune.surgery.check import checked_graph
+from edgeprune.train import recalibrate_batchnorm
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7, 0.9)
 FORMAT = "edgeprune-sensitivity/2"  # /1 held the mean over outputs only
-Progress = Callable[[int, int, str], None]
+CutProgress = Callable[[int, int, str], None]  # progress(cuts done, cuts in all, group)
 
 
 @dataclass
@@ -110,7 +117,7 @@ def group_key(group: Any) -> str:
 def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, calib: np.ndarray,
             held_out: np.ndarray, *, outputs: Sequence[Any] | None = None, labels: np.ndarray | None = None,
             label_output: int | None = None, ratios: Sequence[float] = DEFAULT_RATIOS, round_to: int = 1,
-            criterion_data: Any = None, progress: Progress | None = None, device: str = "cpu") -> Sensitivity:
+            criterion_data: Any = None, progress: CutProgress | None = None, device: str = "cpu") -> Sensitivity:
     """Cut each prunable group of ``model`` alone to each ratio; measure the outputs against dense.
 
     ``calib`` (N x C x H x W) re-estimates BatchNorm after each cut and, unless
@@ -118,12 +125,6 @@ def analyse(model: nn.Module, input_shape: tuple[int, ...], criterion: Any, cali
     ``outputs`` are the outputs' kinds (:func:`edgeprune.outputs.describe`; guessed if None).
     Each cut copy is measured on ``device``.
     """
-    from edgeprune.criteria import create_criterion, score_groups
-    from edgeprune.outputs import describe, output_names
-    from edgeprune.plan import aligned_removal, pick_units
-    from edgeprune.quality import accuracy, compare, torch_outputs
-    from edgeprune.surgery.check import checked_graph
-
     if not ratios or any(not 0 < r < 1 for r in ratios):
         raise EdgepruneError(f"sensitivity ratios must be in (0, 1), got {list(ratios)}")
     start = time.perf_counter()
@@ -170,9 +171,6 @@ def point_figures(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _cut_copy(model: nn.Module, graph: Any, keep: np.ndarray, calib: np.ndarray, device: str = "cpu") -> nn.Module:
-    from edgeprune.surgery import apply_keep_mask
-    from edgeprune.train import recalibrate_batchnorm
-
     cut = copy.deepcopy(model)
     apply_keep_mask(cut, graph, keep)
     cut.to(device)

@@ -352,6 +352,20 @@ def test_resize_then_centre_crop(tmp_path: Path) -> None:
     assert cropped.x.shape == (2, 1, 10, 10) and cropped.x.min() > 0.99  # only the band is left
 
 
+def test_a_folder_image_is_resized_and_cropped_once(tmp_path: Path) -> None:
+    """80 x 100 (w x h), its left 40 columns white: shorter side to 73 puts the edge at 36.5, the
+    centre crop to 64 starts at column 4, so the edge lands at 32.5. The reader fits folder images
+    as it reads them; fitting them again zoomed twice (edge at about 33.1)."""
+    from PIL import Image
+
+    (tmp_path / "a").mkdir()
+    pixels = np.zeros((100, 80, 3), np.uint8)
+    pixels[:, :40] = 255
+    Image.fromarray(pixels).save(tmp_path / "a" / "i.png")
+    row = load_data(f"folder:{tmp_path}", split="all", size=64, preprocess=Preprocess(resize=73)).x[0, 0, 50]
+    assert row[:32].min() == 1 and row[32] == pytest.approx(0.5, abs=0.02) and row[33:].max() == 0
+
+
 def test_flat_and_nested_folders_are_unlabelled_sources(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -786,3 +786,33 @@ def test_thinet_sums_its_consumers_costs_and_removes_a_wide_group_in_steps():
     assert -(-72 // STEPS) == 2
     got = scores[group.index]
     assert [float(got[u]) for u in expected] == pytest.approx(list(expected.values()), rel=1e-6, abs=1e-9)
+
+
+def test_recipes_read_a_criterion_s_registration_not_its_name(monkeypatch):
+    """Which recipe runs a criterion, its default rounds and whether recovery holds labelled images
+    out for it come from its registration (issue 26): a criterion registered now is run as
+    registered, and the recipes and stages compare no criterion against a name."""
+    import ast
+    from pathlib import Path
+
+    from edgeprune import recipes
+    from edgeprune.criteria import base
+    from edgeprune.criteria.magnitude import L2
+
+    monkeypatch.setitem(base._REGISTRY, "l2-rounds", base.CriterionEntry(L2, steps=3))
+    monkeypatch.setitem(base._REGISTRY, "l2-soft", base.CriterionEntry(L2, recipe="sfp"))
+    assert [recipes.recipe_name(n) for n in ("l2", "csctfp", "sfp", "tcfp")] == ["oneshot", "iterative", "sfp", "tcfp"]
+    assert recipes.recipe_name("l2-rounds") == "iterative" and recipes.recipe_name("l2-rounds", 1) == "oneshot"
+    assert recipes.prunes_softly("l2-soft") and not recipes.prunes_softly("l2-rounds")
+    with pytest.raises(EdgepruneError, match="prunes softly or in rounds"):
+        recipes.check_one_shot("l2-soft", None)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    result = recipes.run_recipe(model, (1, 3, 12, 12), recipes.RecipeConfig("l2-rounds", flops_cut=None, ratio=0.5),
+                                recipes.RecipeData())
+    assert result.recipe == "iterative"
+    package = Path(recipes.__file__).parent
+    names = set(list_criteria())
+    for path in (package / "recipes.py", package / "pipeline" / "stages.py"):
+        compared = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Compare)
+                    and any(isinstance(c, ast.Constant) and c.value in names for c in [node.left, *node.comparators])]
+        assert not compared, f"{path.name} compares against a criterion's name at lines {compared}"

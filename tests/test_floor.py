@@ -37,7 +37,7 @@ def test_a_floor_alone_delivers_the_deepest_cut_that_meets_it(tmp_path, pixels):
     report = json.loads((out / "report.json").read_text())
     curve = report["curve"]
     assert len(curve) == 3 and report["search"]["trials"] == 3 and report["search"]["seconds"] > 0
-    assert report["search"]["floor"] == {"min_cosine": 0.9, "max_drop": None}
+    assert report["search"]["floor"] == {"min_cosine": 0.9, "max_drop": None, "metric": "top1"}
     [chosen] = [p for p in curve if p["chosen"]]
     assert chosen["meets"] and chosen["cosine_min"] >= 0.9
     assert chosen["macs_cut"] == max(p["macs_cut"] for p in curve if p["meets"])  # the deepest that meets it
@@ -355,7 +355,7 @@ def test_a_speed_target_refused_names_the_fastest_point_that_meets_a_top1_floor(
     assert last.startswith("edgeprune: error: top-1 within 60 points of dense is not met: reached ")
     measured = json.loads((tmp_path / "out.curve.json").read_text())
     curve = measured["curve"]
-    assert measured["search"]["floor"] == {"min_cosine": None, "max_drop": 60.0}
+    assert measured["search"]["floor"] == {"min_cosine": None, "max_drop": 60.0, "metric": "top1"}
     assert all(p["meets"] == (100 * (1 - p["top1"]) <= 60) for p in curve), curve
     meeting = [p for p in curve if p["meets"]]
     fastest = max(meeting, key=lambda p: p["speedup"])

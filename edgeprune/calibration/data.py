@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgeprune.calibration.preprocess import Preprocess, override
-from edgeprune.calibration.sources import KINDS, Fit, RawSource, parse_spec
+from edgeprune.calibration.sources import KINDS, Fit, RawSource, box_array, check_box_classes, parse_spec
 from edgeprune.errors import EdgepruneError
 
 SPLITS = ("train", "val", "test", "all")
@@ -34,7 +34,9 @@ class LabeledArrays:
     """Model inputs: ``x`` float32 N x C x H x W, ``y`` int64 or None.
 
     ``preprocess`` is what turned the source's pixels into ``x`` (None: the source held model
-    inputs, used as given), so a deployment can apply the same.
+    inputs, used as given), so a deployment can apply the same. ``boxes`` (detection labels): per
+    image an M x 5 float32 array, class then x1, y1, x2, y2 in the model input's pixels (after the
+    letterbox or crop that placed the image).
     """
 
     x: np.ndarray
@@ -43,9 +45,16 @@ class LabeledArrays:
     preprocess: Preprocess | None
     name: str
     split: str
+    boxes: np.ndarray | None = None  # an object array, one M x 5 array per image
+    masks: np.ndarray | None = None  # segmentation labels: N x H x W class ids at the input size (255: no class)
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def subset(self, keep: np.ndarray) -> LabeledArrays:
+        """The images ``keep`` indexes, with their labels."""
+        return replace(self, x=self.x[keep], y=_pick(self.y, keep), boxes=_pick(self.boxes, keep),
+                       masks=_pick(self.masks, keep))
 
     def black(self) -> np.ndarray:
         """Per-channel input value of a black pixel (the padding of a crop); as-given inputs: their minimum."""
@@ -111,17 +120,30 @@ def load_data(
     preprocess = preprocess or Preprocess()
     fit = _fit(size, preprocess)
     raw = _read(spec, fit)
-    x, y = _select(raw, split, val_fraction, seed)
+    x, y, boxes, masks = _select(raw, split, val_fraction, seed)
     if limit is not None:
         keep = _subset(len(x), limit, seed)
-        x, y = x[keep], None if y is None else y[keep]
+        x, y, boxes, masks = x[keep], _pick(y, keep), _pick(boxes, keep), _pick(masks, keep)
     if raw.inputs:
         x, used = _as_given(x, channels, fit, raw.name), None
     else:
         _check_memory(len(x), channels or x.shape[1], fit.size if fit else x.shape[2:])
-        x, used = preprocess.apply(_pixels(x, channels, fit), inplace=True), preprocess
+        placed = parse_spec(spec)[0].resizes_on_read  # the reader already brought the images to the size
+        x, used = preprocess.apply(_pixels(x, channels, None if placed else fit), inplace=True), preprocess
     _check_finite(x, raw.name)
-    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split)
+    boxes = None if boxes is None else box_array([b[:, :5] for b in boxes])
+    if masks is not None and masks.shape[1:] != x.shape[2:]:
+        raise EdgepruneError(f"{raw.name}: masks are {'x'.join(map(str, masks.shape[1:]))}, but the model takes "
+                             f"{'x'.join(map(str, x.shape[2:]))} images: store images and masks at the input size")
+    return LabeledArrays(x, y, raw.num_classes, used, raw.name, split, boxes, masks)
+
+
+def check_classes(spec: str, classes: int, size: int | tuple[int, int] | None = None,
+                  preprocess: Preprocess | None = None) -> None:
+    """``spec``'s detection boxes all name one of a detector's ``classes`` (one line naming the file and row)."""
+    raw = _read(spec, _fit(size, preprocess))
+    if raw.train_boxes is not None:
+        check_box_classes(raw, classes)
 
 
 def data_statistics(spec: str, *, channels: int | None = None, size: int | tuple[int, int] | None = None,
@@ -166,8 +188,7 @@ def sample(arrays: LabeledArrays, n: int, seed: int = 0) -> LabeledArrays:
     >>> len(sample(val, 64, seed=1)), sample(val, 64, seed=1).y.tolist() == sample(val, 64, seed=1).y.tolist()
     (64, True)
     """
-    keep = _subset(len(arrays), n, seed)
-    return replace(arrays, x=arrays.x[keep], y=None if arrays.y is None else arrays.y[keep])
+    return arrays.subset(_subset(len(arrays), n, seed))
 
 
 # --- steps --------------------------------------------------------------------------------------
@@ -209,21 +230,33 @@ def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def _select(raw: RawSource, split: str, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+def _pick(values: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
+    return None if values is None else values[keep]
+
+
+def _joined(train: np.ndarray | None, test: np.ndarray | None) -> np.ndarray | None:
+    return None if train is None or test is None else np.concatenate([train, test])
+
+
+Selected = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None", "np.ndarray | None"]  # images, class
+# labels, boxes, masks
+
+
+def _select(raw: RawSource, split: str, val_fraction: float, seed: int) -> Selected:
     if split == "test":
         if raw.test_x is None:
             raise EdgepruneError(f"'{raw.name}' has no test split; use split 'val' (held out from its training images)")
-        return raw.test_x, raw.test_y
+        return raw.test_x, raw.test_y, raw.test_boxes, raw.test_masks
     if split == "all":
         if raw.test_x is None:
-            return raw.train_x, raw.train_y
-        labels = None if raw.train_y is None or raw.test_y is None else np.concatenate([raw.train_y, raw.test_y])
-        return np.concatenate([raw.train_x, raw.test_x]), labels
+            return raw.train_x, raw.train_y, raw.train_boxes, raw.train_masks
+        return (np.concatenate([raw.train_x, raw.test_x]), _joined(raw.train_y, raw.test_y),
+                _joined(raw.train_boxes, raw.test_boxes), _joined(raw.train_masks, raw.test_masks))
     train, val = _split_indices(len(raw.train_x), val_fraction, seed)
     keep = train if split == "train" else val
     if len(keep) == 0:
         raise EdgepruneError(f"'{raw.name}': the {split} split is empty (val_fraction={val_fraction})")
-    return raw.train_x[keep], None if raw.train_y is None else raw.train_y[keep]
+    return raw.train_x[keep], _pick(raw.train_y, keep), _pick(raw.train_boxes, keep), _pick(raw.train_masks, keep)
 
 
 def _subset(n: int, limit: int, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ the model's preprocessing happen once, in :mod:`edgeprune.calibration.data`. Ima
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,12 @@ class RawSource:
     test_y: np.ndarray | None = None
     num_classes: int = 0
     inputs: bool = False  # the arrays are already the model's inputs: no conversion, resizing or preprocessing
+    train_boxes: np.ndarray | None = None  # detection labels: per image (an object array), boxes (see :data:`BOX_COLUMNS`)
+    test_boxes: np.ndarray | None = None
+    label_files: tuple[str, ...] = ()  # where each image's boxes came from, train then test, written so that
+    # a box's row number follows it ("labels/a.txt row", "ann.json annotation")
+    train_masks: np.ndarray | None = None  # segmentation labels: N x H x W class ids (255: no class)
+    test_masks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -243,6 +249,214 @@ def read_images(text: str, fit: Fit | None = None) -> RawSource:
     return _read_image_folder(text, fit, "images", labels=False)
 
 
+# --- detection labels (boxes) -------------------------------------------------------------------
+
+BOX_COLUMNS = ("class", "x1", "y1", "x2", "y2", "row")  # pixels of the image as read; row: where in its label file
+LETTERBOX_GREY = 114  # ultralytics' letterbox padding
+COCO_SLACK = 1.0  # pixels a COCO box may pass its image's edge (rounding in real annotation files); clipped
+
+
+def _placement(size: tuple[int, int], fit: Fit | None) -> tuple[float, float, tuple[int, int], tuple[int, int]]:
+    """How an image of ``size`` (w, h) is placed: scale x, scale y, its scaled (w, h) and the (left, top)
+    offset of the scaled image in the input (negative: cropped). Aspect kept: letterboxed (padded,
+    as ultralytics does), or with the model's ``resize``, shorter side scaled then centre-cropped."""
+    if fit is None:
+        return 1.0, 1.0, size, (0, 0)
+    height, width = fit.size
+    scale = fit.shorter / min(size) if fit.shorter else min(width / size[0], height / size[1])
+    scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    return scaled[0] / size[0], scaled[1] / size[1], scaled, ((width - scaled[0]) // 2, (height - scaled[1]) // 2)
+
+
+def _read_placed(path: Path, fit: Fit | None) -> tuple[np.ndarray, tuple]:
+    """An image (C x H x W pixels) placed into the input size, and how (see :func:`_placement`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            placement = _placement(img.size, fit)
+            if fit is not None:
+                canvas = Image.new("RGB", fit.size[::-1], (LETTERBOX_GREY,) * 3)
+                canvas.paste(img.resize(placement[2], Image.Resampling.BILINEAR), placement[3])
+                img = canvas
+            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1), placement
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise EdgepruneError(f"cannot read image {path}: {exc}") from exc
+
+
+def _place_boxes(boxes: np.ndarray, placement: tuple, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixel boxes (:data:`BOX_COLUMNS`) moved with their image, clipped to it; boxes cropped away dropped."""
+    sx, sy, _, (left, top) = placement
+    out = boxes.astype(np.float32).copy()
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]] * sx + left, 0, shape[2])
+    out[:, [2, 4]] = np.clip(out[:, [2, 4]] * sy + top, 0, shape[1])
+    return out[(out[:, 3] > out[:, 1]) & (out[:, 4] > out[:, 2])]
+
+
+def box_array(per_image: list[np.ndarray]) -> np.ndarray:
+    found = np.empty(len(per_image), dtype=object)
+    found[:] = per_image
+    return found
+
+
+def _yolo_rows(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """``class cx cy w h`` rows (normalised) of one label file -> pixel boxes of the image as stored."""
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path} row {number}"
+        fields = line.split()
+        if len(fields) != 5:
+            raise EdgepruneError(f"{where}: {len(fields)} numbers, expected 5 (class cx cy w h, normalised to 0-1)")
+        try:
+            values = [float(v) for v in fields]
+        except ValueError:
+            raise EdgepruneError(f"{where}: '{line.strip()}' is not 5 numbers (class cx cy w h)") from None
+        if values[0] < 0 or values[0] != int(values[0]):
+            raise EdgepruneError(f"{where}: class {fields[0]} is not a class number (0, 1, 2, ...)")
+        cx, cy, w, h = values[1:]
+        if not all(0 <= v <= 1 for v in values[1:]) or not (w > 0 and h > 0):
+            raise EdgepruneError(f"{where}: box {' '.join(fields[1:])} is outside [0, 1] (cx cy w h are "
+                                 "fractions of the image's width and height; w and h above 0)")
+        rows.append([values[0], (cx - w / 2) * size[0], (cy - h / 2) * size[1], (cx + w / 2) * size[0],
+                     (cy + h / 2) * size[1], number])
+    return np.asarray(rows, np.float32).reshape(-1, len(BOX_COLUMNS))
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise EdgepruneError(f"cannot read image {path}: {exc}") from exc
+
+
+def _read_boxed(items: list[tuple[Path, str, np.ndarray]], fit: Fit | None,
+                where: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images and their pixel boxes (as stored), placed into the input size together."""
+    images, boxes = [], []
+    for image, _, rows in items:
+        pixels, placement = _read_placed(image, fit)
+        images.append(pixels)
+        boxes.append(_place_boxes(rows, placement, pixels.shape))
+    return _stack(images, where), box_array(boxes), [label for _, label, _ in items]
+
+
+def _yolo_split(images: Path, labels: Path) -> list[tuple[Path, str, np.ndarray]]:
+    items = []  # none: _stack says the folder holds no images
+    for image in _images_in(images):
+        label = labels / image.relative_to(images).with_suffix(".txt")
+        if not label.is_file():
+            raise EdgepruneError(f"{image}: no label file {label} (an image without objects needs an empty one)")
+        items.append((image, f"{label} row", _yolo_rows(label, _image_size(image))))
+    return items
+
+
+def _raw_boxed(name: str, train: tuple, test: tuple | None) -> RawSource:
+    (train_x, train_boxes, train_files), test = train, test or (None, None, [])
+    classes = [int(b[:, 0].max()) + 1 for b in (*train_boxes, *(test[1] if test[1] is not None else ())) if len(b)]
+    return RawSource(name, train_x, None, test[0], None, max(classes, default=0), train_boxes=train_boxes,
+                     test_boxes=test[1], label_files=tuple(train_files + test[2]))
+
+
+def read_yolo(text: str, fit: Fit | None = None) -> RawSource:
+    """Ultralytics' layout: ``DIR/images/*.jpg|png`` and ``DIR/labels/*.txt`` (one ``class cx cy w h``
+    row per box, normalised), or ``images/train``, ``images/val`` and the same under ``labels/``."""
+    root = _existing_dir(text, "yolo")
+    images, labels = root / "images", root / "labels"
+    if not images.is_dir() or not labels.is_dir():
+        raise EdgepruneError(f"{root}: the yolo layout needs images/ and labels/ folders in it")
+    if (images / "train").is_dir() and (images / "val").is_dir():
+        train = _read_boxed(_yolo_split(images / "train", labels / "train"), fit, images / "train")
+        test = _read_boxed(_yolo_split(images / "val", labels / "val"), fit, images / "val")
+        if test[0].shape[1:] != train[0].shape[1:]:
+            raise EdgepruneError(f"{root}: train and val images differ in size; give a size to resize them")
+        return _raw_boxed(f"yolo:{root}", train, test)
+    return _raw_boxed(f"yolo:{root}", _read_boxed(_yolo_split(images, labels), fit, images), None)
+
+
+def _coco_json(path: Path) -> dict:
+    import json
+
+    if not path.is_file():
+        raise EdgepruneError(f"coco annotations not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EdgepruneError(f"cannot read {path} as COCO JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not data["images"]:
+        raise EdgepruneError(f"{path}: no 'images' list (COCO detection annotations hold images, annotations "
+                             "and categories)")
+    return data
+
+
+def _coco_rows(data: dict, path: Path) -> tuple[dict[int, np.ndarray], list[int]]:
+    """Per image id, its boxes (class index, x1, y1, x2, y2, annotation number); categories sorted by id
+    become classes 0, 1, ...; crowd annotations are left out."""
+    try:
+        return _coco_boxes(data, path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EdgepruneError(f"{path}: not COCO detection annotations ({type(exc).__name__}: {exc})") from None
+
+
+def _coco_boxes(data: dict, path: Path) -> tuple[dict[int, np.ndarray], list[int]]:
+    categories = sorted(int(c["id"]) for c in data.get("categories", []))
+    index = {c: k for k, c in enumerate(categories)}
+    rows: dict[int, list] = {}
+    for number, annotation in enumerate(data.get("annotations", []), 1):
+        where = f"{path} annotation {number}"
+        box = annotation.get("bbox")
+        if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, (int, float)) for v in box):
+            raise EdgepruneError(f"{where}: bbox {box!r} is not 4 numbers (x y w h in pixels)")
+        if annotation.get("category_id") not in index:
+            raise EdgepruneError(f"{where}: category_id {annotation.get('category_id')!r} is not in 'categories'")
+        x, y, w, h = (float(v) for v in box)
+        if annotation.get("iscrowd"):
+            continue
+        rows.setdefault(annotation.get("image_id"), []).append([index[annotation["category_id"]], x, y, x + w, y + h,
+                                                                 number])
+    return {k: np.asarray(v, np.float32) for k, v in rows.items()}, categories
+
+
+def read_coco(text: str, fit: Fit | None = None) -> RawSource:
+    """COCO detection annotations, ``ANNOTATIONS.json[:IMAGES_DIR]`` (images default to the JSON's folder)."""
+    json_part, sep, folder = text.partition(".json:")
+    path = Path(json_part + ".json" if sep else text).expanduser()
+    data = _coco_json(path)
+    root = Path(folder).expanduser() if sep else path.parent
+    rows, categories = _coco_rows(data, path)
+    items = []
+    for number, image in enumerate(data["images"], 1):
+        file = root / str(image.get("file_name", ""))
+        if not file.is_file():
+            raise EdgepruneError(f"{path} image {number}: {file} not found (give the images' folder: "
+                                 f"coco:{path}:IMAGES_DIR)")
+        boxes = rows.get(image.get("id"), np.zeros((0, len(BOX_COLUMNS)), np.float32))
+        width, height = _image_size(file)
+        slack = COCO_SLACK
+        outside = (boxes[:, 1] < -slack) | (boxes[:, 2] < -slack) | (boxes[:, 3] > width + slack) | \
+            (boxes[:, 4] > height + slack) | (boxes[:, 3] <= boxes[:, 1]) | (boxes[:, 4] <= boxes[:, 2])
+        if outside.any():
+            raise EdgepruneError(f"{path} annotation {int(boxes[outside][0, 5])}: box outside its image {file} "
+                                 f"({width} x {height}), or of no width or height")
+        items.append((file, f"{path} annotation", boxes))
+    found = _raw_boxed(f"coco:{path}", _read_boxed(items, fit, root), None)
+    return replace(found, num_classes=len(categories))
+
+
+def check_box_classes(raw: RawSource, classes: int) -> None:
+    """Every box's class is one of the detector's ``classes``; else one line naming its file and row."""
+    for file, boxes in zip(raw.label_files, [*raw.train_boxes, *(raw.test_boxes if raw.test_boxes is not None else ())]):
+        beyond = boxes[boxes[:, 0] >= classes]
+        if len(beyond):
+            raise EdgepruneError(f"{file} {int(beyond[0, 5])}: class {int(beyond[0, 0])}, but the model's "
+                                 f"head has {classes} classes (0..{classes - 1})")
+
+
 # --- NumPy archives -----------------------------------------------------------------------------
 
 def _npz_images(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
@@ -276,13 +490,29 @@ def read_npz(text: str, fit: Fit | None = None) -> RawSource:
             xt = _npz_images(archive, "x_test", path) if "x_test" in archive.files else None
             has_yt = xt is not None and "y_test" in archive.files
             yt = _labels(archive["y_test"], len(xt), f"{path} 'y_test'") if has_yt else None
+            masks = _npz_masks(archive, "masks", x, path)
+            masks_test = _npz_masks(archive, "masks_test", xt, path) if xt is not None else None
     except EdgepruneError:
         raise
     except Exception as exc:  # zip, header or pickle-refusal errors of a bad file
         raise EdgepruneError(f"cannot read {path} as .npz ({type(exc).__name__}: {exc})") from exc
     if xt is not None and (xt.shape[1:] != x.shape[1:] or xt.dtype != x.dtype):
         raise EdgepruneError(f"{path}: 'x_test' {xt.dtype} {xt.shape[1:]} differs from 'x' {x.dtype} {x.shape[1:]}")
-    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt), inputs=x.dtype != np.uint8)
+    return RawSource(f"{path}", x, y, xt, yt, _num_classes(y, yt), inputs=x.dtype != np.uint8,
+                     train_masks=masks, test_masks=masks_test)
+
+
+def _npz_masks(archive: np.lib.npyio.NpzFile, key: str, x: np.ndarray, path: Path) -> np.ndarray | None:
+    """Per-pixel class ids, N x H x W beside N x C x H x W images (255: no class)."""
+    if key not in archive.files:
+        return None
+    masks = archive[key]
+    if masks.shape != (len(x), *x.shape[2:]) or not np.issubdtype(masks.dtype, np.integer):
+        raise EdgepruneError(f"{path}: '{key}' must be integer class ids N x H x W = {len(x)} x "
+                             f"{' x '.join(map(str, x.shape[2:]))} (its images'), found {masks.dtype} {masks.shape}")
+    if masks.size and masks.min() < 0:
+        raise EdgepruneError(f"{path}: '{key}' holds a negative class id {masks.min()}")
+    return masks.astype(np.int64)
 
 
 # --- bundled sets -------------------------------------------------------------------------------
@@ -313,7 +543,12 @@ def _kinds() -> dict[str, SourceKind]:
         SourceKind("folder", "folder:DIR (one sub-folder of images per class; else unlabelled, any depth)", read_folder,
                    resizes_on_read=True),
         SourceKind("images", "images:DIR (every image below DIR, unlabelled)", read_images, resizes_on_read=True),
-        SourceKind("npz", "PATH.npz (x: N x C x H x W model inputs as given, or uint8 pixels; optional y)", read_npz),
+        SourceKind("yolo", "yolo:DIR (DIR/images/*.jpg|png and DIR/labels/*.txt, one 'class cx cy w h' row per "
+                   "box, normalised: detection labels)", read_yolo, resizes_on_read=True),
+        SourceKind("coco", "coco:ANNOTATIONS.json[:IMAGES_DIR] (COCO detection boxes; images default to the "
+                   "JSON's folder)", read_coco, resizes_on_read=True),
+        SourceKind("npz", "PATH.npz (x: N x C x H x W model inputs as given, or uint8 pixels; optional y, or "
+                   "masks N x H x W for a segmenter)", read_npz),
         SourceKind("mnist5k", "mnist5k (5,000 real MNIST digits, bundled)", read_mnist5k, needs_path=False),
     ]
     if importlib.util.find_spec("sklearn") is not None:

@@ -39,7 +39,8 @@ from edgeprune.cli.options import (
               help="Quality floor: the worst output's cosine to the dense model on held-out images, after recovery. "
                    "With a speed target: deliver both or stop saying the nearest point that meets it; alone: the "
                    "deepest cut that meets it.")
-@click.option("--max-drop", type=float, metavar="P", help="Quality floor with labels: top-1 points lost against dense.")
+@click.option("--max-drop", type=float, metavar="P", help="Quality floor with labels: top-1 points lost against dense "
+                                                            "(a detector with boxes: mAP50-95 points).")
 @click.option("--curve", is_flag=True, help="Also measure speed against fidelity at several cuts (always with a floor).")
 @click.option("--search-trials", type=click.IntRange(min=1), default=5, show_default=True,
               help="Recovered trials a floor's search may spend bisecting MACs cuts.")
@@ -68,6 +69,11 @@ from edgeprune.cli.options import (
               help="Also write pruned.pixels.onnx, with the preprocessing inside: it takes raw 0-255 RGB pixels.")
 @click.option("--eval-images", type=click.IntRange(min=1), default=500, show_default=True,
               help="Held-out images the quality figures are measured on.")
+@click.option("--conf", type=float, default=0.001, show_default=True,
+              help="A detector's mAP (data with boxes): the class score an anchor needs before NMS (ultralytics' val "
+                   "default).")
+@click.option("--iou", type=float, default=0.7, show_default=True,
+              help="A detector's mAP (data with boxes): NMS's IoU threshold (ultralytics' val default).")
 @runtime_option
 @device_option
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
@@ -78,7 +84,7 @@ from edgeprune.cli.options import (
 def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, latency_budget, speedup, min_cosine, max_drop,
              curve, search_trials, lut, round_to,
              allocate, sensitivity_file,
-             calib, finetune_epochs, steps, lr, bn_recalibrate, reconstruct, int8, ort, bake_preprocess, eval_images, runtimes, runs,
+             calib, finetune_epochs, steps, lr, bn_recalibrate, reconstruct, int8, ort, bake_preprocess, eval_images, conf, iou, runtimes, runs,
              min_time, device, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
@@ -105,7 +111,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                               weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
                               distill=distill_config(kwargs), label_output=label_output,
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,
-                              eval_images=eval_images, allocate=allocate, sensitivity=sensitivity_file,
+                              eval_images=eval_images, conf=conf, iou=iou, allocate=allocate, sensitivity=sensitivity_file,
                               runtimes=tuple(runtimes), min_cosine=min_cosine, max_drop=max_drop, curve=curve,
                               search_trials=search_trials, device=device)
     report = run(model, output, options, progress=lambda m: click.echo(f"[edgeprune] {m}", err=True))

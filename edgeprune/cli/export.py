@@ -139,7 +139,8 @@ def _int8(exported: Any, input_shape: tuple[int, ...], calib: str, images: Any, 
     from edgeprune.calibration import has_test_split, load_data
     from edgeprune.export import quantize_int8
     from edgeprune.outputs import describe, pick_label_output
-    from edgeprune.quality import accuracy, compare, onnx_outputs
+    from edgeprune.export.runtime import onnx_outputs
+    from edgeprune.quality import accuracy, compare
 
     size = tuple(input_shape[2:])
     common = dict(channels=input_shape[1], size=size, preprocess=preprocess)

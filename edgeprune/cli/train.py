@@ -149,11 +149,16 @@ def _objective(loaded, teacher: str | None, teacher_weights: str | None, distill
 @click.option("--split", type=click.Choice(["test", "val"]), default=None,
               help="Default: test where the source has one, else val (held out of its training images).")
 @click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--conf", type=click.FloatRange(0, 1, max_open=True), default=0.001, show_default=True,
+              help="A detector's mAP (yolo: / coco: data): the class score an anchor needs before NMS.")
+@click.option("--iou", type=click.FloatRange(0, 1, min_open=True), default=0.7, show_default=True,
+              help="A detector's mAP: NMS's IoU threshold.")
 @limit_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_command(model: str, data: str, input_shape, label_output: str | None, against: str | None, split: str | None,
-                 batch_size: int, limit: int | None, as_json: bool, **kwargs) -> None:
-    """Top-1 accuracy of MODEL on SOURCE (labelled data), and with --against its fidelity, output by output."""
+                 batch_size: int, conf: float, iou: float, limit: int | None, as_json: bool, **kwargs) -> None:
+    """Top-1 accuracy of MODEL on SOURCE (labelled data; a detector's mAP50 and mAP50-95 on boxes), and
+    with --against its fidelity, output by output."""
     import torch
 
     from edgeprune.calibration import has_test_split, load_data
@@ -175,20 +180,36 @@ def eval_command(model: str, data: str, input_shape, label_output: str | None, a
     if arrays.y is not None:
         labels = pick_label_output(outputs, names, label_output, arrays.y, data)
         report["top1"] = accuracy(outputs, labels, arrays.y)
+    if arrays.boxes is not None:
+        report.update(_box_map(outputs, names, arrays, conf, iou, data))
     if against:
         reference = torch_outputs(load_model(against, input_shape=loaded.input_shape).model, arrays.x, batch_size)
         report["fidelity"] = compare(reference, outputs, describe(reference, names, label_output=labels))
-    if "top1" not in report and not against:
+    if "top1" not in report and "map50_95" not in report and not against:
         raise EdgepruneError(f"{data} has no labels: give --against MODEL to compare outputs instead")
     if as_json:
         click.echo(json.dumps(report))
         return
     if "top1" in report:
         click.echo(f"top-1 {100 * report['top1']:.2f} % on {data} [{split}, {len(arrays)} images]")
+    if "map50_95" in report:
+        click.echo(f"mAP50 {report['map50']:.4f}, mAP50-95 {report['map50_95']:.4f} on {data} [{split}, "
+                   f"{len(arrays)} images; --conf {conf:g}, --iou {iou:g}]")
     for r in report.get("fidelity", []):
         agree = f", top-1 agreement {r['top1_agreement']:.2%}" if "top1_agreement" in r else ""
         click.echo(f"{r['output']}: cosine {r['cosine']:.4f}, relative L2 error {r['rel_l2']:.4f}{agree} "
                    f"against {against} [{split}, {len(arrays)} images]")
+
+
+def _box_map(outputs: list, names: list[str], arrays, conf: float, iou: float, data: str) -> dict[str, float]:
+    """mAP of the model's detections output (the first N x (4 + K) x A) against the boxes."""
+    from edgeprune.calibration.data import check_classes
+    from edgeprune.metrics.detection import box_map
+    from edgeprune.outputs import describe, pick_box_output
+
+    output = outputs[pick_box_output(describe(outputs, names), data)]
+    check_classes(data, output.shape[1] - 4, tuple(arrays.x.shape[2:]), arrays.preprocess)
+    return box_map(output, list(arrays.boxes), conf, iou, size=(arrays.x.shape[3], arrays.x.shape[2]))
 
 
 class _ProgressBar:

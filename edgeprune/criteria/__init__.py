@@ -9,7 +9,8 @@ from edgeprune.criteria import csctfp as _csctfp  # noqa: F401  (registers csctf
 from edgeprune.criteria import tcfp as _tcfp  # noqa: F401  (registers tcfp)
 from edgeprune.criteria import soft as _soft  # noqa: F401  (registers sfp)
 from edgeprune.criteria import thinet as _thinet  # noqa: F401  (registers thinet)
-from edgeprune.criteria.base import (Criterion, combine, create_criterion, filters, list_criteria, register_criterion,
-                                    score_groups)
+from edgeprune.criteria.base import (Criterion, CriterionEntry, combine, create_criterion, criterion_entry, filters,
+                                    list_criteria, register_criterion, score_groups)
 
-__all__ = ["Criterion", "combine", "create_criterion", "filters", "list_criteria", "register_criterion", "score_groups"]
+__all__ = ["Criterion", "CriterionEntry", "combine", "create_criterion", "criterion_entry", "filters", "list_criteria",
+           "register_criterion", "score_groups"]

@@ -28,13 +28,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph, Space
+from edgeprune.train.batches import as_batches, model_device
 
 aten = torch.ops.aten
 CONVS = {aten.conv1d, aten.conv2d, aten.conv3d, aten.convolution}
@@ -44,46 +44,6 @@ ACTIVATIONS = {aten.relu, aten.relu_, aten.relu6, aten.leaky_relu, aten.leaky_re
                aten.mish_, aten.hardswish, aten.hardswish_, aten.hardsigmoid, aten.hardsigmoid_, aten.hardtanh,
                aten.hardtanh_, aten.sigmoid, aten.sigmoid_, aten.tanh, aten.tanh_, aten.softplus}
 ADDS = {aten.add, aten.add_}
-
-
-# ---------------------------------------------------------------------------------------------
-# data
-
-
-def as_batches(data: Any, batch_size: int = 128, limit: int | None = None) -> Iterator[torch.Tensor]:
-    """Float32 input batches from ``data``, at most ``limit`` images in all.
-
-    ``data`` may be anything with an ``.x`` array (a :class:`~edgeprune.calibration.LabeledArrays`),
-    a tensor or NumPy array of N x C x H x W inputs, or an iterable of batches (tensors or
-    ``(x, y)`` pairs, as a DataLoader yields).
-
-    >>> [tuple(b.shape) for b in as_batches(np.zeros((5, 3, 4, 4), np.float32), batch_size=2)]
-    [(2, 3, 4, 4), (2, 3, 4, 4), (1, 3, 4, 4)]
-    """
-    if data is None:
-        raise EdgepruneError("this criterion needs calibration data (give --calib SOURCE)")
-    if batch_size < 1:
-        raise EdgepruneError(f"batch size must be positive, got {batch_size}")
-    x = getattr(data, "x", data)
-    if isinstance(x, (np.ndarray, torch.Tensor)):
-        x = torch.as_tensor(x)
-        if limit is not None:
-            x = x[:limit]
-        for start in range(0, len(x), batch_size):
-            yield x[start:start + batch_size].float()
-        return
-    taken = 0
-    for batch in x:
-        if isinstance(batch, (tuple, list)):
-            batch = batch[0]
-        batch = torch.as_tensor(batch).float()
-        if limit is not None:
-            batch = batch[:limit - taken]
-        if len(batch):
-            yield batch
-        taken += len(batch)
-        if limit is not None and taken >= limit:
-            return
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,11 +152,6 @@ def evaluating(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, mode in modes:
             module.training = mode
-
-
-def model_device(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return first.device if first is not None else torch.device("cpu")
 
 
 def collect(graph: DependencyGraph, data: Any, taps: dict[str, Callable[[torch.Tensor], None]], *,

@@ -5,14 +5,14 @@ view of the whole model overrides :meth:`Criterion.prepare`, which runs once bef
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph, Group, Space
-
-_REGISTRY: dict[str, Callable[..., "Criterion"]] = {}
 
 
 class Criterion:
@@ -53,21 +53,44 @@ def filters(graph: DependencyGraph, space: Space) -> torch.Tensor | None:
     return module.weight.detach().flatten(1)
 
 
-def register_criterion(name: str) -> Callable:
+@dataclass(frozen=True)
+class CriterionEntry:
+    """A registered criterion: how to make it, and how it meets fine-tuning (:mod:`edgeprune.recipes`).
+
+    ``recipe``: the recipe that runs it (``oneshot``, or the soft ``sfp`` / ``tcfp``); ``steps``:
+    the rounds the one-shot recipe cuts in by default; ``holdout``: whether its recipe judges on
+    labelled training images held out from recovery; ``rest``: the criterion that cuts what its
+    recipe's own stages could not reach."""
+
+    factory: Callable[..., Criterion]
+    recipe: str = "oneshot"
+    steps: int = 1
+    holdout: bool = False
+    rest: str | None = None
+
+
+_REGISTRY: dict[str, CriterionEntry] = {}
+
+
+def register_criterion(name: str, *, recipe: str = "oneshot", steps: int = 1, holdout: bool = False,
+                       rest: str | None = None) -> Callable:
     def wrap(factory: Callable[..., Criterion]) -> Callable[..., Criterion]:
-        _REGISTRY[name] = factory
+        _REGISTRY[name] = CriterionEntry(factory, recipe, steps, holdout, rest)
         return factory
 
     return wrap
 
 
-def create_criterion(name: str, **options: Any) -> Criterion:
-    """The criterion registered as ``name``, built with ``options`` (``None`` values dropped)."""
-    from edgeprune.errors import EdgepruneError
-
+def criterion_entry(name: str) -> CriterionEntry:
+    """What ``name`` was registered with; an unknown name is one clear error."""
     if name not in _REGISTRY:
         raise EdgepruneError(f"unknown criterion '{name}' (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name](**{k: v for k, v in options.items() if v is not None})
+    return _REGISTRY[name]
+
+
+def create_criterion(name: str, **options: Any) -> Criterion:
+    """The criterion registered as ``name``, built with ``options`` (``None`` values dropped)."""
+    return criterion_entry(name).factory(**{k: v for k, v in options.items() if v is not None})
 
 
 def list_criteria() -> list[str]:

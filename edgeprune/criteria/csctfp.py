@@ -56,7 +56,7 @@ def key_filter_scores(weight: torch.Tensor, key_fraction: float = 0.1, min_keys:
     return s
 
 
-@register_criterion("csctfp")
+@register_criterion("csctfp", steps=4)
 class CSCTFP(Criterion):
     """Keep the largest-norm key filters and the filters most cosine-correlated with them."""
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.counter import count_model
 from edgeprune.criteria.activations import ChannelRanks, ChannelSimilarity, capture_nodes, collect, evaluating
 from edgeprune.criteria.base import Criterion, combine, create_criterion, register_criterion
 from edgeprune.errors import EdgepruneError
@@ -203,8 +204,6 @@ def replace_fc_head_with_gap(model: nn.Module, input_shape: tuple[int, ...]) -> 
     >>> saved.params_saved
     263680
     """
-    from edgeprune.counter import count_model
-
     model = copy.deepcopy(model)
     before = count_model(model, input_shape)
     probe = torch.zeros(input_shape)

@@ -38,7 +38,7 @@ from edgeprune.plan import Plan, PlanConfig, make_plan
 from edgeprune.surgery import apply_keep_mask, zero_channels
 
 
-@register_criterion("sfp")
+@register_criterion("sfp", recipe="sfp")
 class SFP(L2):
     """SFP's filter score, the L2 norm; the soft schedule is :class:`SoftPruningSchedule`."""
 

@@ -279,7 +279,7 @@ def intra_cluster_scores(labels: torch.Tensor, norms: torch.Tensor) -> torch.Ten
     return torch.as_tensor(scores) + 1e-6 * torch.as_tensor(nrm) / max(nrm.max(), 1e-30)
 
 
-@register_criterion("tcfp")
+@register_criterion("tcfp", recipe="tcfp", holdout=True, rest="l2")
 class TCFP(Criterion):
     """Functional clusters per layer; within a cluster, the largest L2 norms stay.
 

@@ -29,9 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeprune.criteria.activations import as_batches
+from edgeprune.criteria.magnitude import L2
+from edgeprune.train.batches import as_batches
 from edgeprune.criteria.base import Criterion, register_criterion
 from edgeprune.graph import DependencyGraph, Group
+from edgeprune.train.reconstruct import collect_tensors, input_rows, refittable, weight_matrix
 
 MEMORY_MB = 1024  # the Gram matrices gathered in one pass over the images; more layers take more passes
 STEPS = 64  # a group of more units than this loses them in this many steps (several per step), to bound the time
@@ -51,8 +53,6 @@ def _columns_per_input(layer: nn.Module) -> int:
 
 def _judges(layer: nn.Module | None) -> bool:
     """A layer the refit handles, and whose every output reads every input (not grouped)."""
-    from edgeprune.train.reconstruct import refittable
-
     return refittable(layer) and getattr(layer, "groups", 1) == 1
 
 
@@ -72,8 +72,6 @@ class ThiNet(Criterion):
         self.consumers: dict[int, list[_Consumer]] = {}
 
     def prepare(self, graph: DependencyGraph, data: Any = None) -> None:
-        from edgeprune.train.reconstruct import weight_matrix
-
         modules = dict(graph.model.named_modules())
         self.consumers = {g.index: self._consumers_of(graph, g, modules) for g in graph.prunable_groups()}
         wanted = sorted({c.module for found in self.consumers.values() for c in found})
@@ -100,8 +98,6 @@ class ThiNet(Criterion):
 
     def _gather(self, model: nn.Module, layers: dict[str, nn.Module], data: Any) -> dict[str, torch.Tensor]:
         """XᵀX of each layer's input rows (with a ones column) over the calibration images."""
-        from edgeprune.train.reconstruct import collect_tensors, input_rows
-
         grams: dict[str, torch.Tensor] = {}
         generator = torch.Generator().manual_seed(self.seed)
         was = model.training
@@ -123,8 +119,6 @@ class ThiNet(Criterion):
     def __call__(self, graph: DependencyGraph, group: Group) -> torch.Tensor:
         consumers = self.consumers.get(group.index, [])
         if not consumers:
-            from edgeprune.criteria.magnitude import L2
-
             return L2()(graph, group)
         fits = [_Refit(self.grams[c.module], self.weights[c.module], c.columns, self.ridge) for c in consumers]
         alive = torch.zeros(group.n_units, dtype=torch.bool)

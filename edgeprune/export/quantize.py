@@ -13,6 +13,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.export._io import file_size, first_line, log, quiet_loggers, staged_output
 from edgeprune.export.checks import load_onnx_checked, op_counts
 from edgeprune.export.runtime import fixed_batch, make_session, run_all
+from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8
 
 METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
 
@@ -110,8 +111,6 @@ def quantize_int8(
 def _judged(float_path: str | Path, int8_path: Path, calibration: Any, name: str) -> float | None:
     """The INT8 file's worst-output cosine to the float file on the first calibration images (one
     line and no file when it is broken); None when the calibration is a reader that cannot be re-read."""
-    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8
-
     session = make_session(int8_path)
     if not isinstance(calibration, np.ndarray):
         return None

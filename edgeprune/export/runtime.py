@@ -77,3 +77,8 @@ def onnx_accuracy(path: str | Path, x: np.ndarray, y: np.ndarray, batch_size: in
         raise EdgepruneError(f"accuracy needs as many labels as images, got {len(x)} images and {len(y)} labels")
     logits = run_all(make_session(path), x, batch_size)[output]
     return float((logits.argmax(axis=1) == np.asarray(y)).mean())
+
+
+def onnx_outputs(path: Any, x: np.ndarray, batch_size: int = 64) -> list[np.ndarray]:
+    """All outputs of the ONNX file ``path`` on ``x`` (onnxruntime, no torch)."""
+    return run_all(make_session(path), x, batch_size)

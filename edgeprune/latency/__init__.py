@@ -2,7 +2,7 @@
 
 - :mod:`~edgeprune.latency.measure`: the torch-free measuring part (runs alone on a board);
 - :mod:`~edgeprune.latency.table`: the table, its grid, its on-disk cache;
-- :mod:`~edgeprune.latency.layers`: a traced model's convolutions and the groups behind their widths;
+- :mod:`~edgeprune.latency.convolutions`: a traced model's convolutions and the groups behind their widths;
 - :mod:`~edgeprune.latency.planner`: the greedy latency-driven plan, confirmed by measurement.
 
 The torch-side names load on first use, so ``edgeprune lut measure`` works without torch.
@@ -14,8 +14,8 @@ from typing import Any
 
 from edgeprune.latency.table import ConvShape, LatencyTable, axis, complete, open_table, settings_of
 
-_LAZY = {"LatencyPlanner": "planner", "Budget": "planner", "Predictor": "planner", "conv_shapes": "layers",
-         "timed_layers": "layers", "ModelTimer": "confirm"}
+_LAZY = {"LatencyPlanner": "planner", "Budget": "planner", "Predictor": "planner", "conv_shapes": "convolutions",
+         "timed_layers": "convolutions", "ModelTimer": "confirm"}
 
 
 def __getattr__(name: str) -> Any:

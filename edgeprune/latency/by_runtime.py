@@ -4,14 +4,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from edgeprune.latency.measure import TABLE_FORMAT, TINY_LAYER, machine_info, point_key
+from edgeprune.runtimes import get_runtime
 
 
 def measure_with_runtime(spec: dict[str, Any], runtime: str, runs: int = 10, min_time: float = 0.02,
                          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The table (format :data:`TABLE_FORMAT`) of ``spec``'s points, timed by ``runtime`` on this
     machine; like :func:`~edgeprune.latency.measure.measure_spec` but without whole models."""
-    from edgeprune.runtimes import get_runtime
-
     chosen = get_runtime(runtime)
     settings = spec["settings"]
     threads = settings["threads"]

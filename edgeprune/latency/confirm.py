@@ -8,7 +8,9 @@ from pathlib import Path
 
 from torch import nn
 
+from edgeprune.export import export_onnx
 from edgeprune.profile import BenchConfig, profile_models
+from edgeprune.runtimes import get_runtime
 
 ROUNDS = 3  # side-by-side measurements a model's time is the median of
 
@@ -29,8 +31,6 @@ class ModelTimer:
         self._exported: dict[tuple, tuple[nn.Module, Path]] = {}
 
     def _path(self, model: nn.Module) -> Path:
-        from edgeprune.export import export_onnx
-
         key = (id(model), tuple(tuple(t.shape) for t in model.state_dict().values()))
         if key not in self._exported:
             path = Path(self._folder.name) / f"model{len(self._exported)}.onnx"
@@ -38,8 +38,6 @@ class ModelTimer:
                 export_onnx(model, self.input_shape, path, opset=self.opset, verify=False)
             else:
                 import torch
-
-                from edgeprune.runtimes import get_runtime
 
                 chosen = get_runtime(self.runtime)
                 path = chosen.export(model, torch.randn(self.input_shape), path.with_suffix(chosen.suffix)).path

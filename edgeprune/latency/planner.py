@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.allocation import curves_for
 from edgeprune.counter import count, per_layer
 from edgeprune.errors import EdgepruneError
 from edgeprune.graph import DependencyGraph, Group
-from edgeprune.latency.layers import TimedLayer, timed_layers
+from edgeprune.latency.convolutions import TimedLayer, timed_layers
 from edgeprune.latency.table import LatencyTable, axis
 from edgeprune.plan import Plan, pick_units
 from edgeprune.surgery import apply_keep_mask
@@ -292,8 +293,6 @@ class LatencyPlanner:
         return self._plan(graph, choices, step, chosen, [r for _, r in tried.values()], losses)
 
     def _losses(self, graph: DependencyGraph, choices: dict[int, _Choices]) -> dict[int, list[float]]:
-        from edgeprune.allocation import curves_for
-
         narrowing = {g: options for g, options in choices.items() if len(options.counts) > 1}
         curves = curves_for(self.sensitivity, [graph.groups[g] for g in narrowing])
         losses = {g: [0.0] for g in choices}

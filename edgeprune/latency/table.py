@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.latency.by_runtime import measure_with_runtime
 from edgeprune.latency.measure import (SPEC_FORMAT, TABLE_FORMAT, machine_info, measure_spec, point_key,
                                        write_json_atomic)
+from edgeprune.runtimes import get_runtime
 
 AXIS_POINTS = 16  # grid points per channel axis, at most
 
@@ -89,8 +91,6 @@ def settings_of(target: Any, threads: int | None = None, host: bool = True,
     if threads is None:
         threads = (target.host_threads() if host else target.threads) or 1
     if runtime != "onnxruntime":
-        from edgeprune.runtimes import get_runtime
-
         chosen = get_runtime(runtime)
         chosen.require()
         return {"runtime": runtime, "version": chosen.version(), "threads": threads,
@@ -288,6 +288,5 @@ def measure_here(spec: dict[str, Any], runs: int = 10, min_time: float = 0.02,
     runtime = spec["settings"].get("runtime", "onnxruntime")
     if runtime == "onnxruntime":
         return measure_spec(spec, runs, min_time, progress)
-    from edgeprune.latency.by_runtime import measure_with_runtime
 
     return measure_with_runtime(spec, runtime, runs, min_time, progress)

@@ -15,7 +15,7 @@ import torch
 
 from edgeprune.calibration.preprocess import Preprocess
 from edgeprune.errors import EdgepruneError
-from edgeprune.models.registry import BuiltModel, build
+from edgeprune.models.registry import BuiltModel, build_spec
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -54,7 +54,7 @@ def build_default() -> BuiltModel:
     """
     if not DEFAULT.weights.is_file():
         raise EdgepruneError(f"default weights missing: {DEFAULT.weights} (run scripts/train_default.py)")
-    built = build(DEFAULT.spec, **DEFAULT.kwargs)
+    built = build_spec(DEFAULT.spec, **DEFAULT.kwargs)
     built.model.load_state_dict(torch.load(DEFAULT.weights, map_location="cpu", weights_only=True))
     built.preprocess = DEFAULT.preprocess
     return built

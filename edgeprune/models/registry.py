@@ -76,21 +76,17 @@ class BuiltModel:
     preprocess: Preprocess | None = None  # None: not known (images are then only scaled to 0-1)
 
 
-def build(spec: str, *, pretrained: bool = True, **kwargs: Any) -> BuiltModel:
-    """Build the model named by ``spec``, or the one a checkpoint holds (see
-    :func:`edgeprune.checkpoint.load_model`). ``None`` keyword values are dropped.
+def build_spec(spec: str, *, pretrained: bool = True, **kwargs: Any) -> BuiltModel:
+    """Build the model named by ``spec`` (a registered name, ``torchvision:NAME``, ``FILE.py:factory``;
+    :func:`edgeprune.models.build` takes a checkpoint too). ``None`` keyword values are dropped.
 
     ``pretrained=False`` when the caller loads weights of its own (a checkpoint, ``--weights``):
     ``torchvision:NAME`` then skips reading its pretrained weights.
 
-    >>> build("resnet56-cifar").input_shape
+    >>> build_spec("resnet56-cifar").input_shape
     (1, 3, 32, 32)
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    from edgeprune.checkpoint import is_checkpoint_path, load_model
-
-    if is_checkpoint_path(spec):  # one loader: a checkpoint written by prune/compress builds too
-        return load_model(spec)
     if spec.startswith(TORCHVISION_PREFIX):
         return _build_torchvision(spec, kwargs, pretrained)
     if ".py:" in spec:

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.latency.measure import write_json_atomic
 from edgeprune.pipeline import search, stages
 from edgeprune.pipeline.options import CompressOptions
 from edgeprune.paths import check_writable
-from edgeprune.pipeline.prepare import Progress, check_choices, prepare
+from edgeprune.pipeline.prepare import check_choices, prepare
+from edgeprune.progress import Progress
+from edgeprune.report import write_report
+from edgeprune.train import is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +36,9 @@ def compress(model: str | None, out_dir: str | Path, options: CompressOptions | 
 
     >>> report = compress("resnet20-cifar", "/tmp/ep-doc", CompressOptions(target="x86-avx2", runs=5, min_time=0.1))  # doctest: +SKIP
     """
-    from edgeprune.report import write_report
-
     options = options or CompressOptions()
     progress = progress or (lambda message: log.info(message))
     target = check_choices(options)
-    from edgeprune.train import is_main_process
 
     if not is_main_process():  # another torchrun rank: recover alongside rank 0, which writes everything
         _prune_and_recover(prepare(model, options, target, lambda message: None), lambda message: None)
@@ -75,21 +76,17 @@ def _search(job: Any, progress: Progress, out_dir: Path) -> search.Search:
     try:
         return search.search(job, progress)
     except search.FloorNotMet as refused:
-        from edgeprune.latency.measure import write_json_atomic
-
         kept = out_dir.parent / f"{out_dir.name}.curve.json"
         write_json_atomic(refused.found.report(), str(kept))
         raise EdgepruneError(f"{refused}; the {len(refused.found.curve)} points measured are in {kept}") from None
 
 
 def _prune_and_recover(job: Any, progress: Progress) -> Any:
-    planner = (stages.latency_planner(job, progress) if job.options.latency_driven else
-               stages.sensitivity_planner(job, progress) if job.options.allocate == "sensitivity" else None)
+    planner = stages.planner_for(job, progress)
     try:
         return stages.prune_and_recover(job, progress, planner)
     finally:
-        if getattr(planner, "measure", None) is not None:
-            planner.measure.close()  # the ONNX files it exported while planning
+        stages.close_planner(planner)
 
 
 def _stage(out_dir: Path) -> Path:

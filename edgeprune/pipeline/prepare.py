@@ -7,14 +7,33 @@ here, in one line, before anything is pruned, exported or written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+import torch
 
+from edgeprune import calibration
+from edgeprune.calibration import has_test_split, sample
+from edgeprune.calibration.data import check_classes
+from edgeprune.checkpoint import check_input_shape, load_model
+from edgeprune.criteria import create_criterion
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.options import CompressOptions
+from edgeprune.latency import Budget, complete, conv_shapes, open_table, settings_of
+from edgeprune.latency.table import model_key
+from edgeprune.models.default import DEFAULT_DATA
+from edgeprune.metrics.segmentation import IGNORE
+from edgeprune.outputs import describe, output_names, pick_label_output
+from edgeprune.outputs import pick_box_output as pick_detections_output
+from edgeprune.pipeline.options import CompressOptions, Floor, floor_of
+from edgeprune.plan import PlanConfig
+from edgeprune.progress import Progress
+from edgeprune.quality import torch_outputs
+from edgeprune.recipes import check_one_shot
+from edgeprune.runtimes import resolve_runtimes
+from edgeprune.sensitivity import Sensitivity
+from edgeprune.targets import load_target
+from edgeprune.train import launched_distributed, resolve_device
 
-Progress = Callable[[str], None]
 OUTPUT_PROBE_IMAGES = 128  # images the dense model runs on to learn its outputs' kinds and scales
 
 
@@ -37,9 +56,14 @@ class Data:
     def labelled(self) -> bool:
         return self.train is not None and self.train.y is not None
 
+    @property
+    def boxed(self) -> bool:
+        """Detection labels: boxes per image."""
+        return self.train is not None and self.train.boxes is not None
+
 
 @dataclass
-class LatencyTable:
+class ModelLatencyTable:
     """The latency table a budget is planned with, and the model's convolutions it must cover."""
 
     table: Any
@@ -64,7 +88,9 @@ class Job:
     output_names: list[str] = field(default_factory=list)
     outputs: list[Any] | None = None  # OutputInfo per output (None without data)
     label_output: int | None = None
-    latency: LatencyTable | None = None
+    box_output: int | None = None  # the detections output that the data's boxes (detection labels) belong to
+    mask_output: int | None = None  # the N x K x H x W output that the data's masks (segmentation labels) belong to
+    latency: ModelLatencyTable | None = None
     device: str = "cpu"  # resolved from options.device
     measured: dict[Any, Any] = field(default_factory=dict)  # what the dense model measured once, shared by
     # the copies a floor's search makes of the job (dataclasses.replace passes the same dict): sensitivity curves
@@ -77,33 +103,26 @@ class Job:
 
 def check_choices(options: CompressOptions) -> Any:
     """Options that are wrong whatever the model: fail before any output or data loading."""
-    from edgeprune import api
-    from edgeprune.plan import PlanConfig
-    from edgeprune.targets import load_target
-
     target = load_target(options.target)
-    api.create_criterion(options.criterion)
+    create_criterion(options.criterion)
     if options.latency_driven:
-        from edgeprune.latency import Budget
-        from edgeprune.recipes import check_one_shot
-
         Budget(options.latency_budget, options.speedup)
         check_one_shot(options.criterion, options.steps)
     elif not (options.floor_given and options.flops_cut is None and options.ratio is None):
         PlanConfig(options.ratio, options.flops_cut if options.ratio is None else None,
                    round_to=options.round_to or target.round_to).validate()
     if options.floor_given or options.curve:
-        from edgeprune.pipeline.search import Floor
-
         Floor(options.min_cosine, options.max_drop)
         if options.search_trials < 1:
             raise EdgepruneError(f"--search-trials must be at least 1, got {options.search_trials}")
+    if not 0 <= options.conf < 1:
+        raise EdgepruneError(f"--conf is a score threshold in [0, 1), got {options.conf}")
+    if not 0 < options.iou <= 1:
+        raise EdgepruneError(f"--iou is NMS's overlap threshold in (0, 1], got {options.iou}")
     if options.eval_images < 1:
         raise EdgepruneError(f"--eval-images must be at least 1, got {options.eval_images}")
-    from edgeprune.runtimes import resolve_runtimes
 
     resolve_runtimes(options.other_runtimes(target))  # a missing runtime fails now, before any work
-    from edgeprune.train import launched_distributed, resolve_device
 
     resolve_device(options.device)
     if launched_distributed() and (options.latency_driven or options.floor_given or options.curve):
@@ -112,25 +131,17 @@ def check_choices(options: CompressOptions) -> Any:
     if options.allocate not in ("uniform", "sensitivity"):
         raise EdgepruneError(f"unknown allocation '{options.allocate}' (uniform, sensitivity)")
     if options.allocate == "sensitivity":
-        from edgeprune.recipes import check_one_shot
-
         if not options.latency_driven and options.flops_cut is None:
             raise EdgepruneError("--allocate sensitivity spreads a MACs cut (--flops-cut) or a latency budget "
                                  "(--latency-budget / --speedup)")
         check_one_shot(options.criterion, options.steps)
     if options.sensitivity is not None:
-        from edgeprune.sensitivity import Sensitivity
-
         Sensitivity.load(options.sensitivity)  # a bad file fails now, not after the data is loaded
     return target
 
 
 def prepare(model: str | None, options: CompressOptions, target: Any, progress: Progress) -> Job:
     """Load and check the model, its input shape and preprocessing, the data and its labels."""
-    from edgeprune import api
-    from edgeprune.checkpoint import check_input_shape, load_model
-    from edgeprune.models.default import DEFAULT_DATA
-
     loaded = load_model(model, options.weights, options.input_shape)
     shape = tuple(options.input_shape or target.input_shape or loaded.input_shape)
     if shape != tuple(loaded.input_shape):
@@ -139,22 +150,19 @@ def prepare(model: str | None, options: CompressOptions, target: Any, progress: 
     spec = options.calib or (DEFAULT_DATA if loaded.metadata.get("default") else None)
     preprocess = options.preprocess.resolve(loaded.preprocess, spec, shape)
     data = load_data(spec, shape, preprocess, options.seed)
-    if api.create_criterion(options.criterion).needs_data and data.train is None:
+    if create_criterion(options.criterion).needs_data and data.train is None:
         raise EdgepruneError(f"criterion '{options.criterion}' needs data: give --calib SOURCE")
     int8 = options.int8 if options.int8 is not None else target.int8
     if int8 and data.train is None:
         raise EdgepruneError(f"INT8 for target {target.name} needs calibration data: give --calib SOURCE or --no-int8")
     round_to = options.round_to or target.round_to_for(options.plan_runtime(target))
-    from edgeprune.train import resolve_device
 
     job = Job(options, target, loaded, shape, preprocess, round_to, data,
               finetune_epochs(data, options), int8, finetune_lr(options), latency=latency,
               device=resolve_device(options.device))
     describe_outputs(job)
     if options.floor_given:
-        from edgeprune.pipeline.search import Floor
-
-        Floor(options.min_cosine, options.max_drop).check(job)
+        floor_of(job).check(job)
     guessed = loaded.preprocess is None and preprocess.source.startswith("default")
     if guessed and data.train is not None and data.train.preprocess is not None:
         progress(f"no preprocessing known for {loaded.spec}: its images become pixels / 255 "
@@ -172,15 +180,12 @@ def _data_line(job: Job) -> str:
             f"{len(data.evaluation)} held out [{data.eval_split}]; outputs {outputs}")
 
 
-def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options: CompressOptions) -> LatencyTable:
+def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options: CompressOptions) -> ModelLatencyTable:
     """This machine's cached table, or a board's (``--lut``), which must already cover the model."""
-    from edgeprune.latency import complete, conv_shapes, open_table, settings_of
-    from edgeprune.latency.table import model_key
-
     runtime = options.plan_runtime(target)
     table = open_table(target.name, settings_of(target, runtime=runtime), options.lut,
                        board_settings=settings_of(target, host=False, runtime=runtime))
-    found = LatencyTable(table, list(conv_shapes(loaded.model, shape).values()))
+    found = ModelLatencyTable(table, list(conv_shapes(loaded.model, shape).values()))
     if not table.measured_here:
         complete(table, found.shapes)  # raises, saying how to measure them there, if points are missing
         found.board_dense_ms = table.model_ms(model_key(loaded.spec, shape))
@@ -193,12 +198,12 @@ def open_latency_table(loaded: Any, shape: tuple[int, ...], target: Any, options
 def load_data(spec: str | None, shape: tuple[int, ...], preprocess: Any, seed: int) -> Data:
     if spec is None:
         return Data(None)
-    from edgeprune.calibration import has_test_split, load_data as load
 
     _, channels, height, width = shape
     kw = dict(channels=channels, size=(height, width), preprocess=preprocess, seed=seed)
     split = "test" if has_test_split(spec, (height, width), preprocess) else "val"
-    return Data(spec, load(spec, split="train", **kw), load(spec, split=split, **kw), split)
+    return Data(spec, calibration.load_data(spec, split="train", **kw), calibration.load_data(spec, split=split, **kw),
+                split)
 
 
 # A floor's trials recover longer and gentler: a reconstructed cut starts close to the dense model,
@@ -233,12 +238,6 @@ def finetune_lr(options: CompressOptions) -> float:
 
 def describe_outputs(job: Job) -> None:
     """Names, kinds and scales of the dense model's outputs on real inputs; labels checked against them."""
-    import torch
-
-    from edgeprune.calibration import sample
-    from edgeprune.outputs import describe, output_names, pick_label_output
-    from edgeprune.quality import torch_outputs
-
     job.output_names = output_names(job.loaded.model, torch.zeros(job.shape))
     data = job.data
     if data.train is None:
@@ -251,3 +250,31 @@ def describe_outputs(job: Job) -> None:
     elif job.options.label_output is not None:
         raise EdgepruneError(f"--label-output names the output labels belong to, but {data.spec} has no labels")
     job.outputs = describe(arrays, job.output_names, label_output=job.label_output, kinds=job.options.output_kinds)
+    if data.boxed:
+        job.box_output = pick_box_output(job)
+    if data.train.masks is not None:
+        job.mask_output = pick_mask_output(job, arrays)
+
+
+def pick_mask_output(job: Job, arrays: list) -> int:
+    """The N x K x H x W output (class scores per pixel at the masks' size) that the masks belong to."""
+    size = tuple(job.data.train.masks.shape[1:])
+    found = [i for i, a in enumerate(arrays) if a.ndim == 4 and a.shape[1] > 1 and tuple(a.shape[2:]) == size]
+    if not found:
+        listed = ", ".join(f"{n} ({'x'.join(['N', *map(str, a.shape[1:])])})" for n, a in zip(job.output_names, arrays))
+        raise EdgepruneError(f"{job.data.spec} has masks (segmentation labels) of {'x'.join(map(str, size))}, but no "
+                             f"output of the model is class scores N x K x {'x'.join(map(str, size))} ({listed})")
+    classes = arrays[found[0]].shape[1]
+    masks = np.concatenate([m.reshape(-1) for m in (job.data.train.masks, job.data.evaluation.masks) if m is not None])
+    beyond = masks[(masks >= classes) & (masks != IGNORE)]
+    if beyond.size:
+        raise EdgepruneError(f"{job.data.spec} has mask class {int(beyond.max())}, but output "
+                             f"{job.output_names[found[0]]} has {classes} classes ({IGNORE} marks pixels of no class)")
+    return found[0]
+
+
+def pick_box_output(job: Job) -> int:
+    """The detections output that the data's boxes belong to; every box's class must be one of its classes."""
+    index = pick_detections_output(job.outputs, job.data.spec)
+    check_classes(job.data.spec, job.outputs[index].shape[0] - 4, tuple(job.shape[2:]), job.preprocess)
+    return index

@@ -18,9 +18,6 @@ A trial's depth d is a uniform channel ratio (every group loses d of its channel
 ``1 - (1 - d)²`` of the MACs), which any model can take, unlike a MACs target that alignment may
 not land; with ``--allocate sensitivity`` it is the MACs cut ``1 - (1 - d)²`` that the
 allocation spreads.
-
->>> Floor(min_cosine=0.99).holds({"cosine_min": 0.995}, None)
-True
 """
 from __future__ import annotations
 
@@ -29,79 +26,22 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from edgeprune.counter import count
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.latency import ModelTimer
+from edgeprune.pipeline import stages
+from edgeprune.pipeline.options import METRICS, Floor, SpeedTarget, floor_of
+from edgeprune.pipeline.prepare import Job
+from edgeprune.pipeline.stages import HeldOut
+from edgeprune.plan import Plan, pick_units
+from edgeprune.profile import BenchConfig
+from edgeprune.progress import Progress
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
 WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider
 CLOSE_CALL_ROUNDS = 6  # more side-by-side rounds for a point whose rounds fall on both sides of the speed target
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
-
-
-@dataclass(frozen=True)
-class Floor:
-    """``min_cosine``: the worst output's mean cosine to the dense model on held-out images;
-    ``max_drop``: top-1 points lost against the dense model (labelled data only)."""
-
-    min_cosine: float | None = None
-    max_drop: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
-            raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
-        if self.max_drop is not None and not 0 <= self.max_drop < 100:
-            raise EdgepruneError(f"--max-drop is in top-1 points, in [0, 100), got {self.max_drop}")
-
-    @property
-    def given(self) -> bool:
-        return self.min_cosine is not None or self.max_drop is not None
-
-    def holds(self, figures: dict[str, Any], dense_top1: float | None) -> bool:
-        if self.min_cosine is not None and figures["cosine_min"] < self.min_cosine:
-            return False
-        if self.max_drop is not None and 100 * (dense_top1 - figures["top1"]) > self.max_drop:
-            return False
-        return True
-
-    def check(self, job: Job) -> None:
-        """A floor is measured on held-out images; a top-1 floor needs their labels."""
-        if self.given and (job.data.evaluation is None or not job.outputs):
-            raise EdgepruneError("a quality floor is measured on held-out images: give --calib SOURCE")
-        if self.max_drop is not None and (job.data.evaluation.y is None or job.label_output is None):
-            raise EdgepruneError(f"--max-drop is in top-1 points and needs labelled data; {job.data.spec} has none "
-                                 "(use --min-cosine)")
-
-    def describe(self) -> str:
-        parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
-            [f"top-1 within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
-        return " and ".join(parts)
-
-
-@dataclass(frozen=True)
-class SpeedTarget:
-    """``--speedup`` (times the dense model's speed) or ``--latency-budget`` (ms) in the runtime planned for."""
-
-    speedup: float | None = None
-    latency_budget: float | None = None
-
-    @classmethod
-    def of(cls, options: Any) -> SpeedTarget | None:
-        return cls(options.speedup, options.latency_budget) if options.latency_driven else None
-
-    def met(self, dense_ms: float, pruned_ms: float) -> bool:
-        if self.speedup is not None:
-            return dense_ms / pruned_ms >= self.speedup
-        return pruned_ms <= self.latency_budget
-
-    def describe(self) -> str:
-        return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
-            f"at most {self.latency_budget:g} ms"
-
-    def close_call(self, rounds: list[list[float]]) -> bool:
-        """Whether side-by-side rounds ([dense ms, pruned ms] each) fall on both sides of the target."""
-        verdicts = {self.met(dense, pruned) for dense, pruned in rounds}
-        return len(verdicts) == 2
 
 
 @dataclass
@@ -118,12 +58,16 @@ class Point:
     meets: bool | None
     seconds: float
     chosen: bool = False
+    map50_95: float | None = None  # a detector's, with boxes
+    miou: float | None = None  # a segmenter's, with masks
     outputs: dict[str, float] = field(default_factory=dict)
     widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
     speedup_rounds: list[float] = field(default_factory=list)  # each side-by-side round's dense / pruned
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
+        top1 += f", mAP50-95 {self.map50_95:.4f}" if self.map50_95 is not None else ""
+        top1 += f", mIoU {self.miou:.4f}" if self.miou is not None else ""
         return f"{self.speedup:.2f}x ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
 
 
@@ -156,16 +100,18 @@ class Search:
         if chosen is None or not self.floor.given:
             return None
         speed = delivered["dense_ms"] / delivered["pruned_ms"] if delivered.get("pruned_ms") else None
-        floor_held = self.floor.holds(delivered, delivered.get("dense_top1"))
+        floor_held = self.floor.holds(delivered, delivered.get(f"dense_{self.floor.metric}"))
         speed_held = None if self.target is None or speed is None else \
             self.target.met(delivered["dense_ms"], delivered["pruned_ms"])
         asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
         return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
                 "asked": ", ".join(asked), "runtime": self.runtime,
                 "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
-                           "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1},
+                           "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1,
+                           "map50_95": chosen.map50_95, "miou": chosen.miou},
                 "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
-                           "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1")},
+                           "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1"),
+                           "map50_95": delivered.get("map50_95"), "miou": delivered.get("miou")},
                 "floor_held": floor_held, "speed_held": speed_held, "held": floor_held and speed_held is not False}
 
 
@@ -210,9 +156,6 @@ class _Widths:
         self.widths, self.round_to = widths, round_to
 
     def __call__(self, graph: Any, scores: Any) -> Any:
-        from edgeprune.counter import count
-        from edgeprune.plan import Plan, pick_units
-
         groups = {g.name: g for g in graph.prunable_groups() if g.index in scores}
         removed = {groups[name].index: pick_units(groups[name], scores[groups[name].index], dense - kept, self.round_to)
                    for name, (dense, kept) in self.widths.items() if name in groups and kept < dense}
@@ -225,14 +168,10 @@ class _Trials:
     """Runs trials on copies of the job and remembers each point and its result."""
 
     def __init__(self, job: Job, progress: Progress, floor: Floor) -> None:
-        from edgeprune.latency import ModelTimer
-        from edgeprune.pipeline.stages import HeldOut
-        from edgeprune.profile import BenchConfig
-
         self.job, self.progress, self.floor = job, progress, floor
         self.target = SpeedTarget.of(job.options)
         self.held_out = HeldOut(job, job.options.eval_images)
-        self.dense_top1 = self.held_out.figures(job.loaded.model).get("top1")
+        self.dense_score = self.held_out.figures(job.loaded.model).get(floor.metric)  # what --max-drop counts from
         config = BenchConfig.from_target(job.target, intra_threads=job.target.host_threads(), min_runs=20,
                                          min_time=0.5)
         self.timer = ModelTimer(job.shape, config, job.target.opset, job.runtime)
@@ -246,8 +185,6 @@ class _Trials:
         target's point, f), the options' own kind of target taken the fraction f of the way from
         dense to it; or, with ``widths`` (a label, and each group's [dense, kept] units), that plan;
         or, with none, the options' own target."""
-        from edgeprune.pipeline import stages
-
         start = time.perf_counter()
         options = self.job.options
         if depth is not None:
@@ -264,9 +201,7 @@ class _Trials:
         def inner(message: str) -> None:
             self.progress(f"trial {number}: {message}")
 
-        planner = (_Widths(widths[1], job.round_to) if widths is not None else
-                   stages.latency_planner(job, inner) if options.latency_driven else
-                   stages.sensitivity_planner(job, inner) if options.allocate == "sensitivity" else None)
+        planner = _Widths(widths[1], job.round_to) if widths is not None else stages.planner_for(job, inner)
         distinct = _Distinct(planner, self.by_plan) if planner is not None else None
         try:
             result = stages.prune_and_recover(job, inner, distinct)
@@ -281,8 +216,7 @@ class _Trials:
             self.progress(f"trial {number}: {exc}")
             return None
         finally:
-            if getattr(planner, "measure", None) is not None:
-                planner.measure.close()
+            stages.close_planner(planner)
         point = self.measure(label, result, time.perf_counter() - start, say=inner)
         self.points.append((point, result))
         if distinct is not None:
@@ -304,9 +238,9 @@ class _Trials:
         rounds = speed_rounds(self.timer, [self.job.loaded.model, result.model], self.target,
                               say or (lambda message: self.progress(f"{label}: {message}")))
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
-        meets = self.floor.holds(figures, self.dense_top1) if self.floor.given else None
+        meets = self.floor.holds(figures, self.dense_score) if self.floor.given else None
         return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
-                     figures.get("top1"), meets, seconds, chosen,
+                     figures.get("top1"), meets, seconds, chosen, figures.get("map50_95"), figures.get("miou"),
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
                      widths=dict(result.plan.get("widths", {})),
                      speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds])
@@ -342,7 +276,7 @@ def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, prog
 def search(job: Job, progress: Progress) -> Search:
     """The floor's search (see the module's docstring); raises, in one line, when a target is given
     and the floor cannot be met there."""
-    floor = Floor(job.options.min_cosine, job.options.max_drop)
+    floor = floor_of(job)
     start = time.perf_counter()
     trials = _Trials(job, progress, floor)
     try:

@@ -14,12 +14,47 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from edgeprune.allocation import SensitivityPlanner
+from edgeprune.calibration import sample
+from edgeprune.checkpoint import save_checkpoint
+from edgeprune.counter import compare_layers
+from edgeprune.criteria import criterion_entry
 from edgeprune.errors import EdgepruneError
-from edgeprune.pipeline.prepare import Job, Progress
+from edgeprune.export import export_onnx as export, quantize_int8, to_ort_format, with_preprocessing
+from edgeprune.export.checks import CHECK_IMAGES
+from edgeprune.export.runtime import onnx_outputs
+from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, settings_of
+from edgeprune.metrics.detection import box_map
+from edgeprune.metrics.segmentation import mean_iou
+from edgeprune.pipeline.prepare import Job
+from edgeprune.profile import BenchConfig, profile_models
+from edgeprune.progress import Progress
+from edgeprune.quality import accuracy, compare, summary, torch_outputs
+from edgeprune.recipes import RecipeConfig, RecipeData, Watch, prunes_softly, recipe_name, run_recipe, split_holdout
+from edgeprune.runtimes import export_checked, resolve_runtimes
+from edgeprune.runtimes.base import runtime_outputs
+from edgeprune.sensitivity import Sensitivity, analyse
+from edgeprune.train.reconstruct import ReconstructConfig
 
 FIDELITY_EACH_EPOCH = 256  # held-out images the per-epoch fidelity is measured on
 KEEP_BETTER_IMAGES = 256  # training images (at most a quarter) kept from recovery to judge the cut against
 # the fine-tuned model
+
+
+def planner_for(job: Job, progress: Progress) -> Any:
+    """The planner the options ask for: a latency budget's, a sensitivity allocation's, or None (the
+    options' MACs cut or ratio). Close it with :func:`close_planner` once the cut is made."""
+    if job.options.latency_driven:
+        return latency_planner(job, progress)
+    if job.options.allocate == "sensitivity":
+        return sensitivity_planner(job, progress)
+    return None
+
+
+def close_planner(planner: Any) -> None:
+    """Remove what a planner made while planning (a latency planner's exported ONNX files)."""
+    if getattr(planner, "measure", None) is not None:
+        planner.measure.close()
 
 
 def latency_planner(job: Job, progress: Progress) -> Any:
@@ -29,9 +64,6 @@ def latency_planner(job: Job, progress: Progress) -> Any:
     measuring here. With a table from a board (``--lut``), the board's own dense time is the
     start and the plan rests on the table's prediction.
     """
-    from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, settings_of
-    from edgeprune.profile import BenchConfig
-
     options, target, table = job.options, job.target, job.latency.table
     budget = Budget(options.latency_budget, options.speedup)
     common = dict(round_to=job.round_to, progress=progress,
@@ -52,8 +84,6 @@ def latency_planner(job: Job, progress: Progress) -> Any:
 
 def sensitivity_planner(job: Job, progress: Progress) -> Any:
     """Each group's cut to the MACs target from its sensitivity (:func:`sensitivity_curves`)."""
-    from edgeprune.allocation import SensitivityPlanner
-
     return SensitivityPlanner(sensitivity_curves(job, progress), job.options.flops_cut, job.round_to)
 
 
@@ -61,9 +91,6 @@ def sensitivity_curves(job: Job, progress: Progress) -> Any:
     """The given curves, or each group's sensitivity measured now on training images (BatchNorm
     re-estimated on 256 of them, outputs compared on 256 others; the held-out split that the
     report's figures come from is not used to choose), once per job: a floor's trials share them."""
-    from edgeprune.calibration import sample
-    from edgeprune.sensitivity import Sensitivity, analyse
-
     options = job.options
     key = ("sensitivity", options.criterion, job.round_to)
     if options.sensitivity is not None:
@@ -85,8 +112,6 @@ def sensitivity_curves(job: Job, progress: Progress) -> Any:
 
 def _reconstruct_config(job: Job) -> Any:
     """How the run reconstructs right after a cut (None: it re-estimates BatchNorm instead)."""
-    from edgeprune.train.reconstruct import ReconstructConfig
-
     if not (job.options.reconstruct and job.outputs):
         return None
     return ReconstructConfig(seed=job.options.seed, device=job.device)
@@ -98,19 +123,14 @@ class HeldOut:
     """Quality of a PyTorch model against the dense one on held-out images, during the run."""
 
     def __init__(self, job: Job, limit: int) -> None:
-        from edgeprune.calibration import sample
-        from edgeprune.quality import torch_outputs
-
         self.job = job
         self.arrays = sample(job.data.evaluation, limit, seed=job.options.seed)
         self.dense = torch_outputs(job.loaded.model, self.arrays.x)
 
     def figures(self, model: Any) -> dict[str, Any]:
-        from edgeprune.quality import accuracy, compare, summary, torch_outputs
-
         outputs = torch_outputs(model, self.arrays.x)
         rows = compare(self.dense, outputs, self.job.outputs)
-        found: dict[str, Any] = {**summary(rows), "outputs": rows}
+        found: dict[str, Any] = {**summary(rows), "outputs": rows, **label_figures(self.job, outputs, self.arrays)}
         if self.arrays.y is not None and self.job.label_output is not None:
             found["top1"] = accuracy(outputs, self.job.label_output, self.arrays.y)
         return found
@@ -119,9 +139,21 @@ class HeldOut:
         return {k: v for k, v in self.figures(model).items() if k != "outputs" and v is not None}
 
 
+def label_figures(job: Job, outputs: list, arrays: Any) -> dict[str, float]:
+    """A detector's mAP50 and mAP50-95 against the images' boxes, after NMS (the options' --conf and
+    --iou); a segmenter's mIoU against their masks; nothing without either."""
+    found: dict[str, float] = {}
+    if arrays.boxes is not None and job.box_output is not None:
+        found.update(box_map(outputs[job.box_output], list(arrays.boxes), job.options.conf, job.options.iou,
+                             size=(job.shape[-1], job.shape[-2])))
+    if arrays.masks is not None and job.mask_output is not None:
+        found["miou"] = mean_iou(outputs[job.mask_output], arrays.masks)
+    return found
+
+
 HELD_OUT_FIGURES = (("cosine_min", "cosine {:.4f}"), ("rel_l2_max", "rel. L2 error {:.4f}"),
                     ("top1_agreement_min", "top-1 agreement {:.1%}"), ("box_iou_min", "box IoU {:.4f}"),
-                    ("top1", "top-1 {:.1%}"))
+                    ("top1", "top-1 {:.1%}"), ("map50_95", "mAP50-95 {:.4f}"), ("miou", "mIoU {:.4f}"))
 
 
 def _epoch_line(epochs: int, progress: Progress):
@@ -137,15 +169,12 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     """The criterion's recipe on a copy of the model: cut, reconstruct (or re-estimate BatchNorm), fine-tune
     or distil; with reconstruction, the better of the cut and the fine-tuned model on training images held out
     from recovery (256, at most a quarter of them) is kept."""
-    from edgeprune.calibration import sample
-    from edgeprune.recipes import RECIPES, RecipeConfig, RecipeData, Watch, recipe_name, run_recipe, split_holdout
-
     options, data = job.options, job.data
     reconstruct = _reconstruct_config(job)
     judged_on = min(KEEP_BETTER_IMAGES, len(data.train) // 4) if data.train is not None else 0
-    keep_better = reconstruct is not None and job.epochs > 0 and options.criterion not in RECIPES and judged_on >= 64
+    keep_better = reconstruct is not None and job.epochs > 0 and not prunes_softly(options.criterion) and judged_on >= 64
     train, holdout = data.train, None
-    if options.criterion == "tcfp" and data.labelled:
+    if criterion_entry(options.criterion).holdout and data.labelled:
         train, holdout = split_holdout(train, 256, options.seed)
     elif keep_better:
         train, holdout = split_holdout(train, judged_on, options.seed)
@@ -176,8 +205,6 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
 
 def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> tuple[list[dict], dict]:
     """The checkpoint and the ONNX files of the dense and pruned models (checked against PyTorch)."""
-    from edgeprune.checkpoint import save_checkpoint
-
     save_checkpoint(result.model, staging / "pruned.pt", spec=job.loaded.spec, input_shape=job.shape,
                     kwargs=job.loaded.kwargs, preprocess=job.preprocess,
                     metadata={"pruned": result.summary(), "target": job.target.name})
@@ -191,8 +218,6 @@ def export_models(job: Job, result: Any, staging: Path, progress: Progress) -> t
     variants = [{"name": "dense", "onnx": "dense.onnx", **result.before.to_dict()},
                 {"name": "pruned", "onnx": "pruned.onnx", **result.after.to_dict()}]
     if job.options.ort:
-        from edgeprune.export import to_ort_format
-
         to_ort_format(staging / "pruned.onnx")
     return variants, exports
 
@@ -202,8 +227,6 @@ def check_inputs(job: Job) -> Any:
     Noise can drive a model whose BatchNorm statistics come from real images far outside its range."""
     if job.data.train is None:
         return None
-    from edgeprune.calibration import sample
-    from edgeprune.export.checks import CHECK_IMAGES
 
     return sample(job.data.train, CHECK_IMAGES, seed=job.options.seed).x
 
@@ -211,15 +234,11 @@ def check_inputs(job: Job) -> Any:
 def export_onnx(model: Any, shape: tuple[int, ...], path: Path, target: Any, inputs: Any = None) -> dict:
     """Export, simplify and check one model (on ``inputs`` when given); the report names the file,
     not the staging folder."""
-    from edgeprune.export import export_onnx as export
-
     return {**export(model, shape, path, opset=target.opset, check_inputs=inputs).to_dict(), "path": path.name}
 
 
 def bake_preprocessing(job: Job, model: Any, staging: Path, inputs: Any = None) -> dict:
     """``pruned.pixels.onnx``: the pruned model behind its preprocessing, fed raw 0-255 RGB pixels."""
-    from edgeprune.export import with_preprocessing
-
     baked = with_preprocessing(model, job.preprocess, job.shape[1])
     pixels = None if inputs is None else baked.pixels_of(inputs)
     return export_onnx(baked, job.shape, staging / "pruned.pixels.onnx", job.target, pixels)
@@ -229,8 +248,6 @@ def quantize(job: Job, variants: list[dict], staging: Path, progress: Progress) 
     """Static INT8 (QDQ) copies of every variant, calibrated on training images."""
     if not job.int8:
         return
-    from edgeprune.calibration import sample
-    from edgeprune.export import quantize_int8
 
     progress("quantising to INT8 (static, QDQ) with calibration data")
     calibration = sample(job.data.train, min(256, len(job.data.train.x)), seed=job.options.seed).x
@@ -252,7 +269,6 @@ def measure_quality(job: Job, variants: list[dict], staging: Path, progress: Pro
     """Each shipped ONNX file against the dense one, output by output, on held-out images."""
     if job.data.evaluation is None or not job.outputs:
         return
-    from edgeprune.quality import onnx_outputs
 
     held_out, dense = _reference(job, staging)
     progress(f"comparing every variant's outputs with the dense model's on {len(held_out)} held-out images "
@@ -265,9 +281,6 @@ def measure_quality(job: Job, variants: list[dict], staging: Path, progress: Pro
 def _reference(job: Job, staging: Path) -> tuple[Any, list]:
     """The held-out images and the dense ONNX model's outputs on them, made once per run."""
     if job.data.reference is None:
-        from edgeprune.calibration import sample
-        from edgeprune.quality import onnx_outputs
-
         held_out = sample(job.data.evaluation, job.options.eval_images, seed=job.options.seed)
         job.data.reference = (held_out, onnx_outputs(staging / "dense.onnx", held_out.x))
     return job.data.reference
@@ -275,20 +288,16 @@ def _reference(job: Job, staging: Path) -> tuple[Any, list]:
 
 def _against_dense(job: Job, outputs: list) -> dict[str, Any]:
     """A variant's outputs on the held-out images against the dense model's: per output, the worst
-    output, and top-1 accuracy when the images are labelled."""
-    from edgeprune.quality import accuracy, compare, summary
-
+    output, and top-1 accuracy when the images are labelled (a detector's mAP when they have boxes)."""
     held_out, dense = job.data.reference
     fidelity = compare(dense, outputs, job.outputs)
     labelled = held_out.y is not None and job.label_output is not None
-    return {"fidelity": fidelity, **summary(fidelity),
+    return {"fidelity": fidelity, **summary(fidelity), **label_figures(job, outputs, held_out),
             "accuracy": accuracy(outputs, job.label_output, held_out.y) if labelled else None}
 
 
 def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -> dict:
     """Latency and memory of every variant in onnxruntime under the target's settings; returns the settings."""
-    from edgeprune.profile import BenchConfig, profile_models
-
     options, target = job.options, job.target
     threads = target.host_threads()
     config = BenchConfig.from_target(target, intra_threads=threads, min_runs=options.runs, min_time=options.min_time)
@@ -306,9 +315,6 @@ def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -
 def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> dict[str, dict]:
     """Dense and pruned for each runtime asked for (dense.pte, pruned.ncnn.param, ...), each checked
     against PyTorch, then timed side by side by the same protocol as the ONNX files."""
-    from edgeprune.runtimes import resolve_runtimes
-    from edgeprune.profile import BenchConfig
-
     found: dict[str, dict] = {}
     threads = job.target.host_threads()
     config = BenchConfig(intra_threads=threads, min_runs=job.options.runs, min_time=job.options.min_time)
@@ -329,7 +335,6 @@ def runtime_quality(job: Job, runtimes: dict[str, dict], staging: Path, progress
              if "error" not in found}
     if not files or job.data.evaluation is None or not job.outputs:
         return
-    from edgeprune.quality import runtime_outputs
 
     held_out, _ = _reference(job, staging)
     progress(f"comparing each runtime's files with the dense model on {len(held_out)} held-out images")
@@ -340,8 +345,6 @@ def runtime_quality(job: Job, runtimes: dict[str, dict], staging: Path, progress
 def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: Any) -> dict[str, Any]:
     """Dense and pruned files (and their INT8 versions where the job quantises and the runtime can),
     each compared with PyTorch, timed side by side; speedups against dense float."""
-    from edgeprune.profile import profile_models
-
     models = {"dense": job.loaded.model, "pruned": result.model}
     inputs = check_inputs(job)
     made = {name: _runtime_file(runtime, model, job.shape, staging / f"{name}{runtime.suffix}", inputs=inputs)
@@ -350,8 +353,6 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
     if job.int8 and runtime.int8_missing:
         found["int8"] = {"error": runtime.int8_missing}
     elif job.int8:
-        from edgeprune.calibration import sample
-
         calibration = sample(job.data.train, min(256, len(job.data.train.x)), seed=job.options.seed).x
         try:
             made.update({f"{name}_int8": _runtime_file(runtime, model, job.shape,
@@ -372,8 +373,6 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
 def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None,
                   inputs: Any = None) -> dict[str, Any]:
     """One runtime file, compared with PyTorch (see :func:`~edgeprune.runtimes.export_checked`)."""
-    from edgeprune.runtimes import export_checked
-
     exported, diff = export_checked(runtime, model, shape, path, calibration, check_inputs=inputs)
     found = {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
              "max_rel": None if calibration is not None else diff.max_rel, "checked_on": exported.checked_on}
@@ -392,18 +391,18 @@ def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) 
 
 def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     """What the report measured of the delivered files in the runtime planned for: dense and pruned
-    p50 ms, the pruned file's worst cosine and top-1 on the held-out images (onnxruntime's where that
-    runtime could not run them), and the dense model's top-1."""
+    p50 ms, the pruned file's worst cosine and top-1 (a detector's mAP50-95) on the held-out images
+    (onnxruntime's where that runtime could not run them), and the dense model's."""
     pruned = (runtimes or {}).get(job.runtime, {}).get("pruned", {})
     quality = pruned if pruned.get("cosine_min") is not None else variants[1]
     return {**_final_times(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
-            "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy")}
+            "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy"),
+            "map50_95": quality.get("map50_95"), "dense_map50_95": variants[0].get("map50_95"),
+            "miou": quality.get("miou"), "dense_miou": variants[0].get("miou")}
 
 
 def build_report(job: Job, result: Any, variants: list[dict], exports: dict, settings: dict,
                  seconds: float, runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
-    from edgeprune.counter import compare_layers
-
     summary = result.summary()
     if "plan" in summary:
         summary["plan"]["runtime"] = job.runtime

@@ -9,9 +9,9 @@ Imports no torch (nor the ``onnx`` package): it runs on a board with only onnxru
 from edgeprune.profile.config import BenchConfig
 from edgeprune.profile.model_info import ModelInfo, external_data_files, inspect_model
 from edgeprune.profile.results import ModelProfile, RunSettings, format_table, from_json, save_json, to_json
-from edgeprune.profile.runner import Progress, profile_models
+from edgeprune.profile.runner import TimingProgress, profile_models
 
 __all__ = [
-    "BenchConfig", "ModelInfo", "ModelProfile", "Progress", "RunSettings", "external_data_files",
+    "BenchConfig", "ModelInfo", "ModelProfile", "RunSettings", "TimingProgress", "external_data_files",
     "format_table", "from_json", "inspect_model", "profile_models", "save_json", "to_json",
 ]

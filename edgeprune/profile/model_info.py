@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.profile.messages import one_line
+from edgeprune.runtimes.base import get_runtime, read_sidecar
 
 # onnxruntime errors that mean "this file is not a well-formed ONNX model".
 _MALFORMED = {"InvalidProtobuf", "InvalidGraph", "Fail", "NoModel", "InvalidArgument"}
@@ -132,8 +133,6 @@ def inspect_model(path: str | Path, input_shape: tuple[int, ...] | None = None) 
 
 def _runtime_file(path: str, input_shape: tuple[int, ...] | None) -> ModelInfo:
     """Another runtime's file (edgeprune.runtimes): fixed shapes from its sidecar."""
-    from edgeprune.runtimes.base import get_runtime, read_sidecar
-
     sidecar = read_sidecar(path)
     get_runtime(sidecar["runtime"]).require()
     first = next(iter(sidecar["inputs"].values()))

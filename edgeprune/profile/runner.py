@@ -26,7 +26,7 @@ from edgeprune.profile.results import ModelProfile, RunSettings
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, float], None]
+TimingProgress = Callable[[str, float], None]
 """Called as ``progress(stage, fraction_done)``; stages: "starting", "sessions", "timing"."""
 
 ROUND_SECONDS = 0.05  # aim of one model's batch of timed runs in a round
@@ -97,7 +97,7 @@ def _init_message(model: ModelInfo, config: BenchConfig) -> dict:
             "seed": config.seed, "warmup": config.warmup, "runtime": model.runtime}
 
 
-def _time_rounds(workers: list[_Worker], config: BenchConfig, progress: Progress) -> None:
+def _time_rounds(workers: list[_Worker], config: BenchConfig, progress: TimingProgress) -> None:
     round_no = 0
     while True:
         done = min(w.timed_enough(config) for w in workers)
@@ -132,7 +132,7 @@ def _summary(worker: _Worker, memory: dict, config: BenchConfig) -> ModelProfile
 def profile_models(
     paths: Sequence[str | Path],
     config: BenchConfig | None = None,
-    progress: Progress | None = None,
+    progress: TimingProgress | None = None,
     *,
     python: Sequence[str] | None = None,
 ) -> list[ModelProfile]:

@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeprune.profile.messages import one_line
+from edgeprune.runtimes import get_runtime
 
 _OPT = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -124,8 +125,6 @@ class Worker:
     def init(self, msg: dict) -> dict:
         runtime = None
         if msg.get("runtime", "onnxruntime") != "onnxruntime":
-            from edgeprune.runtimes import get_runtime
-
             runtime = get_runtime(msg["runtime"])
             runtime.preload()
         self.memory = _Memory()

@@ -12,12 +12,16 @@ from typing import Any
 from edgeprune.paths import replaced_on_success, write_atomic
 
 COLUMNS = [
-    ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("cosine", "cosine_min", "{:.4f}"),
+    ("variant", "name", "{}"), ("accuracy", "accuracy", "{:.2%}"), ("mAP50", "map50", "{:.4f}"),
+    ("mAP50-95", "map50_95", "{:.4f}"), ("mIoU", "miou", "{:.4f}"), ("cosine", "cosine_min", "{:.4f}"),
     ("top-1 agree", "top1_agreement_min", "{:.2%}"), ("box IoU", "box_iou_min", "{:.4f}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
     ("params (M)", "params", lambda v: f"{v / 1e6:.3f}"), ("file (MB)", "size_bytes", lambda v: f"{v / 1e6:.2f}"),
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.1f}"),
     ("speedup", "speedup", "{:.2f}x"), ("MACs ratio", "macs_ratio", "{:.2f}x"),
 ]
+
+
+FLOOR_METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}  # what --max-drop counts
 
 
 def _cell(value: Any, fmt) -> str:
@@ -26,7 +30,8 @@ def _cell(value: Any, fmt) -> str:
     return fmt(value) if callable(fmt) else fmt.format(value)
 
 
-DETECTOR_ONLY = {"box_iou_min"}  # shown when a variant has it (a detector's decoded output)
+DETECTOR_ONLY = {"box_iou_min", "map50", "map50_95", "miou"}  # shown when a variant has it (a detector's decoded
+# output, boxes or masks in the data)
 
 
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -49,10 +54,11 @@ def _int8_cell(found: dict[str, Any]) -> str:
     return "none: " + int8["error"] if "error" in int8 else f"{int8['pruned']['speedup']:.2f}x ({int8['pruned']['file']})"
 
 
-def _cosine_cell(found: dict[str, Any]) -> str:
-    """The worst output's cosine with the dense model on held-out images: pruned, and pruned INT8."""
+def _cosine_cell(found: dict[str, Any], key: str = "cosine_min") -> str:
+    """The worst output's cosine with the dense model on held-out images (or another figure, ``key``):
+    pruned, and pruned INT8."""
     int8 = found.get("int8", {}).get("pruned", {})
-    cells = [f"{m['cosine_min']:.4f}" if m.get("cosine_min") is not None else "-" for m in (found["pruned"], int8)]
+    cells = [f"{m[key]:.4f}" if m.get(key) is not None else "-" for m in (found["pruned"], int8)]
     return " / ".join(cells) if int8 else cells[0]
 
 
@@ -67,11 +73,14 @@ def runtime_lines(runtimes: dict[str, Any], markdown: bool = False) -> list[str]
     """Dense and pruned latency on each runtime beside onnxruntime, with the files that ship."""
     if not runtimes:
         return []
+    boxed = any(r.get("pruned", {}).get("map50_95") is not None for r in runtimes.values())
     header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned INT8 speedup", "cosine pruned / INT8",
-              "pruned files", "max abs diff vs PyTorch"]
+              *(["mAP50-95 pruned / INT8"] if boxed else []), "pruned files", "max abs diff vs PyTorch"]
     rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", f"{r['speedup']:.2f}x", _int8_cell(r),
-             _cosine_cell(r), ", ".join(r["pruned"]["files"]), f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
-            if "error" not in r else [name, "-", "-", "-", "-", "-", "none", r["error"]] for name, r in runtimes.items()]
+             _cosine_cell(r), *([_cosine_cell(r, "map50_95")] if boxed else []), ", ".join(r["pruned"]["files"]),
+             f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
+            if "error" not in r else [name, "-", "-", "-", "-", "-", *(["-"] if boxed else []), "none", r["error"]]
+            for name, r in runtimes.items()]
     if not markdown:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows]
@@ -91,6 +100,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "Speedup is the dense model's p50 latency over this one's; MACs ratio is dense MACs over these. "
               "Cosine and top-1 agreement compare each variant's ONNX file with the dense one on held-out images: "
               "the lowest over the model's outputs (per output below).",
+              *(_map_note(report) if any(v.get("map50_95") is not None for v in report["variants"]) else []),
               f"Latency measured with onnxruntime on {report['host']['machine']} ({report['host']['cpus']} CPUs) "
               f"under the target's settings: {json.dumps(report['bench_settings'])}.", ""]
     lines += promise_lines(report, markdown=True)
@@ -106,6 +116,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""]
     lines += ["![channels and latency](report.png)", ""]
     return "\n".join(lines)
+
+
+def _map_note(report: dict[str, Any]) -> list[str]:
+    options = report.get("options", {})
+    return [f"mAP50 and mAP50-95 (COCO's, pycocotools) of each variant's file against the held-out images' boxes, "
+            f"after NMS outside the model (scores above {options.get('conf', 0.001):g}, IoU {options.get('iou', 0.7):g})."]
 
 
 def _inputs_section(inputs: dict[str, Any]) -> list[str]:
@@ -209,10 +225,11 @@ def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
     curve, search = report.get("curve"), report.get("search") or {}
     if not curve:
         return []
-    header = ["plan", "MACs cut", "speedup", "rounds", "worst cosine", "top-1", "meets floor", "seconds", ""]
+    boxed = any(p.get("map50_95") is not None for p in curve)
+    header = ["plan", "MACs cut", "speedup", "rounds", "worst cosine", "mAP50-95" if boxed else "top-1", "meets floor",
+              "seconds", ""]
     rows = [[p["plan"], f"{p['macs_cut']:.1%}", f"{p['speedup']:.2f}x", _spread(p.get("speedup_rounds")),
-             f"{p['cosine_min']:.4f}",
-             "-" if p["top1"] is None else f"{p['top1']:.2%}", {None: "-", True: "yes", False: "no"}[p["meets"]],
+             f"{p['cosine_min']:.4f}", _score_cell(p, boxed), {None: "-", True: "yes", False: "no"}[p["meets"]],
              f"{p['seconds']:.0f}", "chosen" if p["chosen"] else ""] for p in curve]
     floor = search.get("floor")
     cost = (f"{search['trials']} trials, each cut and recovered as this run recovers, "
@@ -226,6 +243,12 @@ def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
     return (["## Trade-off curve", "", title[0].upper() + title[1:] + " (held-out images; speedup: the median of "
              "side-by-side rounds against dense, the lowest and highest round beside it).", "", "| " + " | ".join(header[:-1]) + " | |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
+
+
+def _score_cell(point: dict[str, Any], boxed: bool) -> str:
+    if boxed:
+        return "-" if point.get("map50_95") is None else f"{point['map50_95']:.4f}"
+    return "-" if point["top1"] is None else f"{point['top1']:.2%}"
 
 
 def _spread(rounds: list[float] | None) -> str:
@@ -245,6 +268,8 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
         speed = "" if measured["speedup"] is None else f"{measured['speedup']:.2f}x"
         spread = f" (rounds {', '.join(f'{r:.2f}x' for r in rounds)})" if rounds else ""
         top1 = f", top-1 {measured['top1']:.2%}" if measured.get("top1") is not None else ""
+        top1 += f", mAP50-95 {measured['map50_95']:.4f}" if measured.get("map50_95") is not None else ""
+        top1 += f", mIoU {measured['miou']:.4f}" if measured.get("miou") is not None else ""
         return f"{speed}{spread}, worst cosine {measured['cosine_min']:.4f}{top1}".lstrip(", ")
 
     why = {"the floor": "the shipped file scores below the search's figures",
@@ -260,7 +285,8 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
 
 def _floor_text(floor: dict[str, Any]) -> str:
     parts = ([f"worst output cosine >= {floor['min_cosine']:g}"] if floor.get("min_cosine") is not None else []) + (
-        [f"top-1 within {floor['max_drop']:g} points of dense"] if floor.get("max_drop") is not None else [])
+        [f"{FLOOR_METRICS[floor.get('metric', 'top1')]} within {floor['max_drop']:g} points of "
+         "dense"] if floor.get("max_drop") is not None else [])
     return " and ".join(parts)
 
 
@@ -296,6 +322,9 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ratios = [3, 1.3]
     if quality:
         drawers.append(lambda ax: _plot_quality(ax, quality))
+        ratios.append(1.3)
+    if any(v.get("map50_95") is not None for v in report["variants"]):
+        drawers.append(lambda ax: _plot_map(ax, report["variants"]))
         ratios.append(1.3)
     if report.get("curve"):
         drawers.append(lambda ax: _plot_curve(ax, report))
@@ -338,6 +367,18 @@ def _plot_quality(ax: Any, variants: list[dict[str, Any]]) -> None:
         ax.bar([i - 0.4 + width * (k + 0.5) for i in range(len(variants))], errors, width, label=output)
     ax.set_xticks(range(len(variants)), [v["name"] for v in variants], rotation=20)
     ax.set(title="relative L2 error vs dense, per output", ylabel="||variant - dense|| / ||dense||")
+    ax.legend(fontsize=7)
+
+
+def _plot_map(ax: Any, variants: list[dict[str, Any]]) -> None:
+    """Each variant's mAP50 and mAP50-95 against the held-out images' boxes."""
+    names, width = [v["name"] for v in variants], 0.38
+    for k, (key, label, color) in enumerate((("map50", "mAP50", "#3b7dd8"), ("map50_95", "mAP50-95", "#e07b39"))):
+        values = [v.get(key) or 0.0 for v in variants]
+        bars = ax.bar([i + (k - 0.5) * width for i in range(len(names))], values, width, label=label, color=color)
+        ax.bar_label(bars, labels=[f"{v:.3f}" for v in values], fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=20)
+    ax.set(title="mAP on held-out boxes", ylim=(0, 1.05))
     ax.legend(fontsize=7)
 
 

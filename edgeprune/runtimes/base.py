@@ -10,7 +10,10 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.export.checks import Diff, check_batches
+from edgeprune.outputs import flatten, names
 from edgeprune.paths import write_atomic
+from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, torch_outputs
 
 SIDECAR = ".io.json"
 
@@ -149,6 +152,14 @@ def runtime_of(path: str | Path) -> str:
     return "onnxruntime" if str(path).endswith(".onnx") else read_sidecar(path)["runtime"]
 
 
+def runtime_outputs(path: Any, x: np.ndarray) -> list[np.ndarray]:
+    """All outputs of another runtime's file (:mod:`edgeprune.runtimes`) on ``x``, one image at a
+    time: those files take batch 1."""
+    session = get_runtime(runtime_of(path)).open(path, threads=1)
+    rows = [session.run([np.ascontiguousarray(image[None], dtype=np.float32)]) for image in x]
+    return [np.concatenate([np.asarray(row[j]) for row in rows]) for j in range(len(rows[0]))]
+
+
 def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed: int = 0, atol: float = 1e-4,
                   rtol: float = 1e-3, inputs: np.ndarray | None = None) -> Any:
     """Run the runtime's file and PyTorch on the same inputs and compare them like the ONNX check:
@@ -157,9 +168,6 @@ def check_runtime(model: Any, exported: RuntimeFile, *, n_checks: int = 3, seed:
 
     Returns the :class:`~edgeprune.export.checks.Diff`; past the tolerance, a one-line error.
     """
-    from edgeprune.export.checks import Diff, check_batches
-    from edgeprune.quality import torch_outputs
-
     runtime = get_runtime(exported.runtime)
     session = runtime.open(exported.path, threads=1)
     diff = Diff(0.0, 0.0, True)
@@ -201,9 +209,6 @@ def export_checked(runtime: Runtime, model: Any, shape: Sequence[int], path: str
 
 def _judge_int8(model: Any, exported: RuntimeFile, calibration: np.ndarray) -> Any:
     """How far an INT8 file is from float PyTorch (the Diff, for the record) and its judgement."""
-    from edgeprune.export.checks import Diff
-    from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, runtime_outputs, torch_outputs
-
     images = np.asarray(calibration[:INT8_CHECK_IMAGES], dtype=np.float32)
     expected = torch_outputs(model, images)
     actual = [_like(a, e) for a, e in zip(runtime_outputs(exported.path, images), expected)]
@@ -218,8 +223,6 @@ def _like(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 def _output_names(model: Any, example: Any) -> list[str]:
     import torch
-
-    from edgeprune.outputs import flatten, names
 
     with torch.no_grad():
         out = model.eval()(example)

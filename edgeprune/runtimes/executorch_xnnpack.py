@@ -66,6 +66,7 @@ class ExecuTorchRuntime(Runtime):
 
         import torch
 
+        # edgeprune.latency's __init__ imports latency.table, which imports the runtimes: see ncnn_pnnx
         from edgeprune.latency.measure import median_ms
 
         found = []

@@ -62,6 +62,7 @@ class NcnnRuntime(Runtime):
     def export_files(self, model: Any, example: Any, path: Path, calibration: np.ndarray | None) -> list[Path]:
         import pnnx
 
+        # both import torch, which running an ncnn file (a benchmark worker) must not
         from edgeprune.runtimes._flat import FlatOutputs
         from edgeprune.runtimes._ncnn_layers import ncnn_ready
 
@@ -92,6 +93,8 @@ class NcnnRuntime(Runtime):
 
     def conv_times(self, layer: dict[str, Any], points: list[tuple[int, int]], threads: int, runs: int,
                    min_time: float, done: Callable[[], None] | None = None) -> list[float]:
+        # edgeprune.latency's __init__ imports latency.table, which imports the runtimes: at the top,
+        # importing this module would loop back into edgeprune.runtimes half made
         from edgeprune.latency.measure import median_ms
 
         found = []

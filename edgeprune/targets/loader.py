@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.runtimes import RUNTIMES
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,6 @@ _FIELDS: dict[str, tuple[Any, str]] = {
 
 
 def _runtime_names() -> list[str]:
-    from edgeprune.runtimes import RUNTIMES
-
     return ["onnxruntime", *RUNTIMES]
 
 

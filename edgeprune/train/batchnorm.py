@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgeprune.criteria.activations import as_batches, model_device
+from edgeprune.train.batches import as_batches, model_device
 
 
 def recalibrate_batchnorm(model: nn.Module, images: Any, batch_size: int = 128) -> int:

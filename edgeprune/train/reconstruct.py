@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,9 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import Progress
+from edgeprune.surgery import kept_positions
+from edgeprune.train.batches import as_batches
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -63,8 +65,6 @@ class KeptLayer:
 def kept_layers(graph: Any, keep: np.ndarray) -> dict[str, KeptLayer]:
     """Each conv / linear layer of ``graph`` and what the cut ``keep`` (a global channel mask, as in
     ``plan.keep``) leaves of it."""
-    from edgeprune.surgery import kept_positions
-
     return {layer.module: KeptLayer(layer.module,
                                     None if layer.in_ids is None else kept_positions(layer.in_ids, keep),
                                     kept_positions(layer.out_ids, keep))
@@ -131,8 +131,6 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, maps: dict[str, KeptLayer],
     from the same pass over the images (a wave). ``progress(line)`` gets one line per layer (they
     are also logged at debug level). Returns each layer's error before and after.
     """
-    from edgeprune.criteria.activations import as_batches
-
     config = config or ReconstructConfig()
     start = time.perf_counter()
     device = torch.device(config.device)
