@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.outputs import OutputInfo, flatten
+from edgeprune.outputs import OutputInfo, describe, flatten
 
 # A correct INT8 file kept a worst-output cosine of 0.77 or more to float even on random-weight
 # networks calibrated on 64 random images (benchmarks/results/runtimes.json); a broken one (wrong
@@ -120,17 +120,45 @@ def worst_cosine(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray
 def judge_int8(reference: Sequence[np.ndarray], quantised: Sequence[np.ndarray], name: str,
                bound: float = INT8_MIN_COSINE) -> float:
     """The worst-output cosine of an INT8 file's outputs to the float model's on calibration
-    images; below ``bound`` (or NaN) a one-line error: the quantisation is broken.
+    images (a decoded detections output as its boxes and its scores: :func:`int8_cosines`); below
+    ``bound`` (or NaN) a one-line error: the quantisation is broken.
 
     >>> judge_int8([np.eye(2)], [np.eye(2) * 0.9], "m.int8.onnx")
     1.0
     """
-    cosine = worst_cosine(reference, quantised)
+    cosines = int8_cosines(reference, quantised)
+    worst = min(cosines, key=lambda output: -np.inf if np.isnan(cosines[output]) else cosines[output])
+    cosine = cosines[worst]
     if not cosine >= bound:
-        raise EdgepruneError(f"{name}: the INT8 file is broken: its worst output has cosine {cosine:.3f} to the "
-                             f"float model on {len(reference[0])} calibration images (a correct one stays above "
-                             f"{bound}); not written")
+        raise EdgepruneError(f"{name}: the INT8 file is broken: its worst output has cosine {cosine:.3f} ({worst}) "
+                             f"to the float model on {len(reference[0])} calibration images (a correct one stays "
+                             f"above {bound}); not written")
     return cosine
+
+
+def int8_cosines(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict[str, float]:
+    """The mean per-image cosine of each output of ``candidate`` to ``reference``'s, outputs named
+    ``output0``...; kinds as :func:`~edgeprune.outputs.describe` tells them from ``reference``, so a
+    decoded detections output is two (``NAME.boxes``, ``NAME.scores``): one cosine over boxes in
+    pixels and scores in [0, 1] would measure the boxes alone.
+
+    >>> dense = np.concatenate([np.full((1, 4, 8), 50.0), np.full((1, 2, 8), 0.5)], axis=1)
+    >>> collapsed = dense.copy(); collapsed[:, 4:] = 0  # the scores rounded to 0
+    >>> int8_cosines([dense], [collapsed])
+    {'output0.boxes': 1.0, 'output0.scores': 0.0}
+    """
+    return {row["output"]: row["cosine"] for row in _guessed_rows(reference, candidate)}
+
+
+def scores_cosine(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float | None:
+    """The lowest cosine of the class scores of the decoded detections outputs (see
+    :func:`int8_cosines`); None when no output is one."""
+    return min((row["cosine"] for row in _guessed_rows(reference, candidate) if row["kind"] == "scores"), default=None)
+
+
+def _guessed_rows(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+    """:func:`compare` with the outputs named ``output0``... and their kinds guessed from ``reference``."""
+    return compare(reference, candidate, describe(reference, [f"output{i}" for i in range(len(reference))]))
 
 
 def summary(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:

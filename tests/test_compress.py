@@ -7,6 +7,7 @@ accuracies are measured on the whole held-out split, as in a normal run.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from edgeprune.report import format_table
 
 from conftest import assert_one_line_error
 
-FAST = ["--target", "x86-avx2", "--runs", "5", "--min-time", "0.1"]
+FAST = ["--target", "x86-avx2", "--runs", "5", "--min-time", "0.1", "--max-bench-seconds", "0"]
 TRAIN_IMAGES = 768
 FILES = {"pruned.pt", "dense.onnx", "pruned.onnx", "report.json", "report.md", "report.png"}
 INT8_FILES = {"dense_int8.onnx", "pruned_int8.onnx"}
@@ -93,9 +94,11 @@ def test_report_has_the_measured_figures(runs, which):
         assert v["size_bytes"] > 0 and 0 < v["p50_ms"] <= v["p90_ms"] <= v["p99_ms"]
         assert isinstance(v["peak_memory_bytes"], int) and v["peak_memory_bytes"] >= 0
         assert 0.0 <= v["accuracy"] <= 1.0 and v["runs"] >= 5
-        assert v["speedup"] == pytest.approx(dense["p50_ms"] / v["p50_ms"])
+        assert v["ci_low"] <= v["speedup"] <= v["ci_high"] and v["rounds"] == len(v["round_ms"]) == 3
+        assert v["speedup"] == pytest.approx(statistics.geometric_mean(
+            d / t for d, t in zip(dense["round_ms"], v["round_ms"])), rel=1e-3)  # over the rounds, with its interval
         assert v["macs_ratio"] == pytest.approx(dense["macs"] / v["macs"])
-    assert dense["speedup"] == 1.0
+    assert (dense["speedup"], dense["ci_low"], dense["ci_high"]) == (1.0, 1.0, 1.0)
     assert report["target"]["name"] == "x86-avx2" and report["bench_settings"]["intra_threads"] >= 1
     assert {e["checked_on"] for e in report["export"].values()} == {"8 images"}  # the model's own inputs, not noise
     if which == "first":
@@ -286,7 +289,7 @@ def small(spec, *, split="train", **kw):
 
 
 calibration.load_data = small
-main(["compress", "--target", "x86-avx2", "--runs", "3", "--min-time", "0.05", "--finetune-epochs", "1", "--no-int8",
+main(["compress", "--target", "x86-avx2", "--runs", "3", "--min-time", "0.05", "--max-bench-seconds", "0", "--finetune-epochs", "1", "--no-int8",
       "--eval-images", "100", "-o", sys.argv[1]])
 """
 

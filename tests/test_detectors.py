@@ -9,14 +9,21 @@ import pytest
 import torch
 from torch import nn
 
+import numpy as np
+
 from edgeprune.api import prune
+from edgeprune.calibration import load_data
 from edgeprune.checkpoint import load_model, save_checkpoint
+from edgeprune.errors import EdgepruneError
+from edgeprune.export import load_onnx_checked, quantize_int8
 from edgeprune.export.onnx_export import export_onnx
 from edgeprune.graph import build_graph
 from edgeprune.outputs import flatten
+from edgeprune.export.runtime import onnx_outputs
+from edgeprune.quality import scores_cosine, torch_outputs
 from edgeprune.runtimes import RUNTIMES, check_runtime
 from edgeprune.surgery import zero_channels
-from models.yolo_like import YoloLike, yolo_like
+from models.yolo_like import OneLevel, YoloLike, norms_from, yolo_like
 
 SPEC = "tests/models/yolo_like.py:yolo_like"
 SHAPE = YoloLike.input_shape
@@ -102,6 +109,58 @@ def test_pruned_yolo_like_runs_in_each_runtime(pruned, runtime, tmp_path):
     target = RUNTIMES[runtime]
     exported = target.export(model, torch.rand(SHAPE), tmp_path / f"yolo{target.suffix}")
     assert check_runtime(model, exported).ok
+
+
+# ---- INT8 that keeps the scores: the decode stays float --------------------------------------
+
+@pytest.fixture(scope="module")
+def digits():
+    """Real images, 64x64 RGB mnist5k digits: 64 to set the norms on (a trained net's match its data)
+    and calibrate on, 16 held out."""
+    return {split: load_data("mnist5k", split=split, channels=3, size=SHAPE[2:], limit=limit).x
+            for split, limit in (("train", 64), ("val", 16))}
+
+
+@pytest.fixture(scope="module")
+def yolo_onnx(digits, tmp_path_factory):
+    model = norms_from(yolo_like(), torch.from_numpy(digits["train"]))
+    path = tmp_path_factory.mktemp("yolo") / "yolo.onnx"
+    return export_onnx(model, SHAPE, path, check_inputs=digits["train"][:4]).path
+
+
+def test_onnxruntime_int8_keeps_a_detectors_scores(yolo_onnx, digits):
+    # boxes in pixels and scores in [0, 1] quantised together after the final Concat: every score 0
+    quantised = quantize_int8(yolo_onnx, yolo_onnx.with_name("yolo.int8.onnx"), digits["train"][:32])
+    assert quantised.float_nodes > 0 and quantised.scores_cosine >= 0.99  # judged on calibration images
+    held_out = digits["val"]
+    assert scores_cosine(onnx_outputs(yolo_onnx, held_out), onnx_outputs(quantised.path, held_out)) >= 0.99
+    graph = load_onnx_checked(quantised.path).graph
+    producer = {tensor: node for node in graph.node for tensor in node.output}
+    final = producer[graph.output[0].name]
+    assert final.op_type == "Concat" and all(producer[t].op_type != "DequantizeLinear" for t in final.input)
+
+
+def test_an_int8_file_whose_scores_collapse_is_refused(yolo_onnx, digits):
+    out = yolo_onnx.with_name("collapsed.int8.onnx")
+    with pytest.raises(EdgepruneError, match=r"its worst output has cosine 0\.000 \(output0\.scores\)"):
+        quantize_int8(yolo_onnx, out, digits["train"][:32], float_decode=False)  # the boxes alone look fine
+    assert not out.exists()
+
+
+@pytest.mark.skipif(RUNTIMES["executorch"].missing() is not None, reason="executorch is not installed")
+def test_executorch_int8_keeps_a_detectors_scores(digits):
+    # the PT2E-quantised graph run in PyTorch: the numbers its .pte gives, without the slow lowering
+    from edgeprune.runtimes.executorch_xnnpack import ExecuTorchRuntime
+
+    model = norms_from(OneLevel(), torch.from_numpy(digits["train"]))
+    quantised = ExecuTorchRuntime()._quantised(model, torch.zeros(SHAPE), digits["train"][:8])
+    held_out = digits["val"]
+    with torch.no_grad():  # the exported graph takes batch 1
+        rows = [[t.numpy() for t in flatten(quantised(torch.from_numpy(image[None])))] for image in held_out]
+    assert scores_cosine(torch_outputs(model, held_out), [np.concatenate(column) for column in zip(*rows)]) >= 0.99
+    final = next(node for node in quantised.graph.nodes if node.op == "output").args[0][0]  # the decoded output
+    assert final.target == torch.ops.aten.cat.default  # computed in float: no quantize / dequantize after it
+    assert not any("quantize" in str(node.target) for node in final.all_input_nodes)
 
 
 # ---- the rules behind it, on small nets -----------------------------------------------------

@@ -102,6 +102,21 @@ def test_measure_script_runs_alone_on_a_board_without_torch(tmp_path):
     assert "measured 3/3 points" in proc.stderr
 
 
+def test_a_table_point_that_breaks_its_neighbours_staircase_is_measured_again(monkeypatch):
+    """conv at 8 filters timed once at a third of its true time (a noisy round): it and the
+    neighbour it disagrees with are measured twice more and the medians kept; points that keep the
+    staircase are measured once."""
+    conv = {**_layer(hw=4), "key": "a", "points": [[4, 4], [4, 8], [4, 12], [4, 16]]}
+    measured = iter([0.01, 1.0, 0.5, 2.0, 2.5, 1.1, 0.9, 1.6, 1.4])  # overhead, 4 points, 4x4 and 4x8 twice more
+    monkeypatch.setattr(measure_module, "time_model", lambda *args, **kwargs: next(measured))
+    table = measure_module.measure_spec(_spec([conv]), runs=1, min_time=0)
+    assert table["entries"]["a"] == {"4,4": 1.0, "4,8": 1.4, "4,12": 2.0, "4,16": 2.5}  # median of 0.5, 1.6, 1.4
+    assert next(measured, None) is None
+    steady = iter([0.01, 1.0, 1.5, 2.0, 2.5])
+    monkeypatch.setattr(measure_module, "time_model", lambda *args, **kwargs: next(steady))
+    assert measure_module.measure_spec(_spec([conv]), runs=1, min_time=0)["entries"]["a"]["4,8"] == 1.5
+
+
 @pytest.mark.parametrize("content, fragment", [("{not json", "Expecting"), ('{"format": "x"}', "not an edgeprune latency spec"),
                                                (None, "No such file")])
 def test_measure_script_rejects_bad_specs_in_one_line(tmp_path, content, fragment):
@@ -302,7 +317,7 @@ def test_compress_rejects_latency_options_that_do_not_fit(tmp_path, args, fragme
 def test_compress_to_a_speedup_reports_predicted_and_measured(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--finetune-epochs", "0",
-                                       "--no-reconstruct", "--no-int8", "--runs", "5", "--min-time", "0.1", "-o", str(out)])
+                                       "--no-reconstruct", "--no-int8", "--runs", "5", "--min-time", "0.1", "--max-bench-seconds", "0", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     plan = report["pruning"]["plan"]
@@ -332,7 +347,7 @@ def test_a_table_measured_on_a_board_plans_from_its_prediction(tmp_path):
                                      "-o", str(curves)])
     assert made.exit_code == 0, made.output
     args = ["compress", "--target", "x86-avx2", "--speedup", "1.5", "--lut", str(table), "--finetune-epochs", "0",
-            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--allocate", "sensitivity",
+            "--no-reconstruct", "--no-int8", "--runs", "3", "--min-time", "0.05", "--max-bench-seconds", "0", "--allocate", "sensitivity",
             "--sensitivity", str(curves), "-o", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -399,23 +414,33 @@ def test_lut_align_reports_each_runtime_in_json(tmp_path, monkeypatch):
     assert set(found["score"]) == {"2", "4", "8", "16"} and (tmp_path / "cache" / "lut").is_dir()
 
 
-def test_a_model_timer_takes_each_models_median_over_its_rounds(monkeypatch):
+def test_a_model_timer_takes_each_models_median_over_rounds_until_the_speedup_is_known(monkeypatch):
     """One side-by-side round of two small models is noisy; the timer reports each model's median
-    over its rounds, and exports each model once."""
+    over its rounds, the models' order reversed every other round, more rounds while the speedup's
+    interval is wider than +-3 % (within its time cap), and exports each model once."""
     from types import SimpleNamespace
 
     from edgeprune.latency import confirm
     from edgeprune.profile import BenchConfig
 
-    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3]])  # a round that ran slow, one that ran fast
+    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3], [0.6, 0.3], [0.6, 0.3], [0.6, 0.3]])  # noisy, then steady
+    orders = []
 
     def fake_profile(paths, config):
         assert len(paths) == 2
-        return [SimpleNamespace(p50_ms=ms) for ms in next(rounds)]
+        orders.append([Path(p).stem for p in paths])
+        times = dict(zip(["model0", "model1"], next(rounds)))
+        return [SimpleNamespace(p50_ms=times[Path(p).stem]) for p in paths]
 
     monkeypatch.setattr(confirm, "profile_models", fake_profile)
-    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0))
     models = [nn.Conv2d(3, 4, 3), nn.Conv2d(3, 2, 3)]
-    assert timer.rounds == 3 and timer(models) == [0.6, 0.3]
+    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0), max_seconds=0)
+    assert timer.rounds == 3 and timer(models) == [0.6, 0.3]  # the cap: the first three rounds only
+    assert orders == [["model0", "model1"], ["model1", "model0"], ["model0", "model1"]]
     assert len(timer._exported) == 2
+    timer.close()
+    rounds = iter([[1.0, 0.9], [0.5, 0.2], [0.6, 0.3]] + [[0.6, 0.3]] * 40)
+    timer = confirm.ModelTimer((1, 3, 8, 8), BenchConfig(min_runs=1, min_time=0), max_seconds=60)
+    timer(models)
+    assert 3 < len(orders) - 3 < 43  # measured on until the ratio's interval narrowed to +-3 %
     timer.close()

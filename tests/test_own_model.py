@@ -26,7 +26,7 @@ from conftest import assert_one_line_error
 
 MODELS = Path(__file__).resolve().parent / "models" / "heads.py"
 HEADS = f"{MODELS}:heads"
-FAST = ["--target", "x86-avx2", "--round-to", "1", "--flops-cut", "0.4", "--runs", "3", "--min-time", "0.05"]
+FAST = ["--target", "x86-avx2", "--round-to", "1", "--flops-cut", "0.4", "--runs", "3", "--min-time", "0.05", "--max-bench-seconds", "0"]
 OUTPUTS = ["scores", "boxes", "embedding"]
 
 

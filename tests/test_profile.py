@@ -187,13 +187,61 @@ def test_a_targets_threads_are_capped_to_the_cores_here_everywhere(monkeypatch, 
 
 def test_cli_bench_table_json_and_output_file(models, tmp_path):
     out = tmp_path / "r.json"
-    args = ["bench", str(models["small"]), str(models["big"]), "--runs", "3", "--min-time", "0", "--warmup", "1"]
+    args = ["bench", str(models["small"]), str(models["big"]), "--runs", "3", "--min-time", "0", "--warmup", "1",
+            "--max-bench-seconds", "0"]
     table = run_cli(*args, "-o", str(out))
     assert table.returncode == 0, table.stderr
-    assert "speedup" in table.stdout and "1.00x" in table.stdout
+    assert "speedup" in table.stdout and "1.00x" in table.stdout and "side-by-side rounds" in table.stdout
     assert [p.path for p in from_json(out.read_text())] == [str(models["small"]), str(models["big"])]
     as_json = run_cli(*args, "--json", "--threads", "2")
-    assert json.loads(as_json.stdout)["profiles"][1]["settings"]["intra_threads"] == 2
+    found = json.loads(as_json.stdout)
+    assert found["profiles"][1]["settings"]["intra_threads"] == 2
+    [speedup] = found["speedups"]  # the second model against the first, with its interval over 3 rounds
+    assert speedup["path"] == str(models["big"]) and speedup["rounds"] == 3
+    assert speedup["ci_low"] <= speedup["speedup"] <= speedup["ci_high"] and speedup["speedup"] < 1
+    assert found["profiles"][1]["runs"] >= 3 * 1 and found["profiles"][1]["cpu_p50_ms"] > 0
+
+
+def test_a_speedup_estimate_is_the_t_interval_of_its_rounds_log_ratios():
+    """The paired t interval on log ratios: exact t quantiles, the interval of identical rounds is
+    a point, and the verdict is the interval's."""
+    from scipy import stats
+
+    from edgeprune.profile import SpeedupEstimate
+    from edgeprune.profile.estimate import t975
+
+    assert all(abs(t975(df) - stats.t.ppf(0.975, df)) < 2e-3 for df in range(1, 200))
+    ratios = [1.9, 2.05, 2.2, 1.95]
+    logs = np.log(ratios)
+    half = stats.t.ppf(0.975, 3) * logs.std(ddof=1) / 2
+    estimate = SpeedupEstimate.of(ratios)
+    assert estimate.ci_low == pytest.approx(np.exp(logs.mean() - half), rel=1e-3)
+    assert estimate.ci_high == pytest.approx(np.exp(logs.mean() + half), rel=1e-3)
+    assert estimate.verdict(2.0) == "undecided" and not estimate.precise()
+    steady = SpeedupEstimate.of([1.5, 1.5, 1.5])
+    assert (steady.ci_low, steady.ci_high, steady.precise(), steady.verdict(1.5)) == (1.5, 1.5, True, "met")
+    assert SpeedupEstimate.of([3.0, 3.0]).verdict(2.0) == "undecided"  # two rounds decide nothing
+    assert SpeedupEstimate.of([1.2]).text() == "1.20x (1 round)"
+    with pytest.raises(ValueError):
+        SpeedupEstimate.of([1.0, 0.0])
+
+
+def test_compared_models_are_timed_until_the_interval_is_narrow_or_the_cap(models):
+    """compare_models: rounds in fresh processes, the order reversed every other round, pooled
+    profiles; at least 3 rounds, and the cap stops them."""
+    from edgeprune.profile import compare_models
+
+    config = BenchConfig(warmup=1, min_runs=3, min_time=0)
+    found = compare_models([models["small"], models["big"]], config, max_seconds=0)
+    assert len(found.rounds) == len(found.round_ms) == 3 and found.estimates[0] is None
+    assert [r[0].path for r in found.rounds] == [str(models["small"])] * 3  # un-reversed, in the order given
+    assert found.profiles[1].runs == sum(r[1].runs for r in found.rounds)
+    estimate = found.estimates[1]
+    assert estimate.rounds == 3 and estimate.speedup == pytest.approx(
+        np.exp(np.mean([np.log(r[0] / r[1]) for r in found.round_ms])))
+    assert found.decided == estimate.precise()
+    fields = found.speed_fields(1)
+    assert set(fields) == {"speedup", "ci_low", "ci_high", "rounds", "round_ms"} and len(fields["round_ms"]) == 3
 
 
 def torch_blocker(folder: Path) -> tuple[Path, Path]:

@@ -172,12 +172,12 @@ def test_export_ships_runtime_files_and_bench_runs_them_without_torch(tmp_path):
     torch_free = [f for f, name in zip(files, INSTALLED) if not get_runtime(name).imports_torch]
     blocker, marker = torch_blocker(tmp_path)
     if torch_free:
-        result = run_cli("bench", str(out), *torch_free, "--runs", "3", "--min-time", "0", "--threads", "1",
+        result = run_cli("bench", str(out), *torch_free, "--runs", "3", "--min-time", "0", "--max-bench-seconds", "0", "--threads", "1",
                          pythonpath=str(blocker))
         assert result.returncode == 0, result.stderr
         assert not marker.exists(), f"torch was imported by: {marker.read_text()}"
         assert all(f in result.stdout for f in torch_free)
-    result = run_cli("bench", *files, "--runs", "3", "--min-time", "0", "--json")
+    result = run_cli("bench", *files, "--runs", "3", "--min-time", "0", "--max-bench-seconds", "0", "--json")
     assert result.returncode == 0, result.stderr
     profiles = json.loads(result.stdout)["profiles"]
     assert [p["settings"]["provider"] for p in profiles] == INSTALLED and all(p["p50_ms"] > 0 for p in profiles)
@@ -257,7 +257,7 @@ def test_compress_plans_a_speedup_for_the_targets_runtime_with_its_alignment(cac
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["compress", HEADS, "--target", str(target), "--speedup", "1.2",
                                        "--finetune-epochs", "0", "--no-reconstruct", "--no-int8", "--runs", "5",
-                                       "--min-time", "0.1", "-o", str(out)])
+                                       "--min-time", "0.1", "--max-bench-seconds", "0", "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     plan, ncnn = report["pruning"]["plan"], report["runtimes"]["ncnn"]
@@ -275,7 +275,7 @@ def test_bench_runtime_times_the_files_beside_the_onnx_without_torch(tmp_path):
     assert exported.exit_code == 0, exported.output
     blocker, marker = torch_blocker(tmp_path)
     result = run_cli("bench", str(out), str(out), "--runtime", "onnxruntime", "--runtime", "ncnn", "--runs", "3",
-                     "--min-time", "0", "--threads", "1", "--json", pythonpath=str(blocker))
+                     "--min-time", "0", "--max-bench-seconds", "0", "--threads", "1", "--json", pythonpath=str(blocker))
     assert result.returncode == 0, result.stderr
     assert not marker.exists(), f"torch was imported by: {marker.read_text()}"
     providers = [p["settings"]["provider"] for p in json.loads(result.stdout)["profiles"]]

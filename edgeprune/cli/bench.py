@@ -29,6 +29,11 @@ def _bench_config(target: str | None, input_shape: str | None, **overrides):
     return base.updated(input_shape=_parse_shape(input_shape), **overrides)
 
 
+def _given(**options):
+    """The options given (not None), so that the callee's defaults stand for the others."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _check_folder(output: str | None) -> None:
     if output and not os.path.isdir(os.path.dirname(os.path.abspath(output))):
         raise EdgepruneError(f"cannot write results to {output}: its folder does not exist")
@@ -71,12 +76,17 @@ class _LazyBar:
 @click.option("--runtime", "runtimes", multiple=True, metavar="NAME",
               help="Time each model's file for this runtime instead (X.pte, X.ncnn.param beside X.onnx, as "
                    "`export`/`compress --runtime` write them): onnxruntime, executorch, ncnn; repeatable, or 'all'.")
+@click.option("--max-bench-seconds", type=click.FloatRange(min=0),
+              help="Side-by-side rounds (fresh processes each) go on until every speedup's 95 %% interval is within "
+                   "+-3 %%, at most this long (3 rounds at least; default 8).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON results here.")
-def bench(models, target, threads, runs, min_time, warmup, input_shape, runtimes, as_json, output) -> None:
+def bench(models, target, threads, runs, min_time, warmup, input_shape, runtimes, max_bench_seconds, as_json,
+          output) -> None:
     """Time MODELS side by side (ONNX files in onnxruntime, or files of another runtime), each in a fresh
-    process; ratios are against the first model (per runtime with --runtime)."""
-    from edgeprune.profile import format_table, profile_models, save_json, to_json
+    process, in rounds until each speedup's interval is known; ratios are against the first model (per
+    runtime with --runtime)."""
+    from edgeprune.profile import compare_models, format_table, save_json, to_json
 
     _check_folder(output)
     config = _bench_config(target, input_shape, intra_threads=threads, min_runs=runs, min_time=min_time, warmup=warmup)
@@ -84,12 +94,14 @@ def bench(models, target, threads, runs, min_time, warmup, input_shape, runtimes
     found = {}
     for runtime, files in groups.items():
         with _LazyBar() as bar:
-            found[runtime] = profile_models(files, config, progress=bar)
-    profiles = [p for group in found.values() for p in group]
+            found[runtime] = compare_models(files, config, progress=bar, **_given(max_seconds=max_bench_seconds))
+    profiles = [p for group in found.values() for p in group.profiles]
+    estimates = [e for group in found.values() for e in group.estimates]
     if output:
-        save_json(profiles, output)  # a temporary file, then a rename
-    tables = [(f"{runtime}:\n" if runtime else "") + format_table(group) for runtime, group in found.items()]
-    click.echo(to_json(profiles) if as_json else "\n\n".join(tables))
+        save_json(profiles, output, estimates)  # a temporary file, then a rename
+    tables = [(f"{runtime}:\n" if runtime else "") + format_table(group.profiles, group.estimates)
+              for runtime, group in found.items()]
+    click.echo(to_json(profiles, estimates) if as_json else "\n\n".join(tables))
 
 
 def _runtime_groups(models: tuple[str, ...], names: tuple[str, ...]) -> dict[str, list[str]]:

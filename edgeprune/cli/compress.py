@@ -78,6 +78,8 @@ from edgeprune.cli.options import (
 @device_option
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per model, at least.")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="Seconds of timed runs per model, at least.")
+@click.option("--max-bench-seconds", type=click.FloatRange(min=0), default=20.0, show_default=True,
+              help="Side-by-side rounds go on until every speedup's 95 %% interval is within +-3 %%, at most this long.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the table.")
 @click.option("-o", "--output", default="edgeprune-out", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the checkpoint, ONNX files and reports.")
@@ -85,7 +87,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
              curve, search_trials, lut, round_to,
              allocate, sensitivity_file,
              calib, finetune_epochs, steps, lr, bn_recalibrate, reconstruct, int8, ort, bake_preprocess, eval_images, conf, iou, runtimes, runs,
-             min_time, device, as_json, output, label_output, output_kind, **kwargs):
+             min_time, max_bench_seconds, device, as_json, output, label_output, output_kind, **kwargs):
     """Prune MODEL for a target, recover it, export, verify, quantise and measure it against the dense model.
 
     With no MODEL it runs on the built-in default (ResNet-20 trained on the bundled MNIST-5k).
@@ -108,6 +110,7 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
                               latency_budget=latency_budget, speedup=speedup, lut=lut,
                               calib=calib, finetune_epochs=finetune_epochs, steps=steps, lr=lr,
                               recalibrate_bn=bn_recalibrate, reconstruct=reconstruct, int8=int8, ort=ort, runs=runs, min_time=min_time,
+                              max_bench_seconds=max_bench_seconds,
                               weights=weights, input_shape=input_shape, preprocess=preprocess_choice(kwargs),
                               distill=distill_config(kwargs), label_output=label_output,
                               output_kinds=pairs(output_kind, "--output-kind"), bake_preprocess=bake_preprocess,

@@ -117,7 +117,7 @@ def _runtime_files(runtimes: list[Any], net: Any, input_shape: tuple[int, ...], 
             quantised, distance = export_checked(runtime, net, input_shape,
                                                  onnx_path.with_suffix(".int8" + runtime.suffix), calibration)
             found[runtime.name]["int8"] = {"file": str(quantised.path), "max_abs": distance.max_abs,
-                                           "cosine": quantised.int8_cosine}
+                                           "cosine": quantised.int8_cosine, "scores_cosine": quantised.int8_scores_cosine}
     return found
 
 
@@ -194,6 +194,9 @@ def _print_int8(q: dict[str, Any]) -> None:
                f" ({q['method']}, {granularity})")
     if q.get("cosine_min") is not None:
         click.echo(f"int8 check worst output cosine {q['cosine_min']:.4f} to float on calibration images")
+    if q.get("float_nodes"):
+        scores = "" if q.get("scores_cosine") is None else f"; its class scores' cosine {q['scores_cosine']:.4f} to float"
+        click.echo(f"int8 float the decode of the detections output ({q['float_nodes']} nodes){scores}")
     for r in q.get("fidelity", {}).get("outputs", []):
         click.echo(f"fidelity   {r['output']}: cosine {r['cosine']:.4f}, relative L2 error {r['rel_l2']:.4f} against float"
                    f" ({q['fidelity']['images']} {q['fidelity']['split']} images)")

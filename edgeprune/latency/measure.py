@@ -159,6 +159,28 @@ def time_file(path: str, settings: dict, runs: int, min_time: float, warmup: int
     return median_ms(lambda: session.run(None, feeds), runs, min_time, warmup)
 
 
+STAIRCASE_SLACK = 0.10  # a point this much faster than a smaller one, or slower than a larger one, breaks the staircase
+REMEASURES = 2  # a point that breaks its neighbours' staircase is measured this many times more (the median kept)
+
+
+def staircase_breaks(points: list[list[int]], times: list[float], slack: float = STAIRCASE_SLACK) -> list[int]:
+    """Indices of the points (``[cin, cout]`` each) that break the staircase their neighbours in
+    work (cin x cout) make: faster than the next smaller point, or slower than the next larger
+    one, by more than ``slack``.
+
+    >>> staircase_breaks([[4, 4], [4, 8], [4, 12], [4, 16]], [1.0, 2.0, 1.2, 2.4])
+    [1, 2]
+    """
+    order = sorted(range(len(points)), key=lambda i: points[i][0] * points[i][1])
+    found = []
+    for k, i in enumerate(order):
+        smaller = times[order[k - 1]] if k > 0 else None
+        larger = times[order[k + 1]] if k + 1 < len(order) else None
+        if (smaller is not None and times[i] < smaller * (1 - slack)) or (larger is not None and times[i] > larger * (1 + slack)):
+            found.append(i)
+    return sorted(found)
+
+
 def point_key(cin: int, cout: int) -> str:
     return f"{cin},{cout}"
 
@@ -195,11 +217,19 @@ def measure_spec(spec: dict, runs: int = 10, min_time: float = 0.02, progress=No
     for layer in spec["layers"]:
         row = entries.setdefault(layer["key"], {})
         h, w = layer["in_hw"]
+
+        def timed(cin: int, cout: int) -> float:
+            return time_model(conv_model(layer, cin, cout), [1, cin, h, w], settings, runs, min_time)
+
+        times = []
         for cin, cout in layer["points"]:
-            row[point_key(cin, cout)] = time_model(conv_model(layer, cin, cout), [1, cin, h, w], settings, runs, min_time)
+            times.append(timed(cin, cout))
             done += 1
             if progress:
                 progress(done, total)
+        for i in staircase_breaks(layer["points"], times):  # a noisy point: measured again, the median kept
+            times[i] = float(np.median([times[i], *(timed(*layer["points"][i]) for _ in range(REMEASURES))]))
+        row.update({point_key(cin, cout): t for (cin, cout), t in zip(layer["points"], times)})
     models = {m["key"]: time_file(os.path.join(folder, m["file"]), settings, runs * 3, min_time * 10)
               for m in spec.get("models", [])}
     return {"format": TABLE_FORMAT, "machine": machine_info(), "settings": settings, "overhead_ms": overhead,

@@ -35,6 +35,7 @@ class CompressOptions:
     ort: bool = False
     runs: int = 50
     min_time: float = 2.0
+    max_bench_seconds: float = 20.0  # side-by-side rounds until speedups are known within +-3 %, at most this long
     weights: str | None = None
     seed: int = 0
     latency_budget: float | None = None  # ms on the target: pruning then meets this instead of flops_cut / ratio
@@ -165,8 +166,3 @@ class SpeedTarget:
     def describe(self) -> str:
         return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
             f"at most {self.latency_budget:g} ms"
-
-    def close_call(self, rounds: list[list[float]]) -> bool:
-        """Whether side-by-side rounds ([dense ms, pruned ms] each) fall on both sides of the target."""
-        verdicts = {self.met(dense, pruned) for dense, pruned in rounds}
-        return len(verdicts) == 2

@@ -36,10 +36,11 @@ from edgeprune.pipeline.stages import HeldOut
 from edgeprune.plan import Plan, pick_units
 from edgeprune.profile import BenchConfig
 from edgeprune.progress import Progress
+from edgeprune.profile.compare import estimates_of, measure_rounds
+from edgeprune.profile.estimate import MET, MISSED, UNDECIDED, SpeedupEstimate
 
 RESOLUTION = 0.05  # the bisection stops when the pass / fail bounds are this close (as a fraction of the way)
 WIDEN_TRIALS = 2  # a speed target that misses the floor: its most cut groups tried one alignment step wider
-CLOSE_CALL_ROUNDS = 6  # more side-by-side rounds for a point whose rounds fall on both sides of the speed target
 CURVE_DEPTHS = (0.2, 0.3, 0.45)  # the points `--curve` adds to a run without a floor
 DEEPEST = 0.9
 
@@ -63,12 +64,18 @@ class Point:
     outputs: dict[str, float] = field(default_factory=dict)
     widths: dict[str, list[int]] = field(default_factory=dict)  # a planner's plan: each group's [dense, kept] units
     speedup_rounds: list[float] = field(default_factory=list)  # each side-by-side round's dense / pruned
+    ci_low: float | None = None  # the speedup's 95 % interval over its rounds
+    ci_high: float | None = None
+    rounds: int = 0
+    speed_verdict: str | None = None  # against the speed target: met, missed or undecided (None: no target)
 
     def describe(self) -> str:
         top1 = f", top-1 {self.top1:.1%}" if self.top1 is not None else ""
         top1 += f", mAP50-95 {self.map50_95:.4f}" if self.map50_95 is not None else ""
         top1 += f", mIoU {self.miou:.4f}" if self.miou is not None else ""
-        return f"{self.speedup:.2f}x ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
+        spread = self.rounds > 1 and self.ci_low != self.ci_high  # rounds that agree exactly: no interval to show
+        interval = f" [{self.ci_low:.2f}-{self.ci_high:.2f}x]" if spread else ""
+        return f"{self.speedup:.2f}x{interval} ({self.plan}, {self.macs_cut:.0%} of MACs cut, worst cosine {self.cosine_min:.4f}{top1})"
 
 
 @dataclass
@@ -93,26 +100,31 @@ class Search:
     def promise(self, delivered: dict[str, Any]) -> dict[str, Any] | None:
         """The floor and speed asked, against what the search measured of the chosen point and
         what the report measured of the delivered files (``delivered``: dense_ms, pruned_ms,
-        cosine_min, top1, dense_top1 in the runtime planned for). A half-millisecond model's
-        speedup moves by a tenth or more between runs, so a point the search found just fast
-        enough can fall short in the report's own profile: the report says so rather than hide it."""
+        rounds_ms (the report's side-by-side rounds, [dense ms, pruned ms] each), cosine_min, top1,
+        dense_top1 in the runtime planned for). The speed is judged on the report's interval: kept
+        when all of it meets the target, not kept when none of it does, else not decidable here (a
+        half-millisecond model's speedup moves by a tenth or more between rounds on a busy host)."""
         chosen = next((p for p in self.curve if p.chosen), None)
         if chosen is None or not self.floor.given:
             return None
-        speed = delivered["dense_ms"] / delivered["pruned_ms"] if delivered.get("pruned_ms") else None
+        rounds = delivered.get("rounds_ms") or []
         floor_held = self.floor.holds(delivered, delivered.get(f"dense_{self.floor.metric}"))
-        speed_held = None if self.target is None or speed is None else \
-            self.target.met(delivered["dense_ms"], delivered["pruned_ms"])
+        verdict = judged(self.target, rounds) if self.target is not None and rounds else None
+        speed_held = {MET: True, MISSED: False}.get(verdict)
         asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
+        here = _speedup(rounds).fields() if rounds else {"speedup": None}
         return {"floor": asdict(self.floor), "target": asdict(self.target) if self.target is not None else None,
                 "asked": ", ".join(asked), "runtime": self.runtime,
-                "search": {"speedup": round(chosen.speedup, 4), "speedup_rounds": chosen.speedup_rounds,
+                "search": {"speedup": round(chosen.speedup, 4), "ci_low": chosen.ci_low, "ci_high": chosen.ci_high,
+                           "rounds": chosen.rounds, "speedup_rounds": chosen.speedup_rounds,
+                           "speed_verdict": chosen.speed_verdict,
                            "pruned_ms": chosen.pruned_ms, "cosine_min": chosen.cosine_min, "top1": chosen.top1,
                            "map50_95": chosen.map50_95, "miou": chosen.miou},
-                "report": {"speedup": None if speed is None else round(speed, 4), "pruned_ms": delivered.get("pruned_ms"),
+                "report": {**here, "pruned_ms": delivered.get("pruned_ms"),
                            "cosine_min": delivered["cosine_min"], "top1": delivered.get("top1"),
                            "map50_95": delivered.get("map50_95"), "miou": delivered.get("miou")},
-                "floor_held": floor_held, "speed_held": speed_held, "held": floor_held and speed_held is not False}
+                "floor_held": floor_held, "speed_verdict": verdict, "speed_held": speed_held,
+                "held": floor_held and speed_held is not False}
 
 
 class FloorNotMet(EdgepruneError):
@@ -232,18 +244,22 @@ class _Trials:
     def measure(self, label: str, result: Any, seconds: float, chosen: bool = False,
                 say: Progress | None = None) -> Point:
         """The recovered model's point: fidelity on the held-out images, and its speed against the
-        dense model's, side by side (:class:`~edgeprune.latency.ModelTimer`: the median of three rounds,
-        and of :data:`CLOSE_CALL_ROUNDS` more when they disagree on whether the speed target is met)."""
+        dense model's, side by side (:func:`speed_rounds`: rounds until the speedup's interval
+        decides the speed target, or is within +-3 % without one)."""
         figures = self.held_out.figures(result.model)
         rounds = speed_rounds(self.timer, [self.job.loaded.model, result.model], self.target,
-                              say or (lambda message: self.progress(f"{label}: {message}")))
+                              say or (lambda message: self.progress(f"{label}: {message}")),
+                              self.job.options.max_bench_seconds)
         dense_ms, pruned_ms = (statistics.median(times) for times in zip(*rounds))
+        estimate = _speedup(rounds)
         meets = self.floor.holds(figures, self.dense_score) if self.floor.given else None
-        return Point(label, result.macs_cut, dense_ms / pruned_ms, dense_ms, pruned_ms, figures["cosine_min"],
+        return Point(label, result.macs_cut, estimate.speedup, dense_ms, pruned_ms, figures["cosine_min"],
                      figures.get("top1"), meets, seconds, chosen, figures.get("map50_95"), figures.get("miou"),
                      outputs={row["output"]: row["cosine"] for row in figures["outputs"]},
                      widths=dict(result.plan.get("widths", {})),
-                     speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds])
+                     speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds],
+                     ci_low=round(estimate.ci_low, 4), ci_high=round(estimate.ci_high, 4), rounds=estimate.rounds,
+                     speed_verdict=judged(self.target, rounds) if self.target is not None else None)
 
     @staticmethod
     def _label(options: Any) -> str:
@@ -262,14 +278,43 @@ class _Trials:
         self.timer.close()
 
 
-def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, progress: Progress) -> list[list[float]]:
+def _speedup(rounds: list[list[float]]) -> SpeedupEstimate:
+    """dense / pruned over side-by-side rounds ([dense ms, pruned ms] each), with its interval."""
+    return estimates_of(rounds)[0]
+
+
+def judged(target: SpeedTarget, rounds: list[list[float]]) -> str:
+    """met, missed or undecided: the target against the 95 % interval of side-by-side rounds
+    ([dense ms, pruned ms] each); a latency budget through each round's budget / pruned ms."""
+    if target.speedup is not None:
+        return _speedup(rounds).verdict(target.speedup)
+    return SpeedupEstimate.of([target.latency_budget / pruned for _, pruned in rounds]).verdict(1.0)
+
+
+def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, progress: Progress,
+                 max_seconds: float, clock: Any = time.monotonic) -> list[list[float]]:
     """Side-by-side rounds of the dense and a pruned model ([dense ms, pruned ms] each): the
-    timer's three, and :data:`CLOSE_CALL_ROUNDS` more when those fall on both sides of the target
-    (the face net's conv1-16 plan measured 1.47x to 2.02x in different runs against 2x asked)."""
-    rounds = timer.rounds_of(models)
-    if target is not None and target.close_call(rounds):
-        progress(f"its rounds fall on both sides of {target.describe()}; {CLOSE_CALL_ROUNDS} more")
-        rounds += timer.rounds_of(models, CLOSE_CALL_ROUNDS)
+    timer's first ones, then one at a time until the speedup's interval is clear of the target
+    (within +-3 % without one), or ``max_seconds`` are spent: then the target is not decidable
+    here. The face net's conv1-16 plan measured 1.47x to 2.02x in different rounds against 2x asked."""
+    said: list[str] = []
+
+    def decided(rounds: list[list[float]]) -> bool:
+        estimate = _speedup(rounds)
+        if target is None:
+            return estimate.precise()
+        if judged(target, rounds) != UNDECIDED:
+            return True
+        if not said:
+            said.append(f"{estimate.text()} spans {target.describe()}: measuring longer")
+            progress(said[-1])
+        return False
+
+    rounds, done = measure_rounds(lambda index: timer.rounds_of(models, 1)[0], decided, max_seconds=max_seconds,
+                                  clock=clock)
+    if not done and target is not None:
+        estimate = _speedup(rounds)
+        progress(f"{estimate.text()} against {target.describe()}: not decidable here in {max_seconds:g} s")
     return rounds
 
 
@@ -356,7 +401,7 @@ def _widened(trials: _Trials, target: Point) -> Point | None:
         wider = min(dense, (kept // trials.job.round_to + 1) * trials.job.round_to)  # the next aligned width
         widths = {**target.widths, name: [dense, wider]}
         point = trials.run(widths=(f"{target.plan}, {name} widened to {wider}", widths))
-        if point is not None and point.meets and trials.target.met(point.dense_ms, point.pruned_ms):
+        if point is not None and point.meets and point.speed_verdict == MET:
             found.append(point)
     return max(found, key=lambda p: p.speedup, default=None)
 

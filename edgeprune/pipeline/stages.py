@@ -27,7 +27,7 @@ from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, sett
 from edgeprune.metrics.detection import box_map
 from edgeprune.metrics.segmentation import mean_iou
 from edgeprune.pipeline.prepare import Job
-from edgeprune.profile import BenchConfig, profile_models
+from edgeprune.profile import BenchConfig, compare_models
 from edgeprune.progress import Progress
 from edgeprune.quality import accuracy, compare, summary, torch_outputs
 from edgeprune.recipes import RecipeConfig, RecipeData, Watch, prunes_softly, recipe_name, run_recipe, split_holdout
@@ -79,7 +79,8 @@ def latency_planner(job: Job, progress: Progress) -> Any:
                  f"kept in {table.path}")
     complete(table, job.latency.shapes)
     config = BenchConfig.from_target(target, intra_threads=settings["threads"], min_runs=20, min_time=0.5)
-    return LatencyPlanner(table, budget, ModelTimer(job.shape, config, target.opset, job.runtime), **common)
+    timer = ModelTimer(job.shape, config, target.opset, job.runtime, max_seconds=job.options.max_bench_seconds)
+    return LatencyPlanner(table, budget, timer, **common)
 
 
 def sensitivity_planner(job: Job, progress: Progress) -> Any:
@@ -260,7 +261,7 @@ def quantize(job: Job, variants: list[dict], staging: Path, progress: Progress) 
             base["int8_error"] = str(exc)
             continue
         variants.append({**base, "name": base["name"] + "-int8", "onnx": path.name,
-                         "int8_check_cosine": quantised.cosine_min})
+                         "int8_check_cosine": quantised.cosine_min, "int8_scores_cosine": quantised.scores_cosine})
 
 
 # --- quality, latency ---------------------------------------------------------------------------
@@ -301,15 +302,15 @@ def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -
     options, target = job.options, job.target
     threads = target.host_threads()
     config = BenchConfig.from_target(target, intra_threads=threads, min_runs=options.runs, min_time=options.min_time)
-    progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes)")
-    profiles = profile_models([staging / v["onnx"] for v in variants], config)
-    dense = profiles[0]
-    for v, p in zip(variants, profiles):
+    progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes, "
+             f"rounds until each speedup is known within +-3 % or {options.max_bench_seconds:g} s)")
+    found = compare_models([staging / v["onnx"] for v in variants], config, max_seconds=options.max_bench_seconds)
+    for index, (v, p) in enumerate(zip(variants, found.profiles)):
         v.update(size_bytes=p.size_bytes, p50_ms=p.p50_ms, p90_ms=p.p90_ms, p99_ms=p.p99_ms, mean_ms=p.mean_ms,
                  std_ms=p.std_ms, runs=p.runs, peak_memory_bytes=p.peak_memory_bytes, session_ms=p.session_ms,
-                 first_run_ms=p.first_run_ms, speedup=dense.p50_ms / p.p50_ms,
+                 first_run_ms=p.first_run_ms, **found.speed_fields(index),
                  macs_ratio=variants[0]["macs"] / v["macs"])
-    return asdict(dense.settings)
+    return asdict(found.profiles[0].settings)
 
 
 def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> dict[str, dict]:
@@ -362,12 +363,16 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
             for written in (f for name in models for f in staging.glob(f"{name}_int8.*")):
                 written.unlink()
             found["int8"] = {"error": str(exc)}
-    times = {name: p.p50_ms for name, p in zip(made, profile_models([staging / m["file"] for m in made.values()], config))}
+    timed = compare_models([staging / m["file"] for m in made.values()], config,
+                           max_seconds=job.options.max_bench_seconds)
+    times = {name: p.p50_ms for name, p in zip(made, timed.profiles)}
+    speeds = {name: timed.speed_fields(index) for index, name in enumerate(made)}
     if "pruned_int8" in made:
-        found["int8"] = {name: {**made.pop(f"{name}_int8"), "p50_ms": times[f"{name}_int8"],
-                                "speedup": times["dense"] / times[f"{name}_int8"]} for name in models}
+        found["int8"] = {name: {**made.pop(f"{name}_int8"), "p50_ms": times[f"{name}_int8"], **speeds[f"{name}_int8"]}
+                         for name in models}
     return {**made, **found, "threads": config.intra_threads, "dense_p50_ms": times["dense"],
-            "pruned_p50_ms": times["pruned"], "speedup": times["dense"] / times["pruned"], "version": runtime.version()}
+            "pruned_p50_ms": times["pruned"], "dense_round_ms": speeds["dense"]["round_ms"], **speeds["pruned"],
+            "version": runtime.version()}
 
 
 def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None,
@@ -376,7 +381,8 @@ def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, 
     exported, diff = export_checked(runtime, model, shape, path, calibration, check_inputs=inputs)
     found = {"file": exported.path.name, "files": [p.name for p in exported.files], "max_abs": diff.max_abs,
              "max_rel": None if calibration is not None else diff.max_rel, "checked_on": exported.checked_on}
-    return found if calibration is None else {**found, "int8_check_cosine": exported.int8_cosine}
+    return found if calibration is None else {**found, "int8_check_cosine": exported.int8_cosine,
+                                              "int8_scores_cosine": exported.int8_scores_cosine}
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -389,13 +395,26 @@ def _final_times(runtime: str, variants: list[dict], runtimes: dict[str, dict]) 
     return {"dense_ms": found.get("dense_p50_ms"), "pruned_ms": found.get("pruned_p50_ms")}
 
 
+def _final_rounds(runtime: str, variants: list[dict], runtimes: dict[str, dict]) -> list[list[float]]:
+    """The side-by-side rounds of dense and pruned in the runtime the plan was made for ([dense ms,
+    pruned ms] each; none where it could not run)."""
+    if runtime == "onnxruntime":
+        dense, pruned = variants[0]["round_ms"], variants[1]["round_ms"]
+    else:
+        found = runtimes.get(runtime, {})
+        dense, pruned = found.get("dense_round_ms", []), found.get("round_ms", [])
+    return [[d, p] for d, p in zip(dense, pruned)]
+
+
 def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     """What the report measured of the delivered files in the runtime planned for: dense and pruned
-    p50 ms, the pruned file's worst cosine and top-1 (a detector's mAP50-95) on the held-out images
-    (onnxruntime's where that runtime could not run them), and the dense model's."""
+    p50 ms and their side-by-side rounds, the pruned file's worst cosine and top-1 (a detector's
+    mAP50-95) on the held-out images (onnxruntime's where that runtime could not run them), and the
+    dense model's."""
     pruned = (runtimes or {}).get(job.runtime, {}).get("pruned", {})
     quality = pruned if pruned.get("cosine_min") is not None else variants[1]
-    return {**_final_times(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
+    return {**_final_times(job.runtime, variants, runtimes or {}),
+            "rounds_ms": _final_rounds(job.runtime, variants, runtimes or {}), "cosine_min": quality["cosine_min"],
             "top1": quality.get("accuracy"), "dense_top1": variants[0].get("accuracy"),
             "map50_95": quality.get("map50_95"), "dense_map50_95": variants[0].get("map50_95"),
             "miou": quality.get("miou"), "dense_miou": variants[0].get("miou")}

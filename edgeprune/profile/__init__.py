@@ -10,8 +10,11 @@ from edgeprune.profile.config import BenchConfig
 from edgeprune.profile.model_info import ModelInfo, external_data_files, inspect_model
 from edgeprune.profile.results import ModelProfile, RunSettings, format_table, from_json, save_json, to_json
 from edgeprune.profile.runner import TimingProgress, profile_models
+from edgeprune.profile.compare import Comparison, compare_models
+from edgeprune.profile.estimate import SpeedupEstimate
 
 __all__ = [
-    "BenchConfig", "ModelInfo", "ModelProfile", "RunSettings", "TimingProgress", "external_data_files",
+    "BenchConfig", "Comparison", "ModelInfo", "ModelProfile", "RunSettings", "SpeedupEstimate", "TimingProgress",
+    "compare_models", "external_data_files",
     "format_table", "from_json", "inspect_model", "profile_models", "save_json", "to_json",
 ]

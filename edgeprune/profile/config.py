@@ -34,6 +34,7 @@ class BenchConfig:
     min_time: float = 1.0
     input_shape: tuple[int, ...] | None = None
     seed: int = 0
+    pin_cores: bool = False  # each worker pinned to one core (the i-th model to the i-th core, wrapping)
 
     def __post_init__(self) -> None:
         if self.input_shape is not None:
@@ -88,5 +89,6 @@ def _problems(config: BenchConfig) -> list[str]:
         (config.input_shape is None or (len(config.input_shape) > 0 and all(_is_int(d, 1) for d in config.input_shape)),
          f"input_shape must be positive integers, got {config.input_shape!r}"),
         (_is_int(config.seed, 0), f"seed must be an integer >= 0, got {config.seed!r}"),
+        (isinstance(config.pin_cores, bool), f"pin_cores must be true or false, got {config.pin_cores!r}"),
     ]
     return [message for ok, message in checks if not ok]

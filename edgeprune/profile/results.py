@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.profile.estimate import SpeedupEstimate
 
 JSON_FORMAT = "edgeprune.profile/1"
 
@@ -59,6 +60,7 @@ class ModelProfile:
     warmup_ms: list[float] = field(default_factory=list)
     times_ms: list[float] = field(default_factory=list)
     external_data: list[str] = field(default_factory=list)
+    cpu_p50_ms: float | None = None  # the median run's CPU time of the worker (all its threads)
 
 
 def example_profile(path: str = "model.onnx", p50: float = 2.0, size: int = 1 << 20) -> ModelProfile:
@@ -73,13 +75,18 @@ def example_profile(path: str = "model.onnx", p50: float = 2.0, size: int = 1 <<
                         10.0, size * 2, 50 << 20, "VmHWM (reset)", settings, [p50], [p50] * 3)
 
 
-def to_json(profiles: list[ModelProfile]) -> str:
-    """Profiles as a JSON document (see :func:`from_json`).
+def to_json(profiles: list[ModelProfile], estimates: list[SpeedupEstimate | None] | None = None) -> str:
+    """Profiles as a JSON document (see :func:`from_json`), with ``speedups``: each estimate (of
+    the profile at the same place, against the first of its comparison) and its interval.
 
     >>> from_json(to_json([example_profile()])) == [example_profile()]
     True
+    >>> json.loads(to_json([example_profile()], [SpeedupEstimate(1.5, 1.4, 1.6, 3)]))["speedups"][0]["ci_low"]
+    1.4
     """
-    return json.dumps({"format": JSON_FORMAT, "profiles": [dataclasses.asdict(p) for p in profiles]}, indent=2)
+    speedups = [{"path": p.path, **e.fields()} for p, e in zip(profiles, estimates or []) if e is not None]
+    return json.dumps({"format": JSON_FORMAT, "profiles": [dataclasses.asdict(p) for p in profiles],
+                       "speedups": speedups}, indent=2)
 
 
 def from_json(text: str) -> list[ModelProfile]:
@@ -94,7 +101,7 @@ def from_json(text: str) -> list[ModelProfile]:
     ]
 
 
-def save_json(profiles: list[ModelProfile], path: str | Path) -> None:
+def save_json(profiles: list[ModelProfile], path: str | Path, estimates: list[SpeedupEstimate | None] | None = None) -> None:
     """Write :func:`to_json` to ``path`` atomically (a temporary file, then a rename).
 
     >>> import tempfile, os; out = os.path.join(tempfile.mkdtemp(), "r.json")
@@ -104,7 +111,7 @@ def save_json(profiles: list[ModelProfile], path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(to_json(profiles) + "\n", encoding="utf-8")
+        tmp.write_text(to_json(profiles, estimates) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
         raise EdgepruneError(f"cannot write results to {path}: {exc.strerror or exc}") from None
@@ -132,11 +139,17 @@ def _shape_text(settings: RunSettings) -> str:
     return ", ".join(f"{name}={'x'.join(map(str, shape))}" for name, shape in settings.input_shapes.items())
 
 
-def _row(p: ModelProfile, base: ModelProfile) -> list[str]:
+def _speedup(p: ModelProfile, base: ModelProfile, estimate: SpeedupEstimate | None) -> str:
+    if estimate is None:
+        return _ratio(base.p50_ms, p.p50_ms)
+    return f"{estimate.speedup:.2f}x [{estimate.ci_low:.2f}-{estimate.ci_high:.2f}]"
+
+
+def _row(p: ModelProfile, base: ModelProfile, estimate: SpeedupEstimate | None = None) -> list[str]:
     return [
         p.path, _ms(p.p50_ms), _ms(p.p90_ms), _ms(p.p99_ms), f"{_ms(p.mean_ms)} ± {_ms(p.std_ms)}", str(p.runs),
         _ms(p.first_run_ms), _ms(p.session_ms), _size(p.peak_memory_bytes), _size(p.size_bytes),
-        _ratio(base.p50_ms, p.p50_ms), _ratio(p.peak_memory_bytes, base.peak_memory_bytes),
+        _speedup(p, base, estimate), _ratio(p.peak_memory_bytes, base.peak_memory_bytes),
         _ratio(p.size_bytes, base.size_bytes), _shape_text(p.settings),
     ]
 
@@ -153,22 +166,31 @@ def _settings_line(s: RunSettings) -> str:
             f"memory arena {'on' if s.memory_arena else 'off'}, seed {s.seed}")
 
 
-def format_table(profiles: list[ModelProfile]) -> str:
-    """A side-by-side table; speedup = first model's p50 / this p50, memory and size ratios =
+def format_table(profiles: list[ModelProfile], estimates: list[SpeedupEstimate | None] | None = None) -> str:
+    """A side-by-side table; speedup = first model's p50 / this p50, or with ``estimates`` (one
+    per profile, None for the first) the estimate and its 95 % interval; memory and size ratios =
     this / first.
 
     >>> text = format_table([example_profile("a.onnx"), example_profile("b.onnx", p50=1.0, size=1 << 19)])
     >>> "2.00x" in text and "0.50x" in text
     True
+    >>> "1.98x [1.90-2.05]" in format_table([example_profile(), example_profile(p50=1.0)],
+    ...                                     [None, SpeedupEstimate(1.98, 1.90, 2.05, 4)])
+    True
     """
     if not profiles:
         return "no models"
-    rows = [_HEADER] + [_row(p, profiles[0]) for p in profiles]
+    estimates = list(estimates or [None] * len(profiles))
+    rows = [_HEADER] + [_row(p, profiles[0], e) for p, e in zip(profiles, estimates)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADER))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 13) else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     notes = sorted({_settings_line(p.settings) for p in profiles})
     lines += ["", f"ratios against {profiles[0].path}; peak mem = peak RSS above the worker's baseline"]
+    rounds = max((e.rounds for e in estimates if e is not None), default=0)
+    if rounds:
+        lines.append(f"speedup: the geometric mean of {rounds} side-by-side rounds' ratios (fresh processes each), "
+                     "its 95 % interval in brackets")
     lines += [f"settings: {note}" for note in notes]
     return "\n".join(lines)

@@ -46,6 +46,7 @@ class _Worker:
             stderr=self.stderr, env=env, text=True, bufsize=1,
         )
         self.times: list[float] = []
+        self.cpu: list[float] = []
         self.start: dict = {}
 
     def receive(self) -> dict:
@@ -91,8 +92,8 @@ class _Worker:
             stream.close()
 
 
-def _init_message(model: ModelInfo, config: BenchConfig) -> dict:
-    return {"cmd": "init", "model": model.path, "intra": config.intra_threads, "inter": config.inter_threads,
+def _init_message(model: ModelInfo, config: BenchConfig, index: int) -> dict:
+    return {"pin": index if config.pin_cores else None,"cmd": "init", "model": model.path, "intra": config.intra_threads, "inter": config.inter_threads,
             "opt": config.graph_optimization, "arena": config.memory_arena, "shapes": model.inputs,
             "seed": config.seed, "warmup": config.warmup, "runtime": model.runtime}
 
@@ -106,7 +107,9 @@ def _time_rounds(workers: list[_Worker], config: BenchConfig, progress: TimingPr
             return
         shift = round_no % len(workers)
         for worker in workers[shift:] + workers[:shift]:
-            worker.times += worker.request(cmd="run", n=worker.batch_size())["times_ms"]
+            batch = worker.request(cmd="run", n=worker.batch_size())
+            worker.times += batch["times_ms"]
+            worker.cpu += batch["cpu_ms"]
         round_no += 1
 
 
@@ -126,6 +129,7 @@ def _summary(worker: _Worker, memory: dict, config: BenchConfig) -> ModelProfile
         session_ms=start["session_ms"], peak_memory_bytes=memory["peak_above_baseline"],
         baseline_rss_bytes=memory["baseline_rss"], memory_method=memory["memory_method"], settings=settings,
         warmup_ms=start["warmup_ms"], times_ms=worker.times, external_data=list(worker.model.external_data),
+        cpu_p50_ms=float(np.median(worker.cpu)),
     )
 
 
@@ -168,7 +172,7 @@ def profile_models(
             worker.receive()  # "ready": imports done, so sessions are created without contention
         for index, worker in enumerate(workers):
             log.debug("creating session for %s", worker.model.path)
-            worker.start = worker.request(**_init_message(worker.model, config))
+            worker.start = worker.request(**_init_message(worker.model, config, index))
             progress("sessions", (index + 1) / len(workers))
         _time_rounds(workers, config, progress)
         memory = [worker.request(cmd="stop") for worker in workers]

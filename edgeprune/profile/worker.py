@@ -3,9 +3,10 @@
 Imports only the standard library, NumPy, onnxruntime and light edgeprune modules. It speaks JSON lines: one request on
 stdin, one reply on stdout. It announces ``{"ready": ...}`` after its imports, then answers
 
-- ``{"cmd": "init", "model", "intra", "inter", "opt", "arena", "shapes", "seed", "warmup"}``:
-  creates the session and random inputs, does the first run and the warm-up runs;
-- ``{"cmd": "run", "n": N}``: N timed runs, their times in ms;
+- ``{"cmd": "init", "model", "intra", "inter", "opt", "arena", "shapes", "seed", "warmup", "pin"}``:
+  pins itself to one core when ``pin`` is a number, creates the session and random inputs, does
+  the first run and the warm-up runs;
+- ``{"cmd": "run", "n": N}``: N timed runs, their wall times and the process's CPU times in ms;
 - ``{"cmd": "stop"}``: peak memory, then exits (end of stdin also ends it).
 
 Any failure is answered ``{"error": "one line"}``. Native libraries that print to stdout cannot
@@ -115,6 +116,24 @@ def _timed_ms(call) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
+def _wall_and_cpu_ms(call) -> tuple[float, float]:
+    """One run's wall time and this process's CPU time (all its threads; time spent descheduled
+    does not count), in ms."""
+    cpu, wall = time.process_time_ns(), time.perf_counter_ns()
+    call()
+    return (time.perf_counter_ns() - wall) / 1e6, (time.process_time_ns() - cpu) / 1e6
+
+
+def _pin(index: int | None) -> list[int] | None:
+    """Pin this process to one of the cores it may use (the ``index``-th, wrapping), where the OS
+    allows it; returns the cores it now runs on."""
+    if index is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cores[index % len(cores)]})
+    return sorted(os.sched_getaffinity(0))
+
+
 class Worker:
     """The state of one worker: its session, inputs and memory baseline."""
 
@@ -127,6 +146,7 @@ class Worker:
         if msg.get("runtime", "onnxruntime") != "onnxruntime":
             runtime = get_runtime(msg["runtime"])
             runtime.preload()
+        pinned = _pin(msg.get("pin"))
         self.memory = _Memory()
         start = time.perf_counter_ns()
         rng = np.random.default_rng(msg["seed"])
@@ -146,10 +166,11 @@ class Worker:
         session_ms = (time.perf_counter_ns() - start) / 1e6
         first = _timed_ms(self.call)
         return {"session_ms": session_ms, "first_run_ms": first,
-                "warmup_ms": [_timed_ms(self.call) for _ in range(msg["warmup"])], **about}
+                "warmup_ms": [_timed_ms(self.call) for _ in range(msg["warmup"])], "pinned": pinned, **about}
 
     def run(self, msg: dict) -> dict:
-        return {"times_ms": [_timed_ms(self.call) for _ in range(msg["n"])]}
+        wall, cpu = zip(*(_wall_and_cpu_ms(self.call) for _ in range(msg["n"])))
+        return {"times_ms": list(wall), "cpu_ms": list(cpu)}
 
     def stop(self, msg: dict) -> dict:
         return self.memory.report()

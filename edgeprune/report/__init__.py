@@ -17,8 +17,18 @@ COLUMNS = [
     ("top-1 agree", "top1_agreement_min", "{:.2%}"), ("box IoU", "box_iou_min", "{:.4f}"), ("MACs (M)", "macs", lambda v: f"{v / 1e6:.2f}"),
     ("params (M)", "params", lambda v: f"{v / 1e6:.3f}"), ("file (MB)", "size_bytes", lambda v: f"{v / 1e6:.2f}"),
     ("p50 ms", "p50_ms", "{:.3f}"), ("p90 ms", "p90_ms", "{:.3f}"), ("peak MB", "peak_memory_bytes", lambda v: f"{v / 1e6:.1f}"),
-    ("speedup", "speedup", "{:.2f}x"), ("MACs ratio", "macs_ratio", "{:.2f}x"),
+    ("speedup", "speedup", None), ("MACs ratio", "macs_ratio", "{:.2f}x"),
 ]
+
+
+def speed_text(found: dict[str, Any]) -> str:
+    """A measured speedup with its 95 % interval over side-by-side rounds: ``1.52x [1.49-1.55]``."""
+    if found.get("speedup") is None:
+        return "-"
+    interval = (f" [{found['ci_low']:.2f}-{found['ci_high']:.2f}]"
+                if found.get("rounds", 0) > 1 and found.get("ci_low") is not None and found["ci_low"] != found["ci_high"]
+                else "")
+    return f"{found['speedup']:.2f}x{interval}"
 
 
 FLOOR_METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}  # what --max-drop counts
@@ -37,7 +47,8 @@ DETECTOR_ONLY = {"box_iou_min", "map50", "map50_95", "miou"}  # shown when a var
 def table_rows(report: dict[str, Any]) -> list[list[str]]:
     columns = [c for c in COLUMNS if c[1] not in DETECTOR_ONLY or any(v.get(c[1]) is not None for v in report["variants"])]
     header = [c[0] for c in columns]
-    return [header] + [[_cell(v.get(key), fmt) for _, key, fmt in columns] for v in report["variants"]]
+    return [header] + [[_cell(v.get(key), fmt) if fmt is not None else speed_text(v) for _, key, fmt in columns]
+                       for v in report["variants"]]
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -51,7 +62,7 @@ def _int8_cell(found: dict[str, Any]) -> str:
     int8 = found.get("int8")
     if int8 is None:
         return "-"
-    return "none: " + int8["error"] if "error" in int8 else f"{int8['pruned']['speedup']:.2f}x ({int8['pruned']['file']})"
+    return "none: " + int8["error"] if "error" in int8 else f"{speed_text(int8['pruned'])} ({int8['pruned']['file']})"
 
 
 def _cosine_cell(found: dict[str, Any], key: str = "cosine_min") -> str:
@@ -76,7 +87,7 @@ def runtime_lines(runtimes: dict[str, Any], markdown: bool = False) -> list[str]
     boxed = any(r.get("pruned", {}).get("map50_95") is not None for r in runtimes.values())
     header = ["runtime", "dense p50 ms", "pruned p50 ms", "speedup", "pruned INT8 speedup", "cosine pruned / INT8",
               *(["mAP50-95 pruned / INT8"] if boxed else []), "pruned files", "max abs diff vs PyTorch"]
-    rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", f"{r['speedup']:.2f}x", _int8_cell(r),
+    rows = [[name, f"{r['dense_p50_ms']:.3f}", f"{r['pruned_p50_ms']:.3f}", speed_text(r), _int8_cell(r),
              _cosine_cell(r), *([_cosine_cell(r, "map50_95")] if boxed else []), ", ".join(r["pruned"]["files"]),
              f"{max(r['dense']['max_abs'], r['pruned']['max_abs']):.2g}"]
             if "error" not in r else [name, "-", "-", "-", "-", "-", *(["-"] if boxed else []), "none", r["error"]]
@@ -97,7 +108,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgeprune report: {report['model']} for {report['target']['name']}", ""]
     lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    lines += ["", "Speedup is the dense model's p50 latency over this one's; MACs ratio is dense MACs over these. "
+    lines += ["", "Speedup is the geometric mean over side-by-side rounds (fresh processes each) of the dense model's "
+              "p50 latency over this one's, its 95 % interval in brackets; MACs ratio is dense MACs over these. "
               "Cosine and top-1 agreement compare each variant's ONNX file with the dense one on held-out images: "
               "the lowest over the model's outputs (per output below).",
               *(_map_note(report) if any(v.get("map50_95") is not None for v in report["variants"]) else []),
@@ -226,9 +238,9 @@ def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
     if not curve:
         return []
     boxed = any(p.get("map50_95") is not None for p in curve)
-    header = ["plan", "MACs cut", "speedup", "rounds", "worst cosine", "mAP50-95" if boxed else "top-1", "meets floor",
+    header = ["plan", "MACs cut", "speedup [95 % interval]", "rounds", "worst cosine", "mAP50-95" if boxed else "top-1", "meets floor",
               "seconds", ""]
-    rows = [[p["plan"], f"{p['macs_cut']:.1%}", f"{p['speedup']:.2f}x", _spread(p.get("speedup_rounds")),
+    rows = [[p["plan"], f"{p['macs_cut']:.1%}", speed_text(p), str(p.get("rounds") or len(p.get("speedup_rounds", []))),
              f"{p['cosine_min']:.4f}", _score_cell(p, boxed), {None: "-", True: "yes", False: "no"}[p["meets"]],
              f"{p['seconds']:.0f}", "chosen" if p["chosen"] else ""] for p in curve]
     floor = search.get("floor")
@@ -240,8 +252,9 @@ def curve_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         return [f"trade-off curve: {title}"] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
                                                 for r in [header] + rows]
-    return (["## Trade-off curve", "", title[0].upper() + title[1:] + " (held-out images; speedup: the median of "
-             "side-by-side rounds against dense, the lowest and highest round beside it).", "", "| " + " | ".join(header[:-1]) + " | |", "|" + "---|" * len(header)]
+    return (["## Trade-off curve", "", title[0].upper() + title[1:] + " (held-out images; speedup: the geometric "
+             "mean of side-by-side rounds against dense, with its 95 % interval, measured until the interval decides "
+             "the speed target or is within +-3 %).", "", "| " + " | ".join(header[:-1]) + " | |", "|" + "---|" * len(header)]
             + ["| " + " | ".join(r) + " |" for r in rows] + [""])
 
 
@@ -249,11 +262,6 @@ def _score_cell(point: dict[str, Any], boxed: bool) -> str:
     if boxed:
         return "-" if point.get("map50_95") is None else f"{point['map50_95']:.4f}"
     return "-" if point["top1"] is None else f"{point['top1']:.2%}"
-
-
-def _spread(rounds: list[float] | None) -> str:
-    """The lowest and highest of a point's side-by-side rounds: how far its speedup can be trusted."""
-    return f"{min(rounds):.2f}-{max(rounds):.2f}x" if rounds else "-"
 
 
 def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
@@ -264,22 +272,26 @@ def promise_lines(report: dict[str, Any], markdown: bool = False) -> list[str]:
         return []
     found, here = promise["search"], promise["report"]
 
-    def figures(measured: dict[str, Any], rounds: list[float] | None = None) -> str:
-        speed = "" if measured["speedup"] is None else f"{measured['speedup']:.2f}x"
-        spread = f" (rounds {', '.join(f'{r:.2f}x' for r in rounds)})" if rounds else ""
+    def figures(measured: dict[str, Any]) -> str:
+        speed = speed_text(measured) if measured["speedup"] is not None else ""
+        rounds = f" ({measured['rounds']} rounds)" if measured.get("rounds") else ""
         top1 = f", top-1 {measured['top1']:.2%}" if measured.get("top1") is not None else ""
         top1 += f", mAP50-95 {measured['map50_95']:.4f}" if measured.get("map50_95") is not None else ""
         top1 += f", mIoU {measured['miou']:.4f}" if measured.get("miou") is not None else ""
-        return f"{speed}{spread}, worst cosine {measured['cosine_min']:.4f}{top1}".lstrip(", ")
+        return f"{speed}{rounds}, worst cosine {measured['cosine_min']:.4f}{top1}".lstrip(", ")
 
     why = {"the floor": "the shipped file scores below the search's figures",
-           "the speed": "timings move between runs on a busy host: time the files on the device (`edgeprune bench`)"}
+           "the speed": "its whole 95 % interval is below the target"}
     missed = [part for part, held in (("the floor", promise["floor_held"]), ("the speed", promise["speed_held"]))
               if held is False]
-    verdict = ("kept" if promise["held"] else
+    undecided = promise.get("speed_verdict") == "undecided"
+    verdict = ("kept" if promise["held"] and not undecided else "the floor kept" if promise["held"] else
                f"{' and '.join(missed)} not kept in this report's own measurement ({'; '.join(why[m] for m in missed)})")
+    if undecided:
+        verdict += ("; the speed not decidable here: its 95 % interval spans the target after the time allowed "
+                    "(`--max-bench-seconds`); time the files on the device (`edgeprune bench`)")
     line = (f"promise in {promise['runtime']}: {promise['asked']}: {verdict}. The search measured "
-            f"{figures(found, found['speedup_rounds'])}; this report {figures(here)}.")
+            f"{figures(found)}; this report {figures(here)}.")
     return ["## Promise", "", line[0].upper() + line[1:], ""] if markdown else [line]
 
 

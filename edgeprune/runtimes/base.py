@@ -13,7 +13,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.export.checks import Diff, check_batches
 from edgeprune.outputs import flatten, names
 from edgeprune.paths import write_atomic
-from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, torch_outputs
+from edgeprune.quality import INT8_CHECK_IMAGES, judge_int8, scores_cosine, torch_outputs
 
 SIDECAR = ".io.json"
 
@@ -95,6 +95,7 @@ class RuntimeFile:
     inputs: dict[str, list[int]]
     outputs: list[str]
     int8_cosine: float | None = None  # an INT8 file: its worst output's cosine to float PyTorch (judged)
+    int8_scores_cosine: float | None = None  # ... and its detections output's class scores' (None without one)
     checked_on: str | None = None  # a float file: what it was compared with PyTorch on ("noise", "8 images")
 
 
@@ -213,6 +214,7 @@ def _judge_int8(model: Any, exported: RuntimeFile, calibration: np.ndarray) -> A
     expected = torch_outputs(model, images)
     actual = [_like(a, e) for a, e in zip(runtime_outputs(exported.path, images), expected)]
     exported.int8_cosine = judge_int8(expected, actual, exported.path.name)
+    exported.int8_scores_cosine = scores_cosine(expected, actual)
     return Diff.between(actual, expected, float("inf"), 0.0, runtime=exported.runtime)
 
 

@@ -13,6 +13,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.export.decode import decode_nodes, detection_outputs, is_dfl_weight
+from edgeprune.outputs import flatten
 from edgeprune.runtimes._quiet import native_output_captured
 from edgeprune.paths import write_atomic
 from edgeprune.runtimes.base import Runtime, register_runtime
@@ -29,6 +31,7 @@ class ExecuTorchRuntime(Runtime):
     imports_torch = True
     int8_missing = None  # XNNPACKQuantizer: per-channel symmetric INT8 weights, INT8 activations
     CALIBRATION_IMAGES = 128
+    KIND_IMAGES = 8  # calibration images the float model's outputs are told apart on (detections or not)
     table_axis_points = 6  # lowering to XNNPACK takes about 0.8 s per convolution: a coarser grid
     METHODS_PER_FILE = 16
 
@@ -43,14 +46,22 @@ class ExecuTorchRuntime(Runtime):
         return [path]
 
     def _quantised(self, model: Any, example: Any, calibration: np.ndarray) -> Any:
-        """PT2E static quantisation with XNNPACK's quantiser, observers fed one image at a time."""
+        """PT2E static quantisation with XNNPACK's quantiser, observers fed one image at a time; the
+        decode of a detector's decoded outputs stays float (:mod:`edgeprune.export.decode`)."""
         import torch
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                              get_symmetric_quantization_config)
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+        exported = torch.export.export(model.eval(), (example,)).module()
+        with torch.no_grad():  # the exported graph, one image at a time: the model itself is left as it was
+            rows = [[t.numpy() for t in flatten(exported(torch.from_numpy(np.ascontiguousarray(image[None],
+                     dtype=np.float32))))] for image in calibration[:self.KIND_IMAGES]]
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        prepared = prepare_pt2e(torch.export.export(model.eval(), (example,)).module(), quantizer)
+        decoded = detection_outputs([np.concatenate(column) for column in zip(*rows)])
+        if decoded:
+            quantizer = _float_decode(quantizer, decoded)
+        prepared = prepare_pt2e(exported, quantizer)
         with torch.no_grad():
             for image in calibration[: self.CALIBRATION_IMAGES]:
                 prepared(torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)))
@@ -86,6 +97,58 @@ class ExecuTorchRuntime(Runtime):
                     if done:
                         done()
         return found
+
+
+_FX_LAYERS = ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+              "linear", "matmul", "mm", "bmm", "addmm")
+
+
+def _float_decode(quantizer: Any, outputs: list[int]) -> Any:
+    """``quantizer`` that leaves in float the decode of the outputs numbered ``outputs``: its
+    annotations are removed from those nodes after it has annotated the graph. (XNNPACKQuantizer's
+    filter function cannot do it: its cat annotator and its propagation along views ignore it.)"""
+    from torchao.quantization.pt2e.quantizer import Quantizer
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    class FloatDecode(Quantizer):
+        def transform_for_annotation(self, model: Any) -> Any:
+            return quantizer.transform_for_annotation(model)
+
+        def annotate(self, model: Any) -> Any:
+            model = quantizer.annotate(model)
+            for node in _fx_decode(model.graph, outputs):
+                node.meta.pop(Q_ANNOTATION_KEY, None)
+            return model
+
+        def validate(self, model: Any) -> None:
+            quantizer.validate(model)
+
+    return FloatDecode()
+
+
+def _fx_decode(graph: Any, outputs: list[int]) -> set[Any]:
+    """The nodes of an exported FX ``graph`` that decode its flattened outputs numbered ``outputs``
+    (see :func:`edgeprune.export.decode.decode_nodes`; a convolution with a DFL weight is part of it)."""
+    import functools
+
+    from torch.utils._pytree import tree_leaves
+
+    module = graph.owning_module
+    returned = tree_leaves(next(n for n in graph.nodes if n.op == "output").args[0])
+
+    def weight(node: Any) -> Any:
+        arg = node.args[1] if len(node.args) > 1 else None
+        if getattr(arg, "op", None) != "get_attr":
+            return None
+        return functools.reduce(getattr, arg.target.split("."), module).detach().cpu().numpy()
+
+    def is_layer(node: Any) -> bool:
+        name = getattr(getattr(node.target, "_overloadpacket", node.target), "__name__", "")
+        if node.op != "call_function" or name not in _FX_LAYERS:
+            return False
+        return not ("conv" in name and is_dfl_weight(weight(node)))
+
+    return decode_nodes([returned[i] for i in outputs], lambda node: node.all_input_nodes, is_layer)
 
 
 def _prelu_off_4d(x: Any, weight: Any) -> Any:

@@ -238,11 +238,34 @@ def _settle(model: YoloLike, size: int) -> YoloLike:
         if isinstance(m, nn.BatchNorm2d):
             m.weight.data.uniform_(0.5, 1.5, generator=g)
             m.bias.data.normal_(0, 0.1, generator=g)
+    return norms_from(model, torch.rand(8, 3, size, size, generator=g))
+
+
+def norms_from(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """``model`` in eval mode with its BatchNorm statistics estimated on ``images`` (a trained
+    net's are those of its data: other inputs drive a random-weight net out of its range)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
             m.momentum = None
     model.train()
     with torch.no_grad():
-        model(torch.rand(8, 3, size, size, generator=g))
+        model(images)
     return model.eval()
+
+
+class OneLevel(nn.Module):
+    """The Detect head (DFL, anchors, sigmoid, concat) on one level, after a three-conv stem to
+    stride 8: a YOLO-like detector small enough for slow exporters."""
+
+    def __init__(self, nc: int = 5) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(Conv(3, 16, 3, 2), Conv(16, 32, 3, 2), Conv(32, 32, 3, 2))
+        self.head = Detect(nc, (32,))
+        self.head.stride = torch.tensor([8.0])
+
+    def forward(self, x: torch.Tensor):
+        return self.head([self.stem(x)])
 
 
 def yolo_like() -> YoloLike:
