@@ -17,6 +17,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.outputs import OutputInfo, describe, flatten, names, pick_label_output
 from edgeprune.quality import compare, summary
 from edgeprune.train import CrossEntropy, DistillConfig, Distillation
+from edgeprune.train.objectives import detector_distillation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,3 +232,63 @@ def test_distillation_under_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert [r["world"] for r in reports] == [2, 2] and reports[0]["distill"] == reports[1]["distill"]
     assert reports[0]["distill"][-1] < reports[0]["distill"][0]
+
+
+# --- a detector's raw maps ----------------------------------------------------------------------
+
+class RawMaps(nn.Module):
+    """A detector head as seen by distillation: its raw map is a parameter; training mode returns
+    ``[map]``, eval mode ``(decoded, [map])`` (the decoded part's values do not matter here)."""
+
+    def __init__(self, maps: torch.Tensor) -> None:
+        super().__init__()
+        self.maps = nn.Parameter(maps.clone())
+
+    def forward(self, x):
+        maps = self.maps.expand(len(x), *self.maps.shape[1:])
+        if self.training:
+            return [maps]
+        b, c, h, w = maps.shape
+        return torch.zeros(b, 4 + c - 64, h * w), [maps]
+
+
+def _head_maps(background: float, foreground: float, seed: int) -> torch.Tensor:
+    """One 16 x 16 level, 3 classes, 16 bins per edge: class logits near ``background``
+    everywhere but class 1 at cell (5, 7), which is ``foreground``."""
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(1, 4 * 16 + 3, 16, 16, generator=g)
+    maps[:, 64:] = background + torch.randn(1, 3, 16, 16, generator=g)
+    maps[0, 64 + 1, 5, 7] = foreground
+    return maps
+
+
+def test_detector_maps_are_distilled_on_the_cells_with_objects() -> None:
+    """A pruned detector's scores sit in a background of class logits near -15 whose exact values
+    do not matter, and miss its one object (logit -3: score 0.05, under any threshold). Mean
+    squared error spread the gradient over the thousands of background logits; the detector term
+    puts it on the object's score."""
+    teacher = RawMaps(_head_maps(-15.0, 3.0, seed=0)).eval()
+    student = RawMaps(_head_maps(-12.0, -3.0, seed=1)).train()
+    infos = [OutputInfo("output0", (7, 256), "detections"), OutputInfo("output1", (67, 16, 16), "regression", 20.0)]
+    loss, _ = Distillation(teacher, infos)(student, torch.zeros(2, 1), None)
+    loss.backward()
+    grad = student.maps.grad[0, 64:].abs()
+    assert grad[1, 5, 7] / grad.sum() > 0.9
+    same, _ = Distillation(teacher, infos)(RawMaps(teacher.maps.data).train(), torch.zeros(2, 1), None)
+    assert same.item() == pytest.approx(0, abs=1e-5)
+
+
+def test_a_yolo_heads_training_maps_are_distilled_as_a_detectors() -> None:
+    """The YOLO-like net returns three raw maps in training mode, (decoded, maps) in eval mode:
+    its maps are found and distilled together by the detector term."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from models.yolo_like import yolo_like
+
+    model, x = yolo_like(), torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        decoded, maps = model(x)
+    infos = describe([decoded.numpy(), *(m.numpy() for m in maps)], [f"output{i}" for i in range(4)])
+    distillation = Distillation(model, infos)  # before the training forward moves the norms' statistics
+    students = flatten(model.train()(x))
+    loss, _ = distillation.compare(students, x, None)
+    assert loss.item() == pytest.approx(detector_distillation(students, maps, 16).item(), rel=1e-5)

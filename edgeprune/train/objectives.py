@@ -9,7 +9,13 @@ of the student to the teacher's, each by the loss its kind calls for
   T squared as in Hinton et al.), over axis 1;
 - ``probs``: KL divergence between the given probabilities;
 - ``regression``: mean squared error divided by the teacher output's variance on the
-  calibration data, so outputs of every scale weigh alike.
+  calibration data, so outputs of every scale weigh alike;
+- a detector's raw head maps (the 4-D outputs of its training forward that add up to the anchors
+  of a ``detections`` output beside them; ``[B, 4 * reg_max + K, H, W]``,
+  :mod:`edgeprune.train.detection`), together, by :func:`detector_distillation`: mean squared
+  error there is swamped by the background (class logits near -15 in every cell, box bins of
+  cells with nothing in them) and leaves the few cells with an object unmatched, every score
+  under any threshold.
 
 With labels (and a class-score output to put them on) cross-entropy is added.
 :class:`DetectionObjective` adds, for a YOLO-style detector with box labels, the detection loss
@@ -27,7 +33,7 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.outputs import OutputInfo, flatten
-from edgeprune.train.detection import DetectionLoss, DetectionLossConfig
+from edgeprune.train.detection import DetectionLoss, DetectionLossConfig, flatten_maps
 
 
 @dataclass(frozen=True)
@@ -100,14 +106,20 @@ class Distillation:
         """The loss of the student's outputs (already computed on ``x``) against the teacher's on ``x``."""
         with torch.no_grad():
             targets = flatten(self.teacher(x))
-        pairs = [(i, s) for i, s in zip(matching_outputs(students, targets), students)]
-        weight = sum(self.weights[i] for i, _ in pairs)
+        indices = matching_outputs(students, targets)
+        maps, reg_max = self._detector_group(students, indices) or ([], 0)
+        terms = [(self.weights[i], self._term(self.outputs[i], s, targets[i]))
+                 for p, (i, s) in enumerate(zip(indices, students)) if p not in maps]
+        if maps:
+            terms.append((sum(self.weights[indices[p]] for p in maps),
+                          detector_distillation([students[p] for p in maps], [targets[indices[p]] for p in maps], reg_max)))
+        weight = sum(w for w, _ in terms)
         if weight == 0:
             raise EdgepruneError("every output the model returns in training mode has distillation weight 0")
-        distill = torch.stack([self.weights[i] * self._term(self.outputs[i], s, targets[i]) for i, s in pairs]).sum() / weight
+        distill = torch.stack([w * term for w, term in terms]).sum() / weight
         loss = self.config.distill_weight * distill
         parts = {"distill": distill.item()}
-        by_output = dict(pairs)
+        by_output = dict(zip(indices, students))
         if y is not None and self.label_output in by_output and self.config.label_weight > 0:
             logits = by_output[self.label_output]
             check_labels(logits, y)
@@ -115,6 +127,21 @@ class Distillation:
             loss = loss + self.config.label_weight * ce
             parts["ce"] = ce.item()
         return loss, parts
+
+    def _detector_group(self, students: Sequence[torch.Tensor], indices: Sequence[int]) -> tuple[list[int], int] | None:
+        """Which training outputs (positions) are a detector's raw maps, and its bins per box edge:
+        the 4-D ones, all ``4 * reg_max + K`` channels, whose cells add up to the anchors of a
+        ``detections`` output (K classes) that they are not."""
+        for info in self.outputs:
+            if info.kind != "detections" or len(info.shape) != 2:
+                continue
+            classes, anchors = info.shape[0] - 4, info.shape[1]
+            maps = [p for p, (i, s) in enumerate(zip(indices, students)) if s.ndim == 4 and self.outputs[i] is not info]
+            channels = {students[p].shape[1] for p in maps}
+            if (maps and len(channels) == 1 and sum(students[p].shape[2] * students[p].shape[3] for p in maps) == anchors
+                    and (channel := channels.pop()) > classes and (channel - classes) % 4 == 0):
+                return maps, (channel - classes) // 4
+        return None
 
     def _term(self, info: OutputInfo, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if info.kind == "logits":
@@ -169,6 +196,33 @@ class DetectionObjective:
         return loss, parts
 
 
+def detector_distillation(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], reg_max: int) -> torch.Tensor:
+    """Distillation of a detector's raw maps ``[B, 4 * reg_max + K, H, W]`` (one per level) from its teacher's.
+
+    Classes: binary cross-entropy of the student's logits against the teacher's scores (soft
+    targets), less the teacher's own entropy (so 0 when they agree), summed over cells and
+    divided by the sum of the teacher's scores, as the detection loss divides by its targets':
+    background cells that both score near 0 give next to no gradient, the cells with an object
+    carry the loss. Boxes: KL divergence between the teacher's and the student's distribution of
+    each edge, summed over the four edges, averaged over cells weighted by the teacher's best
+    class score (where there is no object the box means nothing).
+
+    >>> teacher = [torch.randn(2, 4 * 16 + 3, 4, 4)]
+    >>> float(detector_distillation(teacher, teacher, 16))
+    0.0
+    """
+    student_edges, student_logits = flatten_maps(students, reg_max)
+    teacher_edges, teacher_logits = flatten_maps(teachers, reg_max)
+    scores = teacher_logits.sigmoid()
+    entropy = F.binary_cross_entropy_with_logits(teacher_logits, scores, reduction="sum")
+    cross = F.binary_cross_entropy_with_logits(student_logits, scores, reduction="sum")
+    classes = (cross - entropy) / scores.sum().clamp_min(1.0)
+    kl = F.kl_div(F.log_softmax(student_edges, -1), F.log_softmax(teacher_edges, -1), reduction="none", log_target=True)
+    objectness = scores.amax(-1)
+    boxes = (kl.sum((-1, -2)) * objectness).sum() / objectness.sum().clamp_min(1e-9)
+    return classes + boxes
+
+
 def labels_to_pixels(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Rows ``class cx cy w h`` (0-1) -> ``class x1 y1 x2 y2`` in pixels of a ``height`` x ``width`` input.
 
@@ -204,5 +258,5 @@ def matching_outputs(students: Sequence[torch.Tensor], teachers: Sequence[torch.
     return found
 
 
-__all__ = ["CrossEntropy", "DetectionObjective", "DistillConfig", "Distillation", "check_labels", "labels_to_pixels",
-           "matching_outputs"]
+__all__ = ["CrossEntropy", "DetectionObjective", "DistillConfig", "Distillation", "check_labels", "detector_distillation",
+           "labels_to_pixels", "matching_outputs"]
