@@ -11,6 +11,7 @@ from typing import Any
 
 from edgeprune.calibration.data import PreprocessChoice
 from edgeprune.errors import EdgepruneError
+from edgeprune.metrics import FLOOR_METRICS
 from edgeprune.train.objectives import DistillConfig
 
 
@@ -105,7 +106,7 @@ class Floor:
         if self.min_cosine is not None and not -1 < self.min_cosine <= 1:
             raise EdgepruneError(f"--min-cosine must be in (-1, 1], got {self.min_cosine}")
         if self.max_drop is not None and not 0 <= self.max_drop < 100:
-            raise EdgepruneError(f"--max-drop is in {METRICS[self.metric]} points, in [0, 100), got {self.max_drop}")
+            raise EdgepruneError(f"--max-drop is in {FLOOR_METRICS[self.metric]} points, in [0, 100), got {self.max_drop}")
 
     @property
     def given(self) -> bool:
@@ -132,12 +133,10 @@ class Floor:
 
     def describe(self) -> str:
         parts = ([f"worst output cosine >= {self.min_cosine:g}"] if self.min_cosine is not None else []) + (
-            [f"{METRICS[self.metric]} within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
+            [f"{FLOOR_METRICS[self.metric]} within {self.max_drop:g} points of dense"] if self.max_drop is not None else [])
         return " and ".join(parts)
 
 
-
-METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}
 
 
 def floor_of(job: Any) -> Floor:

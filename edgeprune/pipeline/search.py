@@ -30,7 +30,7 @@ from edgeprune.counter import count
 from edgeprune.errors import EdgepruneError
 from edgeprune.latency import ModelTimer
 from edgeprune.pipeline import stages
-from edgeprune.pipeline.options import METRICS, Floor, SpeedTarget, floor_of
+from edgeprune.pipeline.options import Floor, SpeedTarget, floor_of
 from edgeprune.pipeline.prepare import Job
 from edgeprune.pipeline.stages import HeldOut
 from edgeprune.plan import Plan, pick_units

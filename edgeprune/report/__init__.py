@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeprune.metrics import FLOOR_METRICS
 from edgeprune.paths import replaced_on_success, write_atomic
 
 COLUMNS = [
@@ -31,7 +32,6 @@ def speed_text(found: dict[str, Any]) -> str:
     return f"{found['speedup']:.2f}x{interval}"
 
 
-FLOOR_METRICS = {"top1": "top-1", "map50_95": "mAP50-95", "miou": "mIoU"}  # what --max-drop counts
 
 
 def _cell(value: Any, fmt) -> str:
