@@ -13,12 +13,13 @@ score 0.25).
 Distillation of the head's raw maps is edgeprune.train.objectives.detector_distillation (class
 scores by soft-target BCE, box bins by KL weighted by the teacher's score).
 
-    python benchmarks/detection_recovery.py --cut 0.5 --epochs 10 [--device cuda] [--weight 1.0] [--reconstruct 1024]
+    python benchmarks/detection_recovery.py --cut 0.5 --epochs 10 [30 ...] [--device cuda] [--weight 1.0] [--reconstruct 1024]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -41,13 +42,6 @@ from edgeprune.train.reconstruct import ReconstructConfig, kept_layers, reconstr
 SPEC = f"{ROOT / 'tests' / 'models' / 'yolo_like.py'}:yolo_like_digits"
 
 
-def _rows(targets: torch.Tensor, size: int) -> torch.Tensor:
-    """Letterboxed targets (class x1 y1 x2 y2, pixels) -> yolo rows (class cx cy w h, 0-1), padding kept."""
-    xyxy = targets[..., 1:] / size
-    rows = torch.cat((targets[..., :1], (xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2]), -1)
-    return torch.where(targets[..., :1] >= 0, rows, targets)
-
-
 @torch.no_grad()
 def quality(model: torch.nn.Module, val: Letterboxed, batch_size: int = 64) -> dict[str, float]:
     """Held-out mAP50, mAP50-95 and the recall check of ``model`` (on the CPU, in eval mode)."""
@@ -61,7 +55,8 @@ def quality(model: torch.nn.Module, val: Letterboxed, batch_size: int = 64) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cut", type=float, default=0.5, help="fraction of MACs to remove")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10],
+                        help="recovery epochs; several: each objective once per value, from the same pruned weights")
     parser.add_argument("--images", type=int, default=2000, help="training images for recovery")
     parser.add_argument("--val-images", type=int, default=500)
     parser.add_argument("--weight", type=float, default=1.0, help="the detection loss's weight beside distillation")
@@ -94,24 +89,25 @@ def main() -> None:
         found = reconstruct(pruned, dense, kept_layers(result.graph, result.plan.keep),
                             inputs(train.pixels[:args.reconstruct]), ReconstructConfig(device=args.device, batch_size=32))
         rows["pruned, reconstructed"] = {**quality(copy.deepcopy(pruned), val), "layers": len(found.layers)}
-    loader = DataLoader(TensorDataset(inputs(train.pixels), _rows(train.targets, size)), batch_size=args.batch,
-                        shuffle=True, generator=torch.Generator().manual_seed(0))
+    dataset = TensorDataset(inputs(train.pixels), train.targets)
     objectives = {
         "distillation": lambda: Distillation(dense, outputs),
         f"distillation + detection x{args.weight:g}": lambda: DetectionObjective(Distillation(dense, outputs), args.weight),
     }
-    for name, make in objectives.items():
+    for (name, make), epochs in itertools.product(objectives.items(), args.epochs):
         model = copy.deepcopy(pruned)
-        config = FinetuneConfig(epochs=args.epochs, lr=args.lr, device=args.device, seed=0)
+        config = FinetuneConfig(epochs=epochs, lr=args.lr, device=args.device, seed=0)
+        loader = DataLoader(dataset, batch_size=args.batch, shuffle=True, generator=torch.Generator().manual_seed(0))
         history = finetune(model, loader, None, config, objective=make())
         model = model.cpu().eval()
-        rows[name] = {**quality(model, val), "loss": [r.loss for r in history.history]}
-        path = args.out / (name.split()[0] + ("_detection" if "detection" in name else "") + ".pt")
+        row = name if len(args.epochs) == 1 else f"{name}, {epochs} epochs"
+        rows[row] = {**quality(model, val), "epochs": epochs, "loss": [r.loss for r in history.history]}
+        path = args.out / (name.split()[0] + ("_detection" if "detection" in name else "") + f"_{epochs}.pt")
         save_checkpoint(model, path, spec=SPEC, input_shape=built.input_shape, preprocess=built.preprocess,
-                        metadata={"recovery": name, "cut": args.cut, "epochs": args.epochs,
+                        metadata={"recovery": name, "cut": args.cut, "epochs": epochs,
                                   "reconstruct": args.reconstruct})
-        rows[name]["checkpoint"] = str(path)
-        print(f"{name}: {rows[name]}", flush=True)
+        rows[row]["checkpoint"] = str(path)
+        print(f"{row}: {rows[row]}", flush=True)
     write_json_atomic({"command": " ".join(["python", *sys.argv]), "seconds": time.perf_counter() - start,
                        "rows": rows, "note": "map50 / map50_95: COCO mAP on val; recall50: a quick check"},
                       str(args.json))

@@ -46,9 +46,10 @@ JSON_OUT = ROOT / "benchmarks" / "results" / "detectors_digits.json"
 MAP_KEYS = ("map50", "map50_95")
 
 
-def command(config: str, out: Path, smoke: bool) -> list[str]:
+def command(config: str, out: Path, smoke: bool, runtimes: list[str] = ("all",), device: str | None = None) -> list[str]:
     return [sys.executable, "-m", "edgeprune", "compress", MODEL, "--calib", f"yolo:{DATA}", "-t", TARGET,
-            *CONFIGS[config], "--int8", "--runtime", "all", *(SMOKE if smoke else []), "-o", str(out)]
+            *CONFIGS[config], "--int8", *[a for r in runtimes for a in ("--runtime", r)],
+            *(["--device", device] if device else []), *(SMOKE if smoke else []), "-o", str(out)]
 
 
 def _maps(entry: dict | None) -> dict:
@@ -83,15 +84,16 @@ def _onnxruntime(variants: dict) -> dict:
             "int8": {"dense": _maps(variants.get("dense-int8")), "pruned": int8}}
 
 
-def run(config: str, out_root: Path, smoke: bool, collect: bool) -> dict | None:
+def run(config: str, out_root: Path, smoke: bool, collect: bool, runtimes: list[str] = ("all",),
+        device: str | None = None) -> dict | None:
     """Run one configuration (or, with ``collect``, read the report a run already left) and summarise it."""
     out = out_root / config
-    cmd = command(config, out, smoke)
+    cmd = command(config, out, smoke, runtimes, device)
     shown = "edgeprune compress " + " ".join(cmd[4:])
     seconds = None
     if not collect:
         start = time.perf_counter()
-        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}, capture_output=True, text=True)
         seconds = round(time.perf_counter() - start, 1)
         if done.returncode != 0:
             return {"command": shown, "seconds": seconds, "error": done.stderr.strip().splitlines()[-1:]}
@@ -141,16 +143,19 @@ def main() -> None:
     parser.add_argument("--write-data", action="store_true", help="Write the 500-image val set and stop.")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "data" / "detector_compress")
     parser.add_argument("--json", type=Path, default=JSON_OUT)
+    parser.add_argument("--runtime", nargs="+", default=["all"], help="compress's --runtime (default: all)")
+    parser.add_argument("--device", help="compress's --device for recovery (e.g. cuda)")
+    parser.add_argument("--note", default="", help="The machine and what else ran on it (recorded in the results).")
     args = parser.parse_args()
     if args.write_data:
         from edgeprune.calibration.digits_detection import make_digits_detection
         make_digits_detection(500, "val", folder=str(ROOT / DATA))
         return
     results = json.loads(args.json.read_text()) if args.json.exists() else {}
-    results["note"] = ("timings taken on a loaded machine (2 cores shared by several processes): the speedups are "
-                       "noisy; rerun on a quiet machine before drawing speed conclusions")
     for config in args.configs:
-        results[config] = run(config, args.out, args.smoke, args.collect) or results.get(config)
+        results[config] = run(config, args.out, args.smoke, args.collect, args.runtime, args.device) or results.get(config)
+        if results[config] is not None and not args.collect:
+            results[config]["note"] = args.note
         write_json_atomic(results, str(args.json))
         args.json.with_suffix(".md").write_text(markdown(results))
         print(config, (results[config] or {}).get("seconds"), (results[config] or {}).get("error", ""), flush=True)

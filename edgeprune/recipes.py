@@ -47,7 +47,7 @@ from edgeprune.graph import build_graph
 from edgeprune.quality import accuracy, compare, torch_outputs
 from edgeprune.surgery.check import checked_graph
 from edgeprune.outputs import OutputInfo
-from edgeprune.train import CrossEntropy, Distillation, FinetuneConfig, finetune, recalibrate_batchnorm
+from edgeprune.train import CrossEntropy, DetectionObjective, Distillation, FinetuneConfig, finetune, recalibrate_batchnorm
 from edgeprune.train.objectives import DistillConfig
 from edgeprune.train.reconstruct import KeptLayer, ReconstructConfig, compose, kept_layers, reconstruct
 
@@ -156,15 +156,29 @@ class _Clock:
 
 
 def objective_for(config: RecipeConfig, data: RecipeData) -> Any:
-    """Distillation from ``data.teacher`` when asked for, else cross-entropy on the labels."""
+    """Distillation from ``data.teacher`` when asked for, else cross-entropy on the labels; with
+    detection labels (boxes) the detection loss is added (or used alone): on the digits detector it
+    beat distillation alone by 1-4 mAP50-95 points at every cut and length measured
+    (docs/detectors.md)."""
     if data.train is None:
         raise EdgepruneError("fine-tuning needs data: give --calib SOURCE")
     labelled = data.train.y is not None
-    if config.distill is not None and data.teacher is not None and data.outputs:
-        return Distillation(data.teacher, data.outputs, config.distill, data.label_output if labelled else None)
+    distills = config.distill is not None and data.teacher is not None and bool(data.outputs)
+    distillation = (Distillation(data.teacher, data.outputs, config.distill, data.label_output if labelled else None)
+                    if distills else None)
+    if data.train.boxes is not None:
+        return DetectionObjective(distillation, layout=detections_layout(data.outputs))
+    if distillation is not None:
+        return distillation
     if not labelled:
         raise EdgepruneError("fine-tuning unlabelled data needs distillation from the dense model (drop --no-distill)")
     return CrossEntropy(data.label_output or 0)
+
+
+def detections_layout(outputs: list[OutputInfo] | None) -> tuple[int, int] | None:
+    """Classes and anchors of the ``detections`` output (``N x (4 + K) x A``), if there is one."""
+    found = [o.shape for o in outputs or [] if o.kind == "detections" and len(o.shape) == 2]
+    return (found[0][0] - 4, found[0][1]) if found else None
 
 
 def _finetune(model: nn.Module, data: RecipeData, config: RecipeConfig, epochs: int, clock: _Clock,

@@ -15,7 +15,6 @@ import torch
 from edgeprune.calibration import digits_detection as dd
 from edgeprune.errors import EdgepruneError
 from edgeprune.train.detection import DetectionLoss, DetectionLossConfig, assign, box_iou, cell_centres, pad_targets
-from edgeprune.train.objectives import labels_to_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dd.DigitsDetectionConfig()
@@ -212,11 +211,6 @@ def test_training_on_a_tiny_set_lowers_the_loss(tiny):
 
 # ---- recovery with box labels ----------------------------------------------------------------
 
-def test_labels_in_yolo_rows_become_input_pixels():
-    rows = torch.tensor([[[3.0, 0.5, 0.25, 0.5, 0.25], [-1.0, 0, 0, 0, 0]]])
-    assert labels_to_pixels(rows, 64, 32)[0, 0].tolist() == [3.0, 8.0, 8.0, 24.0, 24.0]
-
-
 class _TwoMaps(torch.nn.Module):
     """A stand-in detector: raw maps at strides 8 and 16 with 4 x 16 box bins and 3 classes."""
 
@@ -233,8 +227,7 @@ def test_detection_objective_is_the_box_loss_plus_distillation():
     from edgeprune.train.objectives import DetectionObjective, Distillation
 
     x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
-    (x1, y1, x2, y2), (h, w) = BOX[0].tolist(), SIZE
-    rows = torch.tensor([[[1.0, (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h]]])
+    rows = torch.tensor([[[1.0, *BOX[0].tolist()]]])
     _, perfect = DetectionObjective(config=DetectionLossConfig(topk=64))(lambda _: _maps(BOX, 1), x, rows)
     assert perfect["box"] < 1e-3 and perfect["cls"] < 0.1  # the rows were read as BOX
 

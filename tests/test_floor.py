@@ -120,7 +120,7 @@ def test_a_floors_trials_recover_longer_and_gentler_unless_told():
     from edgeprune.pipeline import CompressOptions
     from edgeprune.pipeline.prepare import finetune_epochs, finetune_lr
 
-    unlabelled = SimpleNamespace(labelled=False, train=object(), spec="images:crops/")
+    unlabelled = SimpleNamespace(labelled=False, boxed=False, train=object(), spec="images:crops/")
     plain, floor = CompressOptions(), CompressOptions(min_cosine=0.99)
     assert (finetune_epochs(unlabelled, plain), finetune_lr(plain)) == (3, 0.01)
     assert (finetune_epochs(unlabelled, floor), finetune_lr(floor)) == (10, 0.003)

@@ -2,7 +2,9 @@
 
 The dataset yields indices and the collate function gathers a whole batch with one NumPy
 indexing operation, then augments it on the batch: fast on a CPU, deterministic with a seed.
-A batch is ``(x, y)``; ``y`` is None when the source has no labels.
+A batch is ``(x, y)``; ``y`` is None when the source has no labels. With detection labels
+(``arrays.boxes``) ``y`` is ``[B, M, 5]``: rows ``class x1 y1 x2 y2`` in pixels of the input,
+padded with class -1, moved with the image when it is cropped or flipped.
 """
 from __future__ import annotations
 
@@ -56,22 +58,74 @@ class ArrayBatches:
         idx = np.asarray(indices, dtype=np.int64)
         x = torch.from_numpy(self.arrays.x[idx])
         y = None if self.arrays.y is None else torch.from_numpy(self.arrays.y[idx])
+        if self.arrays.boxes is not None:
+            y = padded_boxes(self.arrays.boxes[idx])
         if self.augment:
-            x = self._crop(x)
+            x, y = self._crop(x, y)
         if self.augment == "crop+flip":
             flip = torch.rand(len(x), generator=self.generator) < 0.5
             x[flip] = x[flip].flip(3)
+            if self.arrays.boxes is not None:
+                y[flip] = flip_boxes(y[flip], x.shape[3])
         return x, y
 
-    def _crop(self, x: "torch.Tensor") -> "torch.Tensor":
+    def _crop(self, x: "torch.Tensor", y: "torch.Tensor | None") -> tuple["torch.Tensor", "torch.Tensor | None"]:
         import torch
 
         n, c, h, w = x.shape
         p = CROP_PADDING
         padded = self.fill.view(1, c, 1, 1).expand(n, c, h + 2 * p, w + 2 * p).clone()
         padded[:, :, p:p + h, p:p + w] = x
-        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=self.generator).tolist()
-        return torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+        offsets = torch.randint(0, 2 * p + 1, (n, 2), generator=self.generator)
+        x = torch.stack([padded[i, :, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets.tolist())])
+        if self.arrays.boxes is not None:
+            y = shift_boxes(y, p - offsets.flip(1).float(), (h, w))
+        return x, y
+
+
+def padded_boxes(per_image: Sequence[np.ndarray]) -> "torch.Tensor":
+    """Per-image box rows (``class x1 y1 x2 y2 ...``) -> ``[B, M, 5]``, padded with class -1.
+
+    >>> padded_boxes([np.array([[3, 1, 2, 5, 6, 0]], np.float32), np.zeros((0, 6), np.float32)])[:, :, 0].tolist()
+    [[3.0], [-1.0]]
+    """
+    import torch
+
+    out = torch.full((len(per_image), max([len(b) for b in per_image] + [1]), 5), -1.0)
+    for i, rows in enumerate(per_image):
+        out[i, :len(rows)] = torch.from_numpy(np.asarray(rows, np.float32)[:, :5])
+    return out
+
+
+def shift_boxes(y: "torch.Tensor", by: "torch.Tensor", size: tuple[int, int]) -> "torch.Tensor":
+    """Boxes ``[B, M, 5]`` moved by ``by`` (B x 2 pixels, x y) and clipped to ``size`` (height, width);
+    a box moved out of the image (under a pixel wide or high) becomes padding.
+
+    >>> import torch
+    >>> shift_boxes(torch.tensor([[[1., 0, 0, 10, 10], [2., 0, 0, 2, 2]]]), torch.tensor([[-3., 1]]), (32, 32)).tolist()
+    [[[1.0, 0.0, 1.0, 7.0, 11.0], [-1.0, -1.0, -1.0, -1.0, -1.0]]]
+    """
+    import torch
+
+    height, width = size
+    moved = y[..., 1:] + by[:, None, :].repeat(1, 1, 2)
+    limits = torch.tensor([width, height], dtype=y.dtype).repeat(2)
+    moved = torch.minimum(moved.clamp_min(0), limits)
+    kept = (y[..., :1] >= 0) & (moved[..., 2:3] - moved[..., 0:1] >= 1) & (moved[..., 3:4] - moved[..., 1:2] >= 1)
+    return torch.where(kept, torch.cat((y[..., :1], moved), -1), torch.full_like(y, -1.0))
+
+
+def flip_boxes(y: "torch.Tensor", width: int) -> "torch.Tensor":
+    """Boxes ``[B, M, 5]`` of images flipped left to right (padding kept).
+
+    >>> import torch
+    >>> flip_boxes(torch.tensor([[[1., 2, 3, 5, 9], [-1., -1, -1, -1, -1]]]), 32).tolist()
+    [[[1.0, 27.0, 3.0, 30.0, 9.0], [-1.0, -1.0, -1.0, -1.0, -1.0]]]
+    """
+    import torch
+
+    flipped = torch.stack((y[..., 0], width - y[..., 3], y[..., 2], width - y[..., 1], y[..., 4]), -1)
+    return torch.where(y[..., :1] >= 0, flipped, y)
 
 
 def make_loader(

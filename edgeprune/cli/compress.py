@@ -53,16 +53,17 @@ from edgeprune.cli.options import (
 @click.option("--calib", help="Data for criteria, recovery, INT8 and the quality figures, labelled or not "
                                "(default model: its bundled data).")
 @click.option("--finetune-epochs", type=click.IntRange(min=0),
-              help="Fine-tune epochs (default: 3 when there is data; 10 in each trial of a quality floor).")
+              help="Fine-tune epochs (default: 3 when there is data, 30 for a detector; 10 in each trial of a quality floor).")
 @click.option("--steps", type=click.IntRange(min=1), help="Prune in T rounds, fine-tuning between them (default: the criterion's; csctfp 4).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True),
               help="Fine-tune learning rate (default: 0.01; 0.003 in each trial of a quality floor).")
 @click.option("--bn-recalibrate/--no-bn-recalibrate", default=True, show_default=True,
               help="Re-estimate BatchNorm statistics on the calibration images right after the cut and after fine-tuning.")
-@click.option("--reconstruct/--no-reconstruct", default=True, show_default=True,
+@click.option("--reconstruct/--no-reconstruct", default=None,
               help="Right after the cut, refit each layer by least squares so the pruned model reproduces the dense "
                    "model's outputs on calibration images (no labels needed); after fine-tuning, keep the better of "
-                   "the reconstructed and the fine-tuned model on training images held out from recovery.")
+                   "the reconstructed and the fine-tuned model on training images held out from recovery. "
+                   "Default: on, except for a detector (it loses box precision).")
 @click.option("--int8/--no-int8", default=None, help="Also quantise to INT8 (default: the target's setting).")
 @click.option("--ort", is_flag=True, help="Also write the ORT-format file for onnxruntime mobile.")
 @click.option("--bake-preprocess", is_flag=True,

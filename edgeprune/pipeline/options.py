@@ -29,7 +29,8 @@ class CompressOptions:
     # 10 in each trial of a quality floor
     steps: int | None = None  # prune in T rounds with fine-tuning between (None: the criterion's default)
     recalibrate_bn: bool = True  # re-estimate BatchNorm statistics on calibration images after the cut
-    reconstruct: bool = True  # refit the layers after the cut to the dense model's outputs (no labels needed)
+    # refit the layers after the cut to the dense model's outputs (no labels needed); None: yes, but not for a detector
+    reconstruct: bool | None = None
     lr: float | None = None  # None: 0.01, or 0.003 in each trial of a quality floor
     batch_size: int = 128
     int8: bool | None = None

@@ -112,8 +112,11 @@ def sensitivity_curves(job: Job, progress: Progress) -> Any:
 
 
 def _reconstruct_config(job: Job) -> Any:
-    """How the run reconstructs right after a cut (None: it re-estimates BatchNorm instead)."""
-    if not (job.options.reconstruct and job.outputs):
+    """How the run reconstructs right after a cut (None: it re-estimates BatchNorm instead). Not for a
+    detector unless asked: the least-squares refit kept its boxes found but not placed (digits
+    detector, 50 % of MACs, 30 epochs after it: mAP50 0.78 but mAP50-95 0.36, against 0.67 without)."""
+    wanted = job.options.reconstruct if job.options.reconstruct is not None else not job.detector
+    if not (wanted and job.outputs):
         return None
     return ReconstructConfig(seed=job.options.seed, device=job.device)
 
@@ -196,6 +199,11 @@ def prune_and_recover(job: Job, progress: Progress, planner: Any = None) -> Any:
     goal = ("widths from each group's sensitivity" if options.allocate == "sensitivity" else
             "to the latency budget, widths from the table" if planner else f"round to {job.round_to}")
     how = "distilling from the dense model" if options.distill is not None and job.outputs else "cross-entropy"
+    if data.boxed:
+        how = ("distilling from the dense model, plus the detection loss on the boxes" if how.startswith("distilling")
+               else "the detection loss on the boxes")
+    if reconstruct is None and options.reconstruct is None and job.detector:
+        goal += ", no reconstruction (a detector's boxes lose more to it than they gain: --reconstruct to force)"
     progress(f"pruning with {options.criterion} ({recipe_name(options.criterion, options.steps)}), {goal}"
              + (f", fine-tuning {job.epochs} epochs on {data.spec} ({how})" if job.epochs else ""))
     return run_recipe(copy.deepcopy(job.loaded.model), job.shape, config, recipe_data,

@@ -24,6 +24,7 @@ of :mod:`edgeprune.train.detection` to distillation (or uses it alone).
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -34,6 +35,8 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.outputs import OutputInfo, flatten
 from edgeprune.train.detection import DetectionLoss, DetectionLossConfig, flatten_maps
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -158,20 +161,25 @@ class Distillation:
 class DetectionObjective:
     """The detection loss on box labels, plus distillation when given (``weight`` scales the former).
 
-    Labels ``y`` are ``[B, M, 5]`` rows ``class cx cy w h``, 0-1 of the model's input (a
-    ``yolo:`` label file's rows once its image is brought to the input), padded with class -1.
+    Labels ``y`` are ``[B, M, 5]`` rows ``class x1 y1 x2 y2`` in pixels of the model's input (a
+    ``yolo:`` or ``coco:`` image's boxes once it is brought to the input, as
+    :func:`edgeprune.calibration.make_loader` batches them), padded with class -1.
     The training-mode outputs that are 4-D maps are the head's raw maps
-    (:mod:`edgeprune.train.detection`).
+    (:mod:`edgeprune.train.detection`). ``layout`` (classes K, anchors A of the ``detections``
+    output) checks that they are an anchor-free head's, ``4 * reg_max + K`` channels whose cells
+    add up to A; maps of another head (anchor-based YOLOv5, say) are recovered by distillation
+    alone, with a warning, or refused without distillation.
     """
 
     needs_labels = True
     label_output = None
 
     def __init__(self, distillation: Distillation | None = None, weight: float = 1.0,
-                 config: DetectionLossConfig | None = None) -> None:
+                 config: DetectionLossConfig | None = None, layout: tuple[int, int] | None = None) -> None:
         if weight <= 0:
             raise EdgepruneError(f"the detection loss weight must be positive, got {weight}")
         self.distillation, self.weight, self.loss = distillation, weight, DetectionLoss(config)
+        self.layout, self.warned = layout, False
 
     def to(self, device: str | torch.device) -> DetectionObjective:
         if self.distillation is not None:
@@ -182,18 +190,35 @@ class DetectionObjective:
         if y is None:
             raise EdgepruneError("the detection loss needs box labels (yolo: or coco: data)")
         students = flatten(net(x))
-        maps = [s for s in students if s.ndim == 4]
+        maps = self._raw_maps(students)
+        if not maps and self.distillation is not None:
+            return self.distillation.compare(students, x, None)
         if not maps:
-            raise EdgepruneError("the detection loss needs the head's raw maps, but in training mode the model returns "
+            raise EdgepruneError("the detection loss needs an anchor-free head's raw maps (4 x "
+                                 f"{self.loss.config.reg_max} box bins + classes), but in training mode the model returns "
                                  + ", ".join("x".join(map(str, s.shape)) for s in students))
-        height, width = x.shape[-2:]
-        detection, parts = self.loss(maps, labels_to_pixels(y.to(x.device).float(), height, width), (height, width))
+        detection, parts = self.loss(maps, y.to(x.device).float(), tuple(x.shape[-2:]))
         loss = self.weight * detection
         if self.distillation is not None:
             distill, distill_parts = self.distillation.compare(students, x, None)
             loss = loss + distill
             parts = {**distill_parts, **parts}
         return loss, parts
+
+    def _raw_maps(self, students: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The head's raw maps among the training outputs, if they have the layout the loss reads."""
+        maps = [s for s in students if s.ndim == 4]
+        if self.layout is None or not maps:
+            return maps
+        classes, anchors = self.layout
+        fits = (all(m.shape[1] == 4 * self.loss.config.reg_max + classes for m in maps)
+                and sum(m.shape[2] * m.shape[3] for m in maps) == anchors)
+        if not fits and not self.warned:
+            self.warned = True
+            log.warning("the head's raw maps (%s) are not 4 x %d box bins + %d classes over %d cells: "
+                        "recovering by distillation alone, without the detection loss",
+                        ", ".join("x".join(map(str, m.shape[1:])) for m in maps), self.loss.config.reg_max, classes, anchors)
+        return maps if fits else []
 
 
 def detector_distillation(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor], reg_max: int) -> torch.Tensor:
@@ -223,17 +248,6 @@ def detector_distillation(students: Sequence[torch.Tensor], teachers: Sequence[t
     return classes + boxes
 
 
-def labels_to_pixels(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Rows ``class cx cy w h`` (0-1) -> ``class x1 y1 x2 y2`` in pixels of a ``height`` x ``width`` input.
-
-    >>> labels_to_pixels(torch.tensor([[[3.0, 0.5, 0.5, 0.5, 0.25]]]), 64, 32).tolist()
-    [[[3.0, 8.0, 24.0, 24.0, 40.0]]]
-    """
-    centre, size = y[..., 1:3], y[..., 3:5]
-    scale = torch.tensor([width, height], device=y.device, dtype=y.dtype).repeat(2)
-    return torch.cat((y[..., :1], torch.cat((centre - size / 2, centre + size / 2), -1) * scale), -1)
-
-
 def matching_outputs(students: Sequence[torch.Tensor], teachers: Sequence[torch.Tensor]) -> list[int]:
     """For each output the model returns in training mode, the eval-mode output it is.
 
@@ -259,4 +273,4 @@ def matching_outputs(students: Sequence[torch.Tensor], teachers: Sequence[torch.
 
 
 __all__ = ["CrossEntropy", "DetectionObjective", "DistillConfig", "Distillation", "check_labels", "detector_distillation",
-           "labels_to_pixels", "matching_outputs"]
+           "matching_outputs"]
