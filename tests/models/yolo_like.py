@@ -179,9 +179,11 @@ class Detect(nn.Module):
             return x
         shape = x[0].shape
         x_cat = torch.cat([xi.view(shape[0], self.no, -1) for xi in x], 2)
-        if self.shape != shape:  # anchors cached on the module, as the original does
+        # anchors cached on the module, as the original does; keyed by the device too (ultralytics moves
+        # them in its _apply instead): a net moved to CUDA after a CPU forward of the same shape
+        if self.shape != (shape, x[0].device):
             self.anchors, self.strides = (t.transpose(0, 1) for t in make_anchors(x, self.stride, 0.5))
-            self.shape = shape
+            self.shape = (shape, x[0].device)
         box, cls = x_cat.split((self.reg_max * 4, self.nc), 1)
         lt, rb = self.dfl(box).chunk(2, 1)
         anchors = self.anchors.unsqueeze(0)
