@@ -141,3 +141,14 @@ def test_a_detector_recovers_longer_and_without_reconstruction_unless_told():
     assert stages._reconstruct_config(job(True, reconstruct=True)) is not None
     assert stages._reconstruct_config(job(False)) is not None
     assert stages._reconstruct_config(job(False, reconstruct=False)) is None
+
+
+def test_the_test_detectors_anchors_follow_it_to_another_device():
+    """Its decode caches anchors by input shape (as ultralytics' does); a forward on the CPU, then the
+    net moved (compress describes outputs on the CPU, then recovers on CUDA) must not reuse them.
+    The meta device stands in for CUDA here."""
+    model = YoloLike(4, 3, SIZE).eval()
+    with torch.no_grad():
+        model(torch.zeros(2, 3, SIZE, SIZE))
+        decoded, *_ = model.to("meta")(torch.zeros(2, 3, SIZE, SIZE, device="meta"))
+    assert decoded.device.type == "meta"
