@@ -7,6 +7,7 @@ accuracies are measured on the whole held-out split, as in a normal run.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import torch
 from click.testing import CliRunner
 
 import edgeprune.calibration as calibration
+import edgeprune.profile.compare as profile_compare
 from edgeprune.checkpoint import load_model
 from edgeprune.cli import main
 from edgeprune.counter import count_model
@@ -39,7 +41,7 @@ def compress(*args: str):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """One run with a fine-tune epoch and INT8 (and reconstruction, the default), then one with none of
-    them and no BatchNorm re-estimation into the same folder."""
+    them and no BatchNorm re-estimation into the same folder, on a host said to be busy."""
     real_load_data = calibration.load_data
 
     def small_train_split(spec, *, split="train", **kw):
@@ -55,6 +57,7 @@ def runs(tmp_path_factory):
         assert first.exception is None
         files_first = {p.name for p in out.iterdir()}
         report_first = json.loads((out / "report.json").read_text())
+        mp.setattr(profile_compare, "busy_cores", lambda: 9.0)  # a crowded host: the second run says so
         second = compress(*FAST, "--finetune-epochs", "0", "--no-int8", "--no-bn-recalibrate", "--no-reconstruct",
                           "--runtime", "all",
                           "-o", str(out))
@@ -100,6 +103,8 @@ def test_report_has_the_measured_figures(runs, which):
         assert v["macs_ratio"] == pytest.approx(dense["macs"] / v["macs"])
     assert (dense["speedup"], dense["ci_low"], dense["ci_high"]) == (1.0, 1.0, 1.0)
     assert report["target"]["name"] == "x86-avx2" and report["bench_settings"]["intra_threads"] >= 1
+    busy = report["bench_settings"]["busy_cores"]  # the host's load, measured before timing
+    assert busy == 9.0 if which == "second" else busy is None or 0 <= busy <= (os.cpu_count() or 1) + 0.01
     assert {e["checked_on"] for e in report["export"].values()} == {"8 images"}  # the model's own inputs, not noise
     if which == "first":
         assert report["pruning"]["finetune"]["epochs"] == 1
@@ -179,6 +184,9 @@ def test_console_ends_with_the_table(runs, which):
     assert format_table(report) in result.stdout
     assert f"resnet20-cifar for x86-avx2: {report['pruning']['macs_cut']:.1%} of MACs removed" in result.stdout
     assert "[edgeprune] measuring latency" in result.stderr and "[edgeprune]" not in result.stdout
+    if which == "second":  # the host's load is said beside the figures, for every runtime's too
+        assert "[edgeprune] host busy: 9.0 of" in result.stderr
+        assert {found["busy_cores"] for found in report["runtimes"].values() if "error" not in found} == {9.0}
     assert "| dense | " in (out / "report.md").read_text()
 
 

@@ -152,3 +152,14 @@ def test_the_test_detectors_anchors_follow_it_to_another_device():
         model(torch.zeros(2, 3, SIZE, SIZE))
         decoded, *_ = model.to("meta")(torch.zeros(2, 3, SIZE, SIZE, device="meta"))
     assert decoded.device.type == "meta"
+
+
+def test_the_data_line_says_the_training_images_have_boxes():
+    from edgeprune.pipeline.prepare import _data_line
+
+    def line(**data):
+        found = SimpleNamespace(spec="yolo:d/", train=[0] * 450, evaluation=[0] * 50, eval_split="val", **data)
+        return _data_line(SimpleNamespace(data=found, outputs=[SimpleNamespace(name="output0", kind="detections")]))
+
+    assert "450 training images (with boxes), 50 held out [val]" in line(boxed=True, labelled=False)
+    assert "(labelled)" in line(boxed=False, labelled=True) and "(unlabelled)" in line(boxed=False, labelled=False)

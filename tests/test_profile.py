@@ -281,3 +281,41 @@ def test_cli_unknown_target_and_missing_file_are_one_line(models):
     assert_one_line_error(run_cli("bench", str(models["small"]), "--target", "cortex-m0"),
                           "unknown target 'cortex-m0'", "arm-cortex-a72")
     assert_one_line_error(run_cli("bench", "missing.onnx"), "missing.onnx: no such file")
+
+
+def _stat(idle: int, busy: int, cpus: int = 2) -> str:
+    """A /proc/stat whose summary line holds ``busy`` user and ``idle`` idle jiffies."""
+    return f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\n" + "".join(f"cpu{i} 0 0 0 0\n" for i in range(cpus)) + "intr 1\n"
+
+
+def test_the_hosts_load_is_read_from_two_samples_of_proc_stat(tmp_path):
+    from edgeprune.profile.host import busy_cores, crowded_note
+
+    stat = tmp_path / "stat"
+    stat.write_text(_stat(idle=1000, busy=1000))
+    later = _stat(idle=1050, busy=1150)  # 150 of 200 jiffies busy on 2 cpus: 1.5 cores
+    assert busy_cores(0.3, stat, sleep=lambda s: stat.write_text(later)) == 1.5
+    assert busy_cores(0.3, tmp_path / "missing", sleep=lambda s: None) is None  # not Linux: unknown
+    assert busy_cores(0.3, stat, sleep=lambda s: None) is None  # no time passed: unknown
+    assert crowded_note(1.5, 2, cores=2).startswith("host busy: 1.5 of 2 cores")
+    assert crowded_note(1.5, 1, cores=2) is None  # one thread still has a free core
+    assert crowded_note(0.4, 2, cores=2) is None and crowded_note(None, 2, cores=2) is None
+    assert crowded_note(1.0, 0, cores=2) is not None  # 0 threads: onnxruntime takes every core
+
+
+def test_cli_bench_warns_when_the_host_is_busy(models, monkeypatch):
+    from click.testing import CliRunner
+
+    import edgeprune.profile.compare as compare
+    from edgeprune.cli import main
+
+    args = ["bench", str(models["small"]), str(models["small"]), "--runs", "3", "--min-time", "0", "--warmup", "1",
+            "--max-bench-seconds", "0", "--threads", "2", "--json"]
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(compare, "busy_cores", lambda: float(cores))  # every core already taken
+    busy = CliRunner().invoke(main, args)
+    assert busy.exit_code == 0, busy.output
+    assert f"warning: host busy: {cores:.1f} of {cores} cores" in busy.stderr and json.loads(busy.stdout)["speedups"]
+    monkeypatch.setattr(compare, "busy_cores", lambda: 0.0)
+    quiet = CliRunner().invoke(main, args)
+    assert quiet.exit_code == 0 and "host busy" not in quiet.stderr

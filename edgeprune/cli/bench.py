@@ -95,6 +95,8 @@ def bench(models, target, threads, runs, min_time, warmup, input_shape, runtimes
     for runtime, files in groups.items():
         with _LazyBar() as bar:
             found[runtime] = compare_models(files, config, progress=bar, **_given(max_seconds=max_bench_seconds))
+        if found[runtime].load_note:
+            click.echo(f"warning: {found[runtime].load_note}", err=True)
     profiles = [p for group in found.values() for p in group.profiles]
     estimates = [e for group in found.values() for e in group.estimates]
     if output:

@@ -182,7 +182,8 @@ def _data_line(job: Job) -> str:
     if data.spec is None:
         return "no data: pruning data-free, no recovery, no quality figures"
     outputs = ", ".join(f"{o.name} ({o.kind})" for o in job.outputs)
-    return (f"data {data.spec}: {len(data.train)} training images ({'labelled' if data.labelled else 'unlabelled'}), "
+    kind = "with boxes" if data.boxed else "labelled" if data.labelled else "unlabelled"
+    return (f"data {data.spec}: {len(data.train)} training images ({kind}), "
             f"{len(data.evaluation)} held out [{data.eval_split}]; outputs {outputs}")
 
 

@@ -306,19 +306,22 @@ def _against_dense(job: Job, outputs: list) -> dict[str, Any]:
 
 
 def profile(job: Job, variants: list[dict], staging: Path, progress: Progress) -> dict:
-    """Latency and memory of every variant in onnxruntime under the target's settings; returns the settings."""
+    """Latency and memory of every variant in onnxruntime under the target's settings; returns the
+    settings and the host's load before timing (``busy_cores``)."""
     options, target = job.options, job.target
     threads = target.host_threads()
     config = BenchConfig.from_target(target, intra_threads=threads, min_runs=options.runs, min_time=options.min_time)
     progress(f"measuring latency and memory in onnxruntime ({threads} threads, models interleaved, fresh processes, "
              f"rounds until each speedup is known within +-3 % or {options.max_bench_seconds:g} s)")
     found = compare_models([staging / v["onnx"] for v in variants], config, max_seconds=options.max_bench_seconds)
+    if found.load_note:
+        progress(found.load_note)
     for index, (v, p) in enumerate(zip(variants, found.profiles)):
         v.update(size_bytes=p.size_bytes, p50_ms=p.p50_ms, p90_ms=p.p90_ms, p99_ms=p.p99_ms, mean_ms=p.mean_ms,
                  std_ms=p.std_ms, runs=p.runs, peak_memory_bytes=p.peak_memory_bytes, session_ms=p.session_ms,
                  first_run_ms=p.first_run_ms, **found.speed_fields(index),
                  macs_ratio=variants[0]["macs"] / v["macs"])
-    return asdict(found.profiles[0].settings)
+    return {**asdict(found.profiles[0].settings), "busy_cores": found.busy_cores}
 
 
 def runtime_files(job: Job, result: Any, staging: Path, progress: Progress) -> dict[str, dict]:
@@ -380,7 +383,7 @@ def _runtime_pair(runtime: Any, job: Job, result: Any, staging: Path, config: An
                          for name in models}
     return {**made, **found, "threads": config.intra_threads, "dense_p50_ms": times["dense"],
             "pruned_p50_ms": times["pruned"], "dense_round_ms": speeds["dense"]["round_ms"], **speeds["pruned"],
-            "version": runtime.version()}
+            "version": runtime.version(), "busy_cores": timed.busy_cores}
 
 
 def _runtime_file(runtime: Any, model: Any, shape: tuple[int, ...], path: Path, calibration: Any = None,

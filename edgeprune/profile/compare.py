@@ -18,6 +18,7 @@ import numpy as np
 
 from edgeprune.profile.config import BenchConfig
 from edgeprune.profile.estimate import MIN_ROUNDS, PRECISION, SpeedupEstimate
+from edgeprune.profile.host import busy_cores, crowded_note
 from edgeprune.profile.results import ModelProfile
 from edgeprune.profile.runner import TimingProgress, profile_models
 
@@ -58,7 +59,8 @@ class Comparison:
     """``profiles``: each model's runs of every round pooled; ``estimates``: each model's speedup
     against the first (None for the first); ``round_ms``: each round's time of every model (the
     statistic compared); ``decided``: False when the cap stopped the rounds before every interval
-    was within the precision asked."""
+    was within the precision asked; ``busy_cores``: the host's load just before the rounds
+    (None where unknown) and ``load_note`` the line saying so when it crowds the timed threads."""
 
     profiles: list[ModelProfile]
     estimates: list[SpeedupEstimate | None]
@@ -66,6 +68,8 @@ class Comparison:
     round_ms: list[list[float]]
     decided: bool
     seconds: float
+    busy_cores: float | None = None
+    load_note: str | None = None
 
     def speed_fields(self, index: int) -> dict[str, object]:
         """A model's speedup against the first, for a report: speedup, ci_low, ci_high, rounds, and
@@ -100,6 +104,7 @@ def compare_models(paths: Sequence[str | Path], config: BenchConfig | None = Non
     def decided(rounds: list[list[float]]) -> bool:
         return all(e.precise(precision) for e in estimates_of(rounds))
 
+    busy = busy_cores()
     start = time.perf_counter()
     if len(paths) > 1:
         rounds, done = measure_rounds(measure_round, decided, max_seconds=max_seconds)
@@ -108,7 +113,7 @@ def compare_models(paths: Sequence[str | Path], config: BenchConfig | None = Non
     progress("timing", 1.0)
     estimates = [None, *estimates_of(rounds)] if len(paths) > 1 else [None]
     return Comparison([pooled([r[i] for r in found]) for i in range(len(paths))], estimates, found, rounds, done,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, busy, crowded_note(busy, config.intra_threads))
 
 
 def _round_progress(progress: TimingProgress, index: int) -> TimingProgress:
