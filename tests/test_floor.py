@@ -218,41 +218,41 @@ class FakeTimer:
 def test_a_clear_speed_result_stops_after_the_first_rounds():
     """Three rounds whose interval lies all above (or all below) 2x decide the target: no more
     rounds, however much time is left."""
-    from edgeprune.pipeline.search import SpeedTarget, judged, speed_rounds
+    from edgeprune.pipeline.search import SpeedTarget, speed_rounds
 
     said = []
     for ratios, verdict in (([2.5, 2.45, 2.55], "met"), ([1.5, 1.52, 1.48], "missed")):
         timer = FakeTimer(ratios + [2.0] * 20)
         rounds = speed_rounds(timer, ["dense", "pruned"], SpeedTarget(speedup=2.0), said.append, 60, timer.clock)
-        assert len(rounds) == 3 and judged(SpeedTarget(speedup=2.0), rounds) == verdict
+        assert len(rounds) == 3 and SpeedTarget(speedup=2.0).verdict(rounds) == verdict
     assert said == []
 
 
 def test_a_close_call_is_measured_until_its_interval_decides():
     """Rounds whose median clears 2x (2.2x) but whose interval spans it are measured longer, one
     round at a time, until the interval lies below 2x; the verdict is the interval's, not the median's."""
-    from edgeprune.pipeline.search import SpeedTarget, judged, speed_rounds
+    from edgeprune.pipeline.search import SpeedTarget, speed_rounds
 
     target, said = SpeedTarget(speedup=2.0), []
     timer = FakeTimer([2.3, 2.2, 1.6] + [1.8] * 20)
     rounds = speed_rounds(timer, ["dense", "pruned"], target, said.append, 60, timer.clock)
     assert statistics.median(d / p for d, p in rounds[:3]) > 2.0  # one median would have said met
     assert 3 < len(rounds) < 23 and timer.asked == len(rounds)
-    assert judged(target, rounds) == "missed"
+    assert target.verdict(rounds) == "missed"
     assert said[0].endswith("spans 2x the dense model's speed: measuring longer") and len(said) == 1
     budget = SpeedTarget(latency_budget=0.5)  # a budget: each round's budget / pruned ms against 1
-    assert judged(budget, [[1.0, 0.40], [1.0, 0.42], [1.0, 0.41]]) == "met"
-    assert judged(budget, [[1.0, 0.40], [1.0, 0.60], [1.0, 0.45]]) == "undecided"
+    assert budget.verdict([[1.0, 0.40], [1.0, 0.42], [1.0, 0.41]]) == "met"
+    assert budget.verdict([[1.0, 0.40], [1.0, 0.60], [1.0, 0.45]]) == "undecided"
 
 
 def test_a_call_still_close_at_the_time_cap_is_not_decidable_here():
     """Rounds that keep falling on both sides of 2x stop at --max-bench-seconds and say so."""
-    from edgeprune.pipeline.search import SpeedTarget, judged, speed_rounds
+    from edgeprune.pipeline.search import SpeedTarget, speed_rounds
 
     said = []
     timer = FakeTimer([2.2, 1.8] * 50, seconds=2.0)
     rounds = speed_rounds(timer, ["dense", "pruned"], SpeedTarget(speedup=2.0), said.append, 20, timer.clock)
-    assert len(rounds) == 10 and judged(SpeedTarget(speedup=2.0), rounds) == "undecided"  # 10 rounds of 2 s
+    assert len(rounds) == 10 and SpeedTarget(speedup=2.0).verdict(rounds) == "undecided"  # 10 rounds of 2 s
     assert said[-1].endswith("against 2x the dense model's speed: not decidable here in 20 s")
     untargeted = FakeTimer([1.5, 1.51, 1.49] + [1.5] * 10)  # no target: rounds until +-3 %
     assert len(speed_rounds(untargeted, ["dense", "pruned"], None, said.append, 60, untargeted.clock)) == 3

@@ -328,6 +328,13 @@ def test_compress_to_a_speedup_reports_predicted_and_measured(tmp_path):
     assert report["variants"][1]["macs"] < report["variants"][0]["macs"]
     assert "## Latency budget" in (out / "report.md").read_text()
     assert "latency budget" in result.stdout and "table predicted" in result.stdout
+    final, pruned = plan["final"], report["variants"][1]  # the shipped files judged on the report's interval
+    assert (final["speedup"], final["ci_low"], final["ci_high"], final["rounds"]) == pytest.approx(
+        (pruned["speedup"], pruned["ci_low"], pruned["ci_high"], pruned["rounds"]), rel=1e-3)
+    expected = "met" if final["ci_low"] >= 1.5 else "missed" if final["ci_high"] < 1.5 else "undecided"
+    assert final["speed_verdict"] == expected and final["asked"] == "1.5x the dense model's speed"
+    said = f"against 1.5x the dense model's speed: {expected if expected != 'undecided' else 'not decidable here'}"
+    assert said in result.stdout and said in (out / "report.md").read_text()
 
 
 def test_a_table_measured_on_a_board_plans_from_its_prediction(tmp_path):

@@ -97,7 +97,8 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
     """
     from edgeprune.errors import EdgepruneError
     from edgeprune.pipeline import CompressOptions, compress as run
-    from edgeprune.report import curve_lines, format_table, promise_lines, runtime_lines, shipped_files
+    from edgeprune.report import (budget_verdict, curve_lines, format_table, promise_lines, runtime_lines,
+                                  shipped_files)
 
     latency = latency_budget is not None or speedup is not None
     if latency and (flops_cut is not None or ratio is not None):
@@ -132,8 +133,10 @@ def compress(model, weights, input_shape, target, criterion, flops_cut, ratio, l
         final = plan["final"]["pruned_ms"]
         runtime = plan["runtime"]
         where = "in the table above" if runtime == "onnxruntime" else f"in {runtime}'s table below"
+        verdict = budget_verdict(plan["final"])
         click.echo(f"\nlatency budget {plan['budget_ms']:.3f} ms in {runtime}: table predicted {plan['predicted_ms']:.3f} ms, "
-                   + confirmed + (f", {final:.3f} ms {where}" if final is not None else ""))
+                   + confirmed + (f", {final:.3f} ms {where}" if final is not None else "")
+                   + (f"; {verdict}" if verdict else ""))
     if report.get("runtimes"):
         click.echo("\n" + "\n".join(runtime_lines(report["runtimes"])))
     if report.get("curve"):

@@ -12,6 +12,7 @@ from typing import Any
 from edgeprune.calibration.data import PreprocessChoice
 from edgeprune.errors import EdgepruneError
 from edgeprune.metrics import FLOOR_METRICS
+from edgeprune.profile.estimate import SpeedupEstimate
 from edgeprune.train.objectives import DistillConfig
 
 
@@ -166,3 +167,16 @@ class SpeedTarget:
     def describe(self) -> str:
         return f"{self.speedup:g}x the dense model's speed" if self.speedup is not None else \
             f"at most {self.latency_budget:g} ms"
+
+    def verdict(self, rounds: list[list[float]]) -> str:
+        """met, missed or undecided: this target against the 95 % interval of side-by-side rounds
+        ([dense ms, pruned ms] each); a latency budget through each round's budget / pruned ms.
+
+        >>> SpeedTarget(speedup=1.5).verdict([[10.0, 7.2], [10.0, 7.1], [10.4, 7.3]])
+        'missed'
+        >>> SpeedTarget(latency_budget=8.0).verdict([[10.0, 7.2], [10.0, 7.1], [10.4, 7.3]])
+        'met'
+        """
+        if self.speedup is not None:
+            return SpeedupEstimate.of([d / p for d, p in rounds]).verdict(self.speedup)
+        return SpeedupEstimate.of([self.latency_budget / p for _, p in rounds]).verdict(1.0)

@@ -109,7 +109,7 @@ class Search:
             return None
         rounds = delivered.get("rounds_ms") or []
         floor_held = self.floor.holds(delivered, delivered.get(f"dense_{self.floor.metric}"))
-        verdict = judged(self.target, rounds) if self.target is not None and rounds else None
+        verdict = self.target.verdict(rounds) if self.target is not None and rounds else None
         speed_held = {MET: True, MISSED: False}.get(verdict)
         asked = ([self.target.describe()] if self.target is not None else []) + [self.floor.describe()]
         here = _speedup(rounds).fields() if rounds else {"speedup": None}
@@ -259,7 +259,7 @@ class _Trials:
                      widths=dict(result.plan.get("widths", {})),
                      speedup_rounds=[round(dense / pruned, 4) for dense, pruned in rounds],
                      ci_low=round(estimate.ci_low, 4), ci_high=round(estimate.ci_high, 4), rounds=estimate.rounds,
-                     speed_verdict=judged(self.target, rounds) if self.target is not None else None)
+                     speed_verdict=self.target.verdict(rounds) if self.target is not None else None)
 
     @staticmethod
     def _label(options: Any) -> str:
@@ -283,14 +283,6 @@ def _speedup(rounds: list[list[float]]) -> SpeedupEstimate:
     return estimates_of(rounds)[0]
 
 
-def judged(target: SpeedTarget, rounds: list[list[float]]) -> str:
-    """met, missed or undecided: the target against the 95 % interval of side-by-side rounds
-    ([dense ms, pruned ms] each); a latency budget through each round's budget / pruned ms."""
-    if target.speedup is not None:
-        return _speedup(rounds).verdict(target.speedup)
-    return SpeedupEstimate.of([target.latency_budget / pruned for _, pruned in rounds]).verdict(1.0)
-
-
 def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, progress: Progress,
                  max_seconds: float, clock: Any = time.monotonic) -> list[list[float]]:
     """Side-by-side rounds of the dense and a pruned model ([dense ms, pruned ms] each): the
@@ -303,7 +295,7 @@ def speed_rounds(timer: Any, models: list[Any], target: SpeedTarget | None, prog
         estimate = _speedup(rounds)
         if target is None:
             return estimate.precise()
-        if judged(target, rounds) != UNDECIDED:
+        if target.verdict(rounds) != UNDECIDED:
             return True
         if not said:
             said.append(f"{estimate.text()} spans {target.describe()}: measuring longer")

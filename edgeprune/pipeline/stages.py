@@ -26,8 +26,9 @@ from edgeprune.export.runtime import onnx_outputs
 from edgeprune.latency import Budget, LatencyPlanner, ModelTimer, complete, settings_of
 from edgeprune.metrics.detection import box_map
 from edgeprune.metrics.segmentation import mean_iou
+from edgeprune.pipeline.options import SpeedTarget
 from edgeprune.pipeline.prepare import Job
-from edgeprune.profile import BenchConfig, compare_models
+from edgeprune.profile import BenchConfig, SpeedupEstimate, compare_models
 from edgeprune.progress import Progress
 from edgeprune.quality import accuracy, compare, summary, torch_outputs
 from edgeprune.recipes import RecipeConfig, RecipeData, Watch, prunes_softly, recipe_name, run_recipe, split_holdout
@@ -417,6 +418,16 @@ def _final_rounds(runtime: str, variants: list[dict], runtimes: dict[str, dict])
     return [[d, p] for d, p in zip(dense, pruned)]
 
 
+def _final_verdict(job: Job, rounds: list[list[float]]) -> dict[str, Any]:
+    """The speedup the report measured of the shipped files, with its interval, and whether it
+    meets the speed asked (met / missed / undecided: see :meth:`SpeedTarget.verdict`)."""
+    target = SpeedTarget.of(job.options)
+    if target is None or len(rounds) < 1:
+        return {}
+    estimate = SpeedupEstimate.of([d / p for d, p in rounds])
+    return {**estimate.fields(), "asked": target.describe(), "speed_verdict": target.verdict(rounds)}
+
+
 def delivered(job: Job, variants: list[dict], runtimes: dict[str, dict] | None = None) -> dict[str, Any]:
     """What the report measured of the delivered files in the runtime planned for: dense and pruned
     p50 ms and their side-by-side rounds, the pruned file's worst cosine and top-1 (a detector's
@@ -436,7 +447,8 @@ def build_report(job: Job, result: Any, variants: list[dict], exports: dict, set
     summary = result.summary()
     if "plan" in summary:
         summary["plan"]["runtime"] = job.runtime
-        summary["plan"]["final"] = _final_times(job.runtime, variants, runtimes or {})
+        summary["plan"]["final"] = {**_final_times(job.runtime, variants, runtimes or {}),
+                                    **_final_verdict(job, _final_rounds(job.runtime, variants, runtimes or {}))}
     data = job.data
     return {
         "model": job.loaded.spec, "target": asdict(job.target), "options": asdict(job.options),

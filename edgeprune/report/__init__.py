@@ -32,6 +32,17 @@ def speed_text(found: dict[str, Any]) -> str:
     return f"{found['speedup']:.2f}x{interval}"
 
 
+VERDICT_WORDS = {"met": "met", "missed": "missed: its whole 95 % interval is below",
+                 "undecided": "not decidable here: its 95 % interval spans the target (time the files on the device)"}
+
+
+def budget_verdict(final: dict[str, Any]) -> str:
+    """The shipped files' speedup against the speed asked of a latency plan, judged on the report's
+    interval: ``1.39x [1.34-1.44] against 1.5x the dense model's speed: missed: ...``; '' without one."""
+    if not final.get("speed_verdict"):
+        return ""
+    return f"{speed_text(final)} against {final['asked']}: {VERDICT_WORDS[final['speed_verdict']]}"
+
 
 
 def _cell(value: Any, fmt) -> str:
@@ -223,6 +234,8 @@ def _latency_section(plan: dict[str, Any]) -> list[str]:
     if final and final.get("pruned_ms") is not None:
         lines.append(f"| measured in this report (this host) | {final['dense_ms']:.3f} | {final['pruned_ms']:.3f} |")
     lines.append("")
+    if budget_verdict(final):
+        lines += [f"Speed of the shipped files in this report: {budget_verdict(final)}.", ""]
     lines.append(f"Prediction error against the measurement: {plan['predicted_ms'] / measured - 1:+.1%}; "
                  f"{len(plan['rounds'])} confirmation round(s)." if measured is not None else
                  "The table came from another machine: the plan rests on its prediction, not confirmed here.")
