@@ -44,7 +44,6 @@ def budget_verdict(final: dict[str, Any]) -> str:
     return f"{speed_text(final)} against {final['asked']}: {VERDICT_WORDS[final['speed_verdict']]}"
 
 
-
 def _cell(value: Any, fmt) -> str:
     if value is None:
         return "-"
@@ -234,8 +233,9 @@ def _latency_section(plan: dict[str, Any]) -> list[str]:
     if final and final.get("pruned_ms") is not None:
         lines.append(f"| measured in this report (this host) | {final['dense_ms']:.3f} | {final['pruned_ms']:.3f} |")
     lines.append("")
-    if budget_verdict(final):
-        lines += [f"Speed of the shipped files in this report: {budget_verdict(final)}.", ""]
+    verdict = budget_verdict(final)
+    if verdict:
+        lines += [f"Speed of the shipped files in this report: {verdict}.", ""]
     lines.append(f"Prediction error against the measurement: {plan['predicted_ms'] / measured - 1:+.1%}; "
                  f"{len(plan['rounds'])} confirmation round(s)." if measured is not None else
                  "The table came from another machine: the plan rests on its prediction, not confirmed here.")
